@@ -1,0 +1,13 @@
+"""peftdoctor: keep PEFT adapters loadable and deployable.
+
+The Python API is the same set of functions the CLI calls; each returns a plain Report.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .adapter import UnusableInput  # noqa: E402
+from .check import check  # noqa: E402
+from .report import Compatibility, Finding, Report, Severity  # noqa: E402
+
+__all__ = ["check", "Report", "Finding", "Compatibility", "Severity", "UnusableInput", "__version__"]

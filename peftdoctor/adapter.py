@@ -1,0 +1,146 @@
+"""Find what the user pointed at and read it: an adapter directory, its config and weight files.
+
+Only files are read here; judging them is the job of the check modules.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+PICKLE_NAME = "adapter_model.bin"
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # real configs are a few KB; refuse to slurp a mislabelled blob
+
+# owner/name, the form huggingface_hub accepts for repo ids (validated again by it).
+_REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+_FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                       "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+_MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+
+
+class UnusableInput(Exception):
+    """The input cannot be checked at all (exit 2); the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """An adapter directory as found on disk, read but not judged."""
+
+    directory: Path
+    display: str  # what the user typed, for messages
+    kind: str  # "peft-adapter", "empty", "full-model", "medusa", "adapters-below", "unknown"
+    config: Optional[dict[str, Any]] = None
+    config_error: Optional[str] = None  # why the config could not be used, one line
+    escaping_links: tuple[str, ...] = ()  # files that are symlinks pointing outside the directory
+    weight_files: tuple[str, ...] = ()
+    nested: tuple[str, ...] = field(default=())  # adapter directories found below, for "adapters-below"
+
+    def path_of(self, name: str) -> Path:
+        return self.directory / name
+
+
+def resolve(target: str) -> tuple[Path, str]:
+    """Turn a path, a path to adapter_config.json, or a cached hub repo id into a directory."""
+    path = Path(target)
+    if path.is_dir():
+        return path, target
+    if path.name == CONFIG_NAME and (path.is_file() or path.is_symlink()):
+        return path.parent, target
+    if path.exists():
+        raise UnusableInput(f"{target}: not a directory or an {CONFIG_NAME}")
+    if _REPO_ID.match(target) and not target.startswith("."):
+        return _from_hub_cache(target), target
+    raise UnusableInput(f"{target}: no such directory")
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    # Imported here: only repo ids need huggingface_hub, and `check DIR` should not pay for it.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        # local_files_only explicitly: HF_HUB_OFFLINE is read once at import and may not be set.
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except HFValidationError as exc:
+        raise UnusableInput(f"{repo_id}: not a directory, nor a valid repo id ({exc})") from None
+    except (LocalEntryNotFoundError, OSError):
+        raise UnusableInput(
+            f"{repo_id}: no such directory, and that repo id is not in the local Hugging Face cache "
+            f"(download it first: `hf download {repo_id}`)"
+        ) from None
+
+
+def open_adapter(target: str) -> Adapter:
+    """Locate and read the adapter at `target` (directory, config file path, or repo id)."""
+    directory, display = resolve(target)
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise UnusableInput(f"{target}: cannot list directory: {exc.strerror}") from None
+    escaping = tuple(n for n in names if _escapes(directory, n))
+    weights = tuple(n for n in (SAFETENSORS_NAME, PICKLE_NAME) if n in names)
+    if CONFIG_NAME not in names:
+        kind, nested = _what_else(directory, names)
+        return Adapter(directory, display, kind, weight_files=weights, nested=nested)
+    if CONFIG_NAME in escaping:
+        return Adapter(directory, display, "peft-adapter", escaping_links=escaping, weight_files=weights,
+                       config_error="is a symlink pointing outside the adapter directory; not followed")
+    config, error = read_config(directory / CONFIG_NAME)
+    return Adapter(directory, display, "peft-adapter", config, error, escaping, weights)
+
+
+def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """The parsed config, or None and a one-line reason. Unreadable files are unusable input."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            return None, f"is {path.stat().st_size} bytes, far too large for an adapter config"
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except ValueError as exc:
+        return None, f"is not valid JSON ({exc})"
+    except RecursionError:
+        return None, "is nested too deeply to be an adapter config"
+    if not isinstance(data, dict):
+        return None, f"is JSON but not an object (it is {type(data).__name__})"
+    return data, None
+
+
+def _escapes(directory: Path, name: str) -> bool:
+    entry = directory / name
+    if not entry.is_symlink():
+        return False
+    real_dir = os.path.realpath(directory)
+    return os.path.commonpath([real_dir, os.path.realpath(entry)]) != real_dir
+
+
+def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]:
+    """Classify a directory without adapter_config.json, so the user hears what it is instead."""
+    if not names:
+        return "empty", ()
+    if any(n in names for n in _MEDUSA_FILES) or _config_mentions(directory, "medusa_num_heads"):
+        return "medusa", ()
+    if "config.json" in names and any(n in names for n in _FULL_MODEL_WEIGHTS):
+        return "full-model", ()
+    nested = tuple(sorted(str(p.parent.relative_to(directory))
+                          for p in directory.glob(f"*/{CONFIG_NAME}")))
+    if nested:
+        return "adapters-below", nested
+    return "unknown", ()
+
+
+def _config_mentions(directory: Path, key: str) -> bool:
+    try:
+        data = json.loads((directory / "config.json").read_text("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and key in data

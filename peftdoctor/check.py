@@ -1,0 +1,72 @@
+"""`check`: read an adapter, judge it for one peft release, predict every release's load result."""
+from __future__ import annotations
+
+from typing import Optional
+
+from . import compat, releases
+from .adapter import CONFIG_NAME, UnusableInput, open_adapter
+from .checks import Check, Context
+from .checks.kind import kind_findings
+from .checks.schema import peft_type_findings, value_findings
+from .checks.traps import (base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
+                           version_findings)
+from .checks.unknown_keys import unknown_key_findings
+from .checks.weights import weight_findings
+from .releases import Release
+from .report import Finding, Report
+from .rules import rule
+
+CONFIG_CHECKS: tuple[Check, ...] = (
+    peft_type_findings, value_findings, unknown_key_findings, version_findings,
+    base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
+)
+
+
+def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
+    """The release to judge by: --peft, else the installed peft, else the newest known one."""
+    installed = releases.installed_peft()
+    wanted = peft or installed
+    newest = releases.known_versions()[-1]
+    if wanted is None:
+        return releases.load(newest), [rule("PD117").finding(
+            f"peft is not installed; judged against the newest known release {newest}",
+            "install the peft you deploy with, or pass --peft VERSION")]
+    version = releases.parse_version(wanted)
+    if version is None:
+        raise UnusableInput(f"--peft {wanted!r} is not a version")
+    stand_in = releases.closest_known(version)
+    if stand_in is None:
+        raise UnusableInput(f"peft {wanted} is older than every known release ({releases.known_versions()[0]})")
+    notes = []
+    if stand_in != version:
+        notes.append(rule("PD117").finding(
+            f"no schema for peft {wanted}; judged against peft {stand_in}, the closest older release",
+            "upgrade peftdoctor for a schema of that release"))
+    return releases.load(stand_in), notes
+
+
+def check(target: str, peft: Optional[str] = None) -> Report:
+    """Check the adapter at `target` (directory, adapter_config.json path, or cached repo id).
+
+    Raises UnusableInput when there is nothing to check at all.
+    """
+    adapter = open_adapter(target)
+    release, findings = choose_target(peft)
+    base = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
+    if adapter.kind != "peft-adapter":
+        return Report(**base, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
+    findings += [rule("PD006").finding(f"{name} is a symlink pointing outside the adapter directory; not read",
+                                       "replace the link with the file itself", file=name)
+                 for name in adapter.escaping_links]
+    if adapter.config is None:
+        if adapter.config_error and CONFIG_NAME not in adapter.escaping_links:
+            findings.append(rule("PD101").finding(f"{CONFIG_NAME} {adapter.config_error}",
+                                                  "restore the file saved by save_pretrained()", file=CONFIG_NAME))
+        weights, skipped = weight_findings(adapter, None)
+        return Report(**base, findings=tuple(findings + weights), skipped=tuple(skipped))
+    ctx = Context(adapter, adapter.config, release)
+    for config_check in CONFIG_CHECKS:
+        findings += config_check(ctx)
+    weights, skipped = weight_findings(adapter, adapter.config)
+    return Report(**base, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
+                  written_by=compat.written_by(adapter.config), skipped=tuple(skipped))

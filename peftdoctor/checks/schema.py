@@ -1,0 +1,118 @@
+"""Validate adapter_config.json against the target release's generated schema (PD102-PD104, PD116)."""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import releases
+from ..releases import Release
+from ..report import Finding, Severity
+from ..rules import rule
+from . import Context
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
+# Importing jsonschema costs ~45 ms, a third of check's whole start-up budget, while nearly every
+# config is valid. So a plain look at each value's JSON type decides whether jsonschema runs at all:
+# any keyword the look does not understand, or any doubt, sends the config to jsonschema, which
+# alone produces findings.
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "null": lambda v: v is None,
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+_UNDERSTOOD = frozenset({"type", "enum", "items", "anyOf", "default", "title", "description"})
+
+
+def plainly_valid(value: Any, prop: dict[str, Any]) -> bool:
+    """True only when `value` certainly satisfies `prop`; False means 'ask jsonschema'."""
+    if not set(prop) <= _UNDERSTOOD:
+        return False
+    if "anyOf" in prop and not any(plainly_valid(value, sub) for sub in prop["anyOf"]):
+        return False
+    if "enum" in prop and not any(type(value) is type(e) and value == e for e in prop["enum"]):
+        return False
+    if "type" in prop:
+        kinds = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+        if not any(_JSON_TYPES[k](value) for k in kinds if k in _JSON_TYPES):
+            return False
+    if "items" in prop and isinstance(value, list):
+        return all(plainly_valid(item, prop["items"]) for item in value)
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(release: Release) -> "Draft202012Validator":
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(release.schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def peft_type_findings(ctx: Context) -> list[Finding]:
+    config, target = ctx.config, ctx.target
+    if "peft_type" not in config:
+        return [rule("PD102").finding("adapter_config.json has no peft_type, so peft cannot pick a config class",
+                                      'add "peft_type" (for example "LORA") as saved by the training run',
+                                      key="peft_type")]
+    value = config["peft_type"]
+    if isinstance(value, str) and value in target.peft_types:
+        return []
+    knowing = [r.name for r in releases.all_releases() if isinstance(value, str) and value in r.peft_types]
+    if knowing:
+        fix = f"install peft>={knowing[0]}, which knows {value}"
+    else:
+        fix = f"use one of the peft types peft knows: {', '.join(releases.all_releases()[-1].peft_types)}"
+    return [rule("PD103").finding(f"peft {target.name} knows no peft_type {value!r}", fix, key="peft_type")]
+
+
+def value_findings(ctx: Context) -> list[Finding]:
+    """Type and enum errors; unknown keys are left to unknown_keys, which can explain them."""
+    if ctx.peft_type not in ctx.target.peft_types:
+        return []
+    props = ctx.target.fields(ctx.peft_type or "")
+    if all(plainly_valid(value, props[key]) for key, value in ctx.config.items() if key in props):
+        return []
+    findings = []
+    for error in sorted(_validator(ctx.target).iter_errors(ctx.config), key=lambda e: [str(p) for p in
+                                                                                      e.absolute_path]):
+        if error.validator in ("additionalProperties", "required") or not error.absolute_path:
+            continue
+        key = ".".join(str(p) for p in error.absolute_path)
+        if key == "task_type":
+            findings.append(_task_type_finding(ctx))
+            continue
+        findings.append(rule("PD104").finding(
+            f"{key}: {_short(error)} (peft {ctx.target.name}, {ctx.target.config_class(ctx.peft_type or '')})",
+            _fix_for(key, error), key=key))
+    return findings
+
+
+def _task_type_finding(ctx: Context) -> Finding:
+    probe = ctx.target.info.get("unknown_task_type") or {}
+    raises = probe.get("result") == "raise"
+    consequence = "loading fails" if raises else "PeftModel falls back to the generic model class"
+    return rule("PD116").finding(
+        f"peft {ctx.target.name} does not know task_type {ctx.config.get('task_type')!r}: {consequence}",
+        f"use one of: {', '.join(str(t) for t in ctx.target.info.get('task_types', ()))}",
+        key="task_type", severity=Severity.ERROR if raises else None)
+
+
+def _short(error: "ValidationError") -> str:
+    text = error.message
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _fix_for(key: str, error: "ValidationError") -> str:
+    expected: Any = error.validator_value
+    if error.validator == "type":
+        kinds = expected if isinstance(expected, list) else [expected]
+        return f"make {key} a JSON {' or '.join(kinds)}"
+    if error.validator == "enum":
+        return f"use one of {expected!r} for {key}"
+    return f"correct {key} to what the config class accepts"

@@ -1,0 +1,88 @@
+"""Meaning-bearing traps that loading does not catch (PD110-PD115)."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from packaging.version import Version
+
+from .. import compat, keys, releases
+from ..report import Finding, Severity
+from ..rules import rule
+from . import Context
+
+
+def version_findings(ctx: Context) -> list[Finding]:
+    raw = ctx.config.get("peft_version")
+    if raw is not None and releases.parse_version(raw) is None:
+        return [rule("PD111").finding(f"peft_version {raw!r} is not a version", "remove peft_version or set it to "
+                                      "the peft release that saved the adapter", key="peft_version")]
+    written = compat.written_by(ctx.config)
+    exact = releases.parse_version(written) if written and written[0].isdigit() else None
+    if exact is not None and exact > ctx.target.version:
+        return [rule("PD110").finding(f"written by peft {written}, newer than the target peft {ctx.target.name}",
+                                      f"install peft>={exact.base_version}, or run `peftdoctor fix "
+                                      f"--peft {ctx.target.name}`", key="peft_version")]
+    return []
+
+
+def base_mutating_init(ctx: Context) -> list[Finding]:
+    value = ctx.config.get("init_lora_weights")
+    if not isinstance(value, str) or not value.lower().startswith(keys.BASE_MUTATING_INITS):
+        return []
+    return [rule("PD112").finding(
+        f"init_lora_weights={value!r} rewrites the base weights when the adapter is created, and this adapter "
+        "was saved unconverted: on the original base it computes something else",
+        "re-save with save_pretrained(..., path_initial_model_for_weight_conversion=...) to get a plain LoRA "
+        "that applies to the original base", key="init_lora_weights")]
+
+
+# A repo id is "name" or "owner/name"; anything else in base_model_name_or_path is a path.
+_REPO_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
+
+
+def base_not_portable(ctx: Context) -> list[Finding]:
+    value = ctx.config.get("base_model_name_or_path")
+    fix = "set base_model_name_or_path to the base's hub repo id"
+    if value is None or value == "":
+        return [rule("PD113").finding("base_model_name_or_path is empty: nothing tells a loader which base to use",
+                                      fix, key="base_model_name_or_path")]
+    if not isinstance(value, str):
+        return []
+    if value.startswith(("/", "~", "./", "../", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value) \
+            or not _REPO_ID.match(value):
+        return [rule("PD113").finding(f"base_model_name_or_path {value!r} is a machine-local path, "
+                                      "so the adapter does not load elsewhere", fix, key="base_model_name_or_path")]
+    return []
+
+
+def oft_weights_changed(ctx: Context) -> list[Finding]:
+    for peft_type, missing_key, since, _error in keys.LOAD_REFUSALS:
+        if ctx.peft_type == peft_type and missing_key not in ctx.config:
+            fails = ctx.target.version >= Version(since)
+            outcome = f"peft {ctx.target.name} refuses to load it" if fails else f"peft>={since} refuses it"
+            return [rule("PD114").finding(
+                f"{peft_type} adapter without {missing_key}: saved before peft 0.14.0 changed OFT; {outcome}",
+                "retrain with peft>=0.14.0, or pin peft<0.14.0 where this adapter is used", key=missing_key,
+                severity=None if fails else Severity.WARNING)]
+    return []
+
+
+def tied_layer_adapted(ctx: Context) -> list[Finding]:
+    if ctx.config.get("ensure_weight_tying") is True:
+        return []
+    adapted = _names(ctx.config.get("target_modules")) | _names(ctx.config.get("modules_to_save"))
+    tied = sorted(adapted & keys.TIED_MODULE_NAMES)
+    if not tied:
+        return []
+    return [rule("PD115").finding(
+        f"{', '.join(tied)} adapted: in bases with tie_word_embeddings the input embedding and LM head share "
+        "one matrix, and a merged model re-tied on reload throws one trained copy away",
+        "set tie_word_embeddings false in the merged model's config (peftdoctor verify does), or train with "
+        "ensure_weight_tying=true", key="target_modules")]
+
+
+def _names(value: Any) -> set[str]:
+    if isinstance(value, list):
+        return {v.rsplit(".", 1)[-1] for v in value if isinstance(v, str)}
+    return set()

@@ -1,0 +1,191 @@
+"""Config against weights, from file headers only: nothing is unpickled or loaded (PD2xx)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
+from ..report import Finding
+from ..rules import rule
+from ..safetensors_header import Header, HeaderError, read_header, size_problems
+
+# Suffixes peft's state-dict keys carry after the module name, per LoRA-family tensor role.
+_LORA_ROLE = re.compile(r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
+                        r"lora_magnitude_vector)(\.weight)?$")
+_PREFIX = "base_model.model."
+LORA_TYPES = ("LORA",)
+# Heads peft adds to modules_to_save on its own for these task types; a base has one or the other.
+AUTO_MODULES_TO_SAVE = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+                        "QUESTION_ANS": ("qa_outputs",)}
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    name: str
+    a_rank: Optional[int]
+    b_rank: Optional[int]
+    has_magnitude: bool
+
+
+def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple[list[Finding], list[str]]:
+    """Findings about the weight files, and notes on what could not be checked."""
+    files = adapter.weight_files
+    if not files:
+        return [rule("PD201").finding(f"no {SAFETENSORS_NAME} or {PICKLE_NAME} beside the config",
+                                      "copy the weights saved by save_pretrained() next to adapter_config.json",
+                                      file=SAFETENSORS_NAME)], []
+    findings: list[Finding] = []
+    if len(files) == 2:
+        findings.append(rule("PD202").finding(
+            "both weight formats are present; peft loads the .safetensors file and ignores the .bin",
+            f"delete {PICKLE_NAME} once you know the safetensors file is the one you mean", file=PICKLE_NAME))
+    if PICKLE_NAME in files:
+        findings.append(rule("PD203").finding(
+            f"{PICKLE_NAME} is a Python pickle: loading it can run arbitrary code (not unpickled here)",
+            "convert it to safetensors in a trusted environment and delete the .bin", file=PICKLE_NAME))
+    if SAFETENSORS_NAME not in files:
+        return findings, [f"{PICKLE_NAME} is never unpickled, so shapes were not checked"]
+    if SAFETENSORS_NAME in adapter.escaping_links:
+        return findings, [f"{SAFETENSORS_NAME} points outside the adapter directory; not read"]
+    try:
+        header = read_header(str(adapter.path_of(SAFETENSORS_NAME)))
+    except HeaderError as exc:
+        return findings + [rule("PD204").finding(f"{SAFETENSORS_NAME}: {exc}",
+                                                 "re-save the adapter; the file is damaged",
+                                                 file=SAFETENSORS_NAME)], []
+    findings += [rule("PD205").finding(f"{SAFETENSORS_NAME}: {p}", "re-copy or re-save the weights; "
+                                       "the file is incomplete", file=SAFETENSORS_NAME)
+                 for p in size_problems(header)]
+    if config is not None and config.get("peft_type") in LORA_TYPES:
+        findings += lora_findings(config, header)
+    return findings, []
+
+
+def lora_modules(header: Header) -> dict[str, LoraModule]:
+    parts: dict[str, dict[str, Any]] = {}
+    for name, info in header.tensors.items():
+        match = _LORA_ROLE.match(name)
+        if not match:
+            continue
+        entry = parts.setdefault(_strip(match["module"]), {})
+        role = match["role"]
+        if role in ("lora_A", "lora_embedding_A") and info.shape:
+            entry["a"] = info.shape[0]
+        elif role in ("lora_B", "lora_embedding_B") and len(info.shape) >= 2:
+            entry["b"] = info.shape[1]
+        elif role == "lora_magnitude_vector":
+            entry["m"] = True
+    return {n: LoraModule(n, p.get("a"), p.get("b"), p.get("m", False)) for n, p in parts.items()}
+
+
+def _strip(module: str) -> str:
+    return module[len(_PREFIX):] if module.startswith(_PREFIX) else module
+
+
+def lora_findings(config: dict[str, Any], header: Header) -> list[Finding]:
+    modules = lora_modules(header)
+    findings = _rank_findings(config, modules)
+    findings += _target_findings(config, modules)
+    findings += _modules_to_save_findings(config, header)
+    findings += _dora_findings(config, modules)
+    return findings
+
+
+def pattern_value(pattern: Any, module: str, default: Any) -> Any:
+    """The rank/alpha pattern entry peft applies to `module` (its own matching rule), else `default`."""
+    if not isinstance(pattern, dict):
+        return default
+    for key, value in pattern.items():
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return value
+        except re.error:
+            if module == key or module.endswith("." + key):
+                return value
+    return default
+
+
+def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
+    findings = []
+    r = config.get("r")
+    for module in modules.values():
+        expected = pattern_value(config.get("rank_pattern"), module.name, r)
+        if not isinstance(expected, int) or isinstance(expected, bool):
+            continue
+        for side, got in (("lora_A", module.a_rank), ("lora_B", module.b_rank)):
+            if got is not None and got != expected:
+                source = "rank_pattern" if expected != r else "r"
+                findings.append(rule("PD206").finding(
+                    f"{module.name}.{side} has rank {got} but the config declares {source}={expected}: "
+                    "loading fails with a size mismatch",
+                    f"set {'rank_pattern entry' if source == 'rank_pattern' else 'r'} to {got} "
+                    "if these weights are the right ones", key=source))
+                break
+    return findings
+
+
+def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
+    targets = config.get("target_modules")
+    if not modules or not isinstance(targets, (list, str)) or targets == "all-linear":
+        return []
+    findings = []
+    if isinstance(targets, list):
+        for target in (t for t in targets if isinstance(t, str)):
+            if not any(_matches_target(m, target) for m in modules):
+                findings.append(rule("PD207").finding(
+                    f"target_modules lists {target!r} but the weights hold no LoRA tensors for it",
+                    f"remove {target!r} from target_modules, or re-save the adapter that trained it",
+                    key="target_modules"))
+    stray = sorted(m for m in modules if not _targeted(m, targets))
+    if stray:
+        shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+        findings.append(rule("PD208").finding(
+            f"weights for {shown} match no entry of target_modules: peft builds no layer for them and "
+            "silently ignores those weights", "add the module names to target_modules", key="target_modules"))
+    return findings
+
+
+def _matches_target(module: str, target: str) -> bool:
+    return module == target or module.endswith("." + target)
+
+
+def _targeted(module: str, targets: Any) -> bool:
+    if isinstance(targets, str):
+        try:
+            return re.fullmatch(targets, module) is not None
+        except re.error:
+            return True  # peft would fail on the regex itself; don't guess further
+    return any(_matches_target(module, t) for t in targets if isinstance(t, str))
+
+
+def _modules_to_save_findings(config: dict[str, Any], header: Header) -> list[Finding]:
+    wanted = config.get("modules_to_save")
+    if not isinstance(wanted, list) or not wanted:
+        return []
+    saved = {_strip(n).rsplit(".", 1)[0] for n in header.tensors if not _LORA_ROLE.match(n)}
+    present = {w for w in wanted if isinstance(w, str) and any(_matches_target(s, w) or
+                                                              _matches_target(s, w + ".modules_to_save")
+                                                              for s in saved)}
+    optional = set(AUTO_MODULES_TO_SAVE.get(str(config.get("task_type")), ()))
+    missing = [w for w in wanted if isinstance(w, str) and w not in present]
+    if optional and present & optional:
+        missing = [w for w in missing if w not in optional]
+    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: the base's "
+                                  "untrained copy is used instead", f"re-save the adapter with the trained {w!r}, "
+                                  "or remove it from modules_to_save", key="modules_to_save") for w in missing]
+
+
+def _dora_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
+    if not modules:
+        return []
+    with_magnitude = sum(m.has_magnitude for m in modules.values())
+    if config.get("use_dora") is True and with_magnitude == 0:
+        return [rule("PD210").finding("use_dora is true but the weights hold no lora_magnitude_vector: "
+                                      "DoRA would start from untrained magnitudes", "set use_dora false if this "
+                                      "is a plain LoRA adapter", key="use_dora")]
+    if config.get("use_dora") is not True and with_magnitude:
+        return [rule("PD210").finding(f"{with_magnitude} module(s) carry DoRA magnitude vectors but use_dora "
+                                      "is not true: they are ignored and outputs change",
+                                      "set use_dora true", key="use_dora")]
+    return []

@@ -1,0 +1,145 @@
+"""Predict what each peft release does when it loads a config, from the schemas alone."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from packaging.version import Version
+
+from . import keys, releases
+from .releases import Release
+from .report import Compatibility
+
+
+@dataclass(frozen=True)
+class KeyHistory:
+    """The releases that know a key for one peft_type: first and last, or None if none does."""
+
+    first: Optional[Version]
+    last: Optional[Version]
+
+    @property
+    def known(self) -> bool:
+        return self.first is not None
+
+    @property
+    def legacy(self) -> bool:
+        """Known once, unknown to the newest release: an old config's key, not a newer one's."""
+        return self.last is not None and self.last < releases.known_versions()[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _histories(peft_type: str) -> dict[str, KeyHistory]:
+    seen: dict[str, list[Version]] = {}
+    for release in releases.all_releases():
+        for key in release.fields(peft_type):
+            seen.setdefault(key, []).append(release.version)
+    return {k: KeyHistory(v[0], v[-1]) for k, v in seen.items()}
+
+
+def history(peft_type: object, key: str) -> KeyHistory:
+    if not isinstance(peft_type, str):
+        return KeyHistory(None, None)
+    return _histories(peft_type).get(key, KeyHistory(None, None))
+
+
+def default_of(peft_type: str, key: str) -> tuple[bool, Any]:
+    """(has_default, default) from the newest release that knows the key."""
+    for release in reversed(releases.all_releases()):
+        prop = release.fields(peft_type).get(key)
+        if prop is not None:
+            return ("default" in prop), prop.get("default")
+    return False, None
+
+
+def _same(a: Any, b: Any) -> bool:
+    # JSON true must not equal 1: a bool where a number is expected is not the default.
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+def noop_reason(config: dict[str, Any], key: str) -> Optional[str]:
+    """Why dropping `key` changes nothing computed, or None when its value bears meaning."""
+    value, peft_type = config[key], config.get("peft_type")
+    if key in keys.METADATA_KEYS:
+        return "metadata only"
+    if key in keys.DEPENDENT_KEYS:
+        controller, inert = keys.DEPENDENT_KEYS[key]
+        if _same(config.get(controller, inert), inert):
+            return f"inert while {controller} is {inert!r}"
+    if key in keys.INIT_ONLY_KEYS and not _is_base_mutating(value):
+        return "initialisation only; the trained weights replace it"
+    if isinstance(peft_type, str):
+        has_default, default = default_of(peft_type, key)
+        if has_default and _same(value, default):
+            return f"equals the default {default!r}"
+    return None
+
+
+def _is_base_mutating(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().startswith(keys.BASE_MUTATING_INITS)
+
+
+def predict(release: Release, config: dict[str, Any]) -> Compatibility:
+    """What `release` does when PeftModel.from_pretrained loads this config."""
+    name = release.name
+    peft_type = config.get("peft_type")
+    if "peft_type" not in config:
+        return Compatibility(name, "fails", error="KeyError: 'peft_type'")
+    if not isinstance(peft_type, str) or peft_type not in release.peft_types:
+        error = release.info["unknown_peft_type_error"].replace("{peft_type}", str(peft_type))
+        return Compatibility(name, "fails", error=error)
+    known = release.fields(peft_type)
+    unknown = tuple(k for k in config if k not in known)
+    message = release.info.get("unknown_key_message")
+    if unknown and release.unknown_keys == "raise":
+        error = message.replace("{config_class}", release.config_class(peft_type)).replace("{key}", unknown[0])
+        return Compatibility(name, "fails", error=error)
+    refusal = _refusal(release, peft_type, config)
+    if refusal:
+        return Compatibility(name, "fails", error=refusal)
+    task_error = _task_type_error(release, config.get("task_type"))
+    if task_error:
+        return Compatibility(name, "fails", error=task_error)
+    if unknown:
+        warning = None
+        if release.unknown_keys == "warn" and message:
+            warning = (message.replace("{config_class}", release.config_class(peft_type))
+                       .replace("['{key}']", str(sorted(unknown))).replace("{key}", ", ".join(unknown)))
+        lost = tuple((k, keys.LOSS_IF_DROPPED.get(k, keys.DEFAULT_LOSS)) for k in unknown
+                     if noop_reason(config, k) is None)
+        return Compatibility(name, "drops_keys", dropped=unknown, warning=warning, lost=lost)
+    return Compatibility(name, "ok")
+
+
+def _refusal(release: Release, peft_type: str, config: dict[str, Any]) -> Optional[str]:
+    for refused_type, missing_key, since, error in keys.LOAD_REFUSALS:
+        if peft_type == refused_type and missing_key not in config and release.version >= Version(since):
+            return error
+    return None
+
+
+def _task_type_error(release: Release, task_type: Any) -> Optional[str]:
+    probe = release.info.get("unknown_task_type") or {}
+    if task_type is None or probe.get("result") != "raise" or task_type in release.info.get("task_types", ()):
+        return None
+    return (probe.get("message") or "").replace("{task_type}", str(task_type)) or None
+
+
+def compatibility(config: dict[str, Any]) -> tuple[Compatibility, ...]:
+    return tuple(predict(r, config) for r in releases.all_releases())
+
+
+def written_by(config: dict[str, Any]) -> Optional[str]:
+    """The release that wrote the config: its peft_version, else the range its keys imply."""
+    version = releases.parse_version(config.get("peft_version"))
+    if version is not None:
+        return str(version)
+    peft_type = config.get("peft_type")
+    spans = [history(peft_type, k) for k in config]
+    firsts = [h.first for h in spans if h.first is not None]
+    lasts = [h.last for h in spans if h.legacy and h.last is not None]
+    if not firsts:
+        return None
+    bound = f">={max(firsts)}"
+    return f"{bound},<={min(lasts)}" if lasts else bound

@@ -1,0 +1,74 @@
+"""The result objects that every command returns and every reporter renders.
+
+They are plain frozen data: the CLI prints them, the Python API hands them to callers,
+and the JSON/SARIF reporters serialise them. Nothing here does I/O.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+FORMAT_VERSION = 1
+
+
+class Severity(str, enum.Enum):
+    """Ordered severities; `--fail-on` compares against this order."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: a stable rule code, what it concerns, and how to fix it."""
+
+    code: str
+    severity: Severity
+    message: str
+    fix: str
+    key: Optional[str] = None  # config key (a JSON pointer-ish dotted name) it concerns
+    file: Optional[str] = None  # file it concerns, relative to the adapter directory
+
+
+CompatResult = Literal["ok", "drops_keys", "fails"]
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """What one peft release does when it loads this adapter_config.json."""
+
+    peft: str
+    result: CompatResult
+    dropped: tuple[str, ...] = ()
+    error: Optional[str] = None  # the error text that release raises
+    warning: Optional[str] = None  # the warning it prints while dropping keys, if any
+    lost: tuple[tuple[str, str], ...] = ()  # (key, what is lost) for each dropped key that bears meaning
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything `check` learned about one adapter."""
+
+    path: str
+    peft_installed: Optional[str]
+    peft_target: Optional[str]
+    findings: tuple[Finding, ...] = ()
+    compatibility: tuple[Compatibility, ...] = ()
+    written_by: Optional[str] = None  # e.g. "0.13.2" or ">=0.9.0"
+    kind: str = "peft-adapter"  # what the path turned out to be
+    skipped: tuple[str, ...] = field(default=())  # checks that could not run, and why
+
+    def worst(self) -> Optional[Severity]:
+        return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+
+    def fails_at(self, threshold: Severity) -> bool:
+        return any(f.severity.rank >= threshold.rank for f in self.findings)

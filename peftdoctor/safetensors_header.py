@@ -1,0 +1,128 @@
+"""Read a safetensors header without loading tensors, and say precisely what is wrong with it.
+
+`safetensors.safe_open` would need torch or numpy at open time (it imports the framework
+module), which the light `check` path must not pull in, and it reports every defect as one
+generic error. The format is a documented 8-byte little-endian header length followed by a
+JSON header, so reading it here keeps `check` light and lets it name the exact defect.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+# Bytes per element of every dtype the safetensors format defines.
+DTYPE_SIZES: dict[str, float] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+}
+# safetensors itself refuses headers above 100 MB; a larger length is corruption, not data.
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Header:
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    file_size: int
+    data_size: int  # bytes after the header
+
+
+class HeaderError(ValueError):
+    """The header cannot be read; the message says why in one line."""
+
+
+def read_header(path: str) -> Header:
+    """Parse and validate the header of the safetensors file at `path`."""
+    try:
+        file_size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES:
+                raise HeaderError(f"declared header length {header_len} bytes is implausible (corrupt file)")
+            if 8 + header_len > file_size:
+                raise HeaderError(
+                    f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated"
+                )
+            raw = fh.read(header_len)
+    except OSError as exc:
+        raise HeaderError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise HeaderError("header is not valid JSON (corrupt or not a safetensors file)") from None
+    if not isinstance(parsed, dict):
+        raise HeaderError("header is not a JSON object")
+    return _validated(parsed, file_size, file_size - 8 - header_len)
+
+
+def _validated(parsed: dict, file_size: int, data_size: int) -> Header:
+    metadata = parsed.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise HeaderError("__metadata__ is not an object")
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in parsed.items():
+        tensors[name] = _tensor(name, entry)
+    return Header(tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()},
+                  file_size=file_size, data_size=data_size)
+
+
+def _tensor(name: str, entry: object) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise HeaderError(f"entry for tensor {name!r} is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        raise HeaderError(f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise HeaderError(f"tensor {name!r} has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]):
+        raise HeaderError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def expected_nbytes(info: TensorInfo) -> int:
+    count = 1
+    for dim in info.shape:
+        count *= dim
+    return int(count * DTYPE_SIZES[info.dtype] + 0.999)
+
+
+def size_problems(header: Header) -> list[str]:
+    """Inconsistencies between declared tensors and the bytes actually present."""
+    problems = []
+    for info in header.tensors.values():
+        if info.end - info.start != expected_nbytes(info):
+            problems.append(f"tensor {info.name!r} declares {expected_nbytes(info)} bytes "
+                            f"but its offsets span {info.end - info.start}")
+    needed = max((t.end for t in header.tensors.values()), default=0)
+    if needed > header.data_size:
+        problems.append(f"tensors need {needed} bytes of data but the file holds {header.data_size}: "
+                        "the file is truncated")
+    return problems
+
+
+def rank_of(info: TensorInfo) -> Optional[int]:
+    """LoRA rank carried by a lora_A (rows) tensor; None for anything without a 2-D+ shape."""
+    return info.shape[0] if len(info.shape) >= 2 else None

@@ -1,0 +1,408 @@
+"""Describe the adapter_config.json that the importable peft release accepts.
+
+Run inside a release env (see ``peft_envs.py``); uses only the stdlib and that
+env's peft. Prints one JSON document: for every peft_type in
+``PEFT_TYPE_TO_CONFIG_MAPPING``, the config class and a JSON Schema fragment
+(type and default) per ``__init__`` field, plus how the release's own loader
+treats an unknown key, an unknown peft_type and an unknown task_type, measured
+by loading probe files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import types
+import typing
+import warnings
+from typing import Any
+
+PROBE_KEY = "peftdoctor_probe_unknown_key"
+PROBE_PEFT_TYPE = "PEFTDOCTOR_PROBE_PEFT_TYPE"
+PROBE_TASK_TYPE = "PEFTDOCTOR_PROBE_TASK_TYPE"
+PROBE_CLASS_KEY = "LORA"
+
+SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string"}
+ARRAYS = (list, tuple, set, frozenset)
+OBJECTS = (dict,)
+
+
+# ---------------------------------------------------------------- JSON values
+
+class NotJSON(Exception):
+    """Raised when a default has no faithful JSON form."""
+
+
+def to_json(value: Any) -> Any:
+    """JSON form of a default the way ``to_dict()`` + ``json.dump`` would write it."""
+    if value is None or isinstance(value, (bool, int, str)) and not isinstance(value, enum.Enum):
+        return value
+    if isinstance(value, enum.Enum):
+        return to_json(value.value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotJSON(value)
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_json(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise NotJSON(value)
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((to_json(v) for v in value), key=sort_key)
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    raise NotJSON(value)
+
+
+def sort_key(value: Any) -> tuple:
+    """Total order for enum members and set defaults: null first, then by type and value."""
+    return (value is not None, type(value).__name__, json.dumps(value, sort_keys=True))
+
+
+def json_type(value: Any) -> str:
+    """JSON Schema type name of a JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+# ------------------------------------------------------------ annotations
+
+@dataclasses.dataclass
+class Shape:
+    """Accumulated JSON shape of an annotation; ``any`` means unconstrained."""
+
+    types: set[str] = dataclasses.field(default_factory=set)
+    enum: list[Any] = dataclasses.field(default_factory=list)
+    items: Shape | None = None
+    items_known: bool = True
+    any: bool = False
+
+    def merge(self, other: Shape) -> Shape:
+        """Union of two shapes (for ``Union``/``Optional``)."""
+        if "array" in self.types and "array" in other.types:
+            items = merge_items(self, other)
+            known = self.items_known and other.items_known and items is not None
+        else:
+            src = self if "array" in self.types else other
+            items, known = src.items, src.items_known
+        return Shape(
+            self.types | other.types,
+            self.enum + [v for v in other.enum if v not in self.enum],
+            items, known, self.any or other.any,
+        )
+
+
+def merge_items(a: Shape, b: Shape) -> Shape | None:
+    """Items shape of two merged array shapes."""
+    if a.items is None or b.items is None:
+        return None
+    return a.items.merge(b.items)
+
+
+def shape_of(tp: Any) -> Shape:
+    """Map a type annotation to its JSON shape."""
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    if tp is type(None) or tp is None:
+        return Shape({"null"})
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        result = Shape()
+        for arg in args:
+            result = result.merge(shape_of(arg))
+        return result
+    if origin is typing.Literal:
+        return Shape(enum=[to_json(a) for a in args])
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return Shape(enum=[to_json(m.value) for m in tp])
+    if tp in SCALARS:
+        return Shape({SCALARS[tp]})
+    base = origin or tp
+    if isinstance(base, type) and issubclass(base, ARRAYS):
+        if not args:
+            return Shape({"array"}, items_known=False)
+        items = Shape()
+        for arg in args:
+            items = items.merge(shape_of(arg))
+        return Shape({"array"}, items=None if items.any else items, items_known=not items.any)
+    if isinstance(base, type) and (issubclass(base, OBJECTS) or dataclasses.is_dataclass(base)):
+        return Shape({"object"})
+    return Shape(any=True)
+
+
+def render(shape: Shape) -> dict[str, Any]:
+    """JSON Schema fragment for a shape; enum members a declared type covers are dropped."""
+    if shape.any:
+        return {}
+    enum_values = [v for v in shape.enum if json_type(v) not in shape.types
+                   and not (json_type(v) == "integer" and "number" in shape.types)]
+    typed: dict[str, Any] = {}
+    if shape.types:
+        names = sorted(shape.types)
+        typed["type"] = names[0] if len(names) == 1 else names
+        if "array" in shape.types and shape.items_known and shape.items is not None:
+            items = render(shape.items)
+            if items:
+                typed["items"] = items
+    if not enum_values:
+        return typed
+    if not shape.types - {"null"}:
+        values = enum_values + ([None] if "null" in shape.types else [])
+        return {"enum": sorted(values, key=sort_key)}
+    return {"anyOf": [typed, {"enum": sorted(enum_values, key=sort_key)}]}
+
+
+def admits(shape: Shape, value: Any) -> bool:
+    """Whether the rendered shape accepts the JSON value ``value``."""
+    if shape.any or value in shape.enum:
+        return True
+    kind = json_type(value)
+    if kind not in shape.types and not (kind == "integer" and "number" in shape.types):
+        return False
+    if kind == "array" and shape.items_known and shape.items is not None:
+        return all(admits(shape.items, v) for v in value)
+    return True
+
+
+def widen(shape: Shape, value: Any) -> Shape:
+    """Make ``shape`` admit the default peft itself writes (e.g. ``str = None``)."""
+    if admits(shape, value):
+        return shape
+    if json_type(value) == "array" and "array" in shape.types:
+        return dataclasses.replace(shape, items=None, items_known=False)
+    if shape.enum and not shape.types - {"null"} and json_type(value) in ("null", "string", "integer",
+                                                                             "number", "boolean"):
+        return dataclasses.replace(shape, enum=shape.enum + [value])
+    return dataclasses.replace(shape, types=shape.types | {json_type(value)})
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    """Resolved annotations of ``cls``; a field whose annotation won't resolve maps to Any."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        module = sys.modules.get(klass.__module__)
+        namespace = vars(module) if module else {}
+        for name, ann in vars(klass).get("__annotations__", {}).items():
+            try:
+                hints[name] = eval(ann, namespace) if isinstance(ann, str) else ann
+            except Exception:
+                hints[name] = Any
+    return hints
+
+
+def default_of(f: dataclasses.Field) -> tuple[bool, Any]:
+    """``(has_default, value)`` of a dataclass field, calling its default_factory."""
+    if f.default is not dataclasses.MISSING:
+        return True, f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return True, f.default_factory()
+    return False, None
+
+
+def sanitize(text: str) -> str:
+    """Strip memory addresses so output is reproducible."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def describe_class(cls: type, enums: dict[str, list[Any]]) -> dict[str, Any]:
+    """Schema properties for every ``__init__`` field of a config dataclass."""
+    hints = field_hints(cls)
+    props: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in enums:
+            # Both are annotated loosely (``Union[str, Enum]``); the enums say what peft means.
+            shape = Shape(enum=list(enums[f.name]))
+        else:
+            shape = shape_of(hints.get(f.name, Any))
+        prop: dict[str, Any] = {}
+        has_default, value = default_of(f)
+        if has_default:
+            try:
+                default = to_json(value)
+            except NotJSON:
+                prop["x-default-repr"] = sanitize(repr(value))
+            else:
+                shape = widen(shape, default)
+                prop["default"] = default
+        prop.update(render(shape))
+        props[f.name] = prop
+    return props
+
+
+# ------------------------------------------------------------------- probes
+
+def load_like_peft_model(path: str) -> Any:
+    """Load a config exactly as this release's ``PeftModel.from_pretrained`` does."""
+    from peft import PeftConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    if hasattr(PeftConfig, "_get_peft_type"):
+        peft_type = PeftConfig._get_peft_type(path)
+    else:  # <= 0.5: the type comes from a plain PeftConfig load
+        peft_type = PeftConfig.from_pretrained(path).peft_type
+    return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type].from_pretrained(path)
+
+
+class _Records(logging.Handler):
+    """Collects log records emitted while a probe runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.levelname}: {record.getMessage()}")
+
+
+def probe(content: dict[str, Any]) -> tuple[str, str | None, Any]:
+    """Load ``content`` as adapter_config.json; return (outcome, message, config).
+
+    outcome is "raise" (message = exception) or "ok" (message = the
+    warnings/log lines emitted, newline-joined, or None).
+    """
+    handler = _Records()
+    loggers = [logging.getLogger(), logging.getLogger("peft"), logging.getLogger("transformers")]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as fh:
+            json.dump(content, fh)
+        for logger in loggers:
+            logger.addHandler(handler)
+        try:
+            config = load_like_peft_model(tmp)
+        except Exception as exc:
+            return "raise", scrub(f"{type(exc).__name__}: {exc}", tmp), None
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+    lines = [f"{w.category.__name__}: {w.message}" for w in caught] + handler.messages
+    return "ok", scrub("\n".join(dict.fromkeys(lines)), tmp) or None, config
+
+
+def scrub(text: str, tmp: str) -> str:
+    """Remove the probe's temp path from a message."""
+    return sanitize(text.replace(tmp, "{path}"))
+
+
+def template(message: str, **names: str) -> str:
+    """Replace concrete values in ``message`` by ``{placeholder}`` names."""
+    for placeholder, value in names.items():
+        message = message.replace(value, "{" + placeholder + "}")
+    return message
+
+
+def pick(message: str | None, needle: str) -> str | None:
+    """The emitted line that mentions ``needle``, if any."""
+    lines = [line for line in (message or "").split("\n") if needle in line]
+    return lines[0] if lines else None
+
+
+def probe_unknown_key(class_name: str) -> dict[str, Any]:
+    """How the loader treats a key the config class doesn't know."""
+    outcome, message, config = probe({"peft_type": PROBE_CLASS_KEY, PROBE_KEY: 1})
+    if outcome == "raise":
+        return {"unknown_keys": "raise",
+                "unknown_key_message": template(message, key=PROBE_KEY, config_class=class_name)}
+    line = pick(message, PROBE_KEY)
+    if line is not None:
+        return {"unknown_keys": "warn",
+                "unknown_key_message": template(line, key=PROBE_KEY, config_class=class_name)}
+    if hasattr(config, PROBE_KEY):
+        raise RuntimeError("unknown key was kept on the config: not a mode this tool knows")
+    return {"unknown_keys": "ignore", "unknown_key_message": None}
+
+
+def probe_unknown_peft_type() -> str | None:
+    """Error template for an unknown peft_type (None if the loader accepts it)."""
+    outcome, message, _ = probe({"peft_type": PROBE_PEFT_TYPE})
+    return template(message, peft_type=PROBE_PEFT_TYPE) if outcome == "raise" else None
+
+
+def probe_unknown_task_type(class_name: str) -> dict[str, Any]:
+    """How the loader treats a task_type outside TaskType."""
+    outcome, message, _ = probe({"peft_type": PROBE_CLASS_KEY, "task_type": PROBE_TASK_TYPE})
+    if outcome == "raise":
+        text = message
+    else:
+        text = pick(message, PROBE_TASK_TYPE)
+        outcome = "ok" if text is None else "warn"
+    if text is not None:
+        text = template(text, task_type=PROBE_TASK_TYPE, config_class=class_name)
+    return {"result": outcome, "message": text}
+
+
+# --------------------------------------------------------------------- main
+
+def enum_values(enum_cls: type[enum.Enum]) -> list[Any]:
+    """Values of an enum class, sorted."""
+    return sorted((to_json(m.value) for m in enum_cls), key=sort_key)
+
+
+def introspect() -> dict[str, Any]:
+    """The full description of the importable peft release."""
+    import peft
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    mapping = {to_json(k): cls for k, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    # Mapping keys load too even when PeftType lacks them (0.13's "LORAPLUS").
+    peft_types = sorted(set(enum_values(peft.PeftType)) | set(mapping), key=sort_key)
+    task_types = enum_values(peft.TaskType)
+    enums = {"peft_type": [None] + peft_types, "task_type": [None] + task_types}
+    classes = {
+        key: {"class": cls.__name__, "properties": describe_class(cls, enums)}
+        for key, cls in sorted(mapping.items())
+    }
+    lora_class = mapping[PROBE_CLASS_KEY].__name__
+    return {
+        "version": peft.__version__,
+        "peft_types": peft_types,
+        "task_types": task_types,
+        "config_classes": classes,
+        **probe_unknown_key(lora_class),
+        "unknown_peft_type_error": probe_unknown_peft_type(),
+        "unknown_task_type": probe_unknown_task_type(lora_class),
+    }
+
+
+def main() -> int:
+    """Print the description; anything the imports print goes to stderr, not the JSON."""
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)  # old bitsandbytes/transformers print banners at C and Python level
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            doc = introspect()
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
