@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ensure the named envs (default: all with pins) and print their paths."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("versions", nargs="*", help="peft versions (default: every pinned one)")
+    parser.add_argument("--base-requirements", action="store_true",
+                        help="print what the base venv needs for the era stacks, one per line, and exit")
     args = parser.parse_args(argv)
+    if args.base_requirements:
+        print("\n".join(BASE_REQUIREMENTS))
+        return 0
     for version in args.versions or list(read_pins()):
         print(ensure_env(version, quiet=False), flush=True)
     return 0

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up a virtual environment from nothing and run the whole test suite: the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${PEFTDOCTOR_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: the CPU build on this machine's disk; a bare requirement pulls a CUDA build.
+"$PY" -m pip install -q "torch==2.13.0"
+"$PY" -m pip install -q -e ".[test]"
+# Old peft releases, side by side, with the transformers of their era (cached across runs).
+"$PY" -m pip install -q $("$PY" scripts/peft_envs.py --base-requirements)
+"$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.13.2 >/dev/null
+exec "$PY" -m pytest -q "$@"
