@@ -54,7 +54,8 @@ BASE_MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
 LOAD_REFUSALS = (
     ("OFT", "oft_block_size", "0.14.0",
      "ValueError: OFT has been updated since PEFT 0.14.0. Your trained adapter weights are incompatible "
-     "with the latest version of OFT."),  # peft/tuners/oft/config.py: OFTConfig.check_kwargs
+     "with the latest version of OFT. Please retrain your adapter weights with newer PEFT versions. "
+     "Alternatively, downgrade PEFT to version 0.13.0 to use the old adapter weights."),  # peft/tuners/oft/config.py: OFTConfig.check_kwargs
 )
 
 # Module names that are tied to each other in most decoder bases (input embedding <-> LM head).

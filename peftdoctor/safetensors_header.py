@@ -52,6 +52,8 @@ def read_header(path: str) -> Header:
         file_size = os.path.getsize(path)
         with open(path, "rb") as fh:
             prefix = fh.read(8)
+            if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
+                raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
             if len(prefix) < 8:
                 raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
             (header_len,) = struct.unpack("<Q", prefix)

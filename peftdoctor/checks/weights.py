@@ -107,22 +107,27 @@ def pattern_value(pattern: Any, module: str, default: Any) -> Any:
 
 
 def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
-    findings = []
+    """One finding per (declared, found) rank pair, naming the modules it concerns."""
     r = config.get("r")
+    wrong: dict[tuple[str, int, int], list[str]] = {}
     for module in modules.values():
         expected = pattern_value(config.get("rank_pattern"), module.name, r)
         if not isinstance(expected, int) or isinstance(expected, bool):
             continue
-        for side, got in (("lora_A", module.a_rank), ("lora_B", module.b_rank)):
-            if got is not None and got != expected:
-                source = "rank_pattern" if expected != r else "r"
-                findings.append(rule("PD206").finding(
-                    f"{module.name}.{side} has rank {got} but the config declares {source}={expected}: "
-                    "loading fails with a size mismatch",
-                    f"set {'rank_pattern entry' if source == 'rank_pattern' else 'r'} to {got} "
-                    "if these weights are the right ones", key=source))
-                break
-    return findings
+        got = next((g for g in (module.a_rank, module.b_rank) if g is not None and g != expected), None)
+        if got is not None:
+            source = "rank_pattern" if expected != r else "r"
+            wrong.setdefault((source, expected, got), []).append(module.name)
+    return [rule("PD206").finding(
+        f"{_some(names)} hold rank-{got} LoRA weights but the config declares {source}={expected}: "
+        "loading fails with a size mismatch",
+        f"set {'the rank_pattern entry' if source == 'rank_pattern' else 'r'} to {got} if these weights are "
+        "the right ones", key=source) for (source, expected, got), names in wrong.items()]
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
@@ -139,9 +144,8 @@ def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> 
                     key="target_modules"))
     stray = sorted(m for m in modules if not _targeted(m, targets))
     if stray:
-        shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
         findings.append(rule("PD208").finding(
-            f"weights for {shown} match no entry of target_modules: peft builds no layer for them and "
+            f"weights for {_some(stray)} match no entry of target_modules: peft builds no layer for them and "
             "silently ignores those weights", "add the module names to target_modules", key="target_modules"))
     return findings
 
