@@ -13,7 +13,7 @@ from .adapter import UnusableInput
 from .check import check as run_check
 from .report import Report, Severity
 from .reporters import REPORTER_BY_NAME, to_dict
-from .rules import RULES
+from .rules import RULES, markdown_table
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
 
@@ -74,9 +74,15 @@ def _render(reports: list[Report], fmt: Format) -> str:
 
 
 @app.command()
-def rules(fmt: Format = typer.Option(Format.text, "--format", help="text or json.")) -> None:
+def rules(fmt: str = typer.Option("text", "--format", help="text, json or markdown.")) -> None:
     """List every finding code with its default severity and meaning."""
-    if fmt is Format.text:
+    if fmt == "markdown":
+        typer.echo(markdown_table(), nl=False)
+        return
+    if fmt not in ("text", "json"):
+        _fail(f"--format {fmt!r}: use text, json or markdown")
+        raise typer.Exit(EXIT_UNUSABLE)
+    if fmt == "text":
         for r in RULES.values():
             typer.echo(f"{r.code}  {r.severity.value:<7}  {r.name:<26}  {r.summary}")
         return

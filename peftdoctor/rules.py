@@ -66,3 +66,9 @@ RULES: dict[str, Rule] = {code: Rule(code, name, sev, summary) for code, name, s
 
 def rule(code: str) -> Rule:
     return RULES[code]
+
+
+def markdown_table() -> str:
+    """The README's table of finding codes; tests/test_readme.py keeps the README equal to it."""
+    rows = [f"| {r.code} | {r.name} | {r.severity.value} | {r.summary} |" for r in RULES.values()]
+    return "\n".join(["| code | name | severity | meaning |", "|---|---|---|---|", *rows]) + "\n"
