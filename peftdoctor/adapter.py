@@ -119,8 +119,17 @@ def _escapes(directory: Path, name: str) -> bool:
     entry = directory / name
     if not entry.is_symlink():
         return False
-    real_dir = os.path.realpath(directory)
-    return os.path.commonpath([real_dir, os.path.realpath(entry)]) != real_dir
+    target = os.path.realpath(entry)
+    return not any(os.path.commonpath([root, target]) == root for root in _own_roots(directory))
+
+
+def _own_roots(directory: Path) -> list[str]:
+    """Where the adapter's files may really live: its directory, and for a hub cache snapshot
+    (models--owner--name/snapshots/<sha>/, whose files link to ../../blobs/) that repo's blobs."""
+    roots = [os.path.realpath(directory)]
+    if directory.parent.name == "snapshots":
+        roots.append(os.path.realpath(directory.parent.parent / "blobs"))
+    return roots
 
 
 def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]:

@@ -67,7 +67,7 @@ def noop_reason(config: dict[str, Any], key: str) -> Optional[str]:
         controller, inert = keys.DEPENDENT_KEYS[key]
         if _same(config.get(controller, inert), inert):
             return f"inert while {controller} is {inert!r}"
-    if key in keys.INIT_ONLY_KEYS and not _is_base_mutating(value):
+    if key in keys.INIT_ONLY_KEYS and not is_base_mutating(value):
         return "initialisation only; the trained weights replace it"
     if isinstance(peft_type, str):
         has_default, default = default_of(peft_type, key)
@@ -76,7 +76,7 @@ def noop_reason(config: dict[str, Any], key: str) -> Optional[str]:
     return None
 
 
-def _is_base_mutating(value: Any) -> bool:
+def is_base_mutating(value: Any) -> bool:
     return isinstance(value, str) and value.lower().startswith(keys.BASE_MUTATING_INITS)
 
 

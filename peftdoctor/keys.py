@@ -10,6 +10,7 @@ from __future__ import annotations
 METADATA_KEYS = frozenset({
     "peft_version", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
     "runtime_config",  # LoraRuntimeConfig: placement hints, not saved meaning
+    "merge_weights",  # peft<0.3: merge into the base when switching to eval(); same outputs either way
 })
 
 # Keys that only steer how a *new* adapter is initialised; a trained adapter's weights replace
@@ -61,3 +62,6 @@ LOAD_REFUSALS = (
 # Module names that are tied to each other in most decoder bases (input embedding <-> LM head).
 TIED_MODULE_NAMES = frozenset({"lm_head", "embed_tokens", "wte", "embed_out", "word_embeddings", "shared",
                                "embed_in", "tok_embeddings", "output"})
+
+# Values (not keys) that releases before the given one do not understand (peft/tuners/tuners_utils.py).
+VALUE_SINCE = {("target_modules", "all-linear"): "0.8.0"}

@@ -86,6 +86,36 @@ def json_type(value: Any) -> str:
 
 # ------------------------------------------------------------ annotations
 
+# A ``[...]`` inside a Literal string member is a placeholder: the member names a
+# family of values (0.11+: ``"pissa_niter_[number of iters]"`` means "pissa_niter_16").
+PLACEHOLDER = re.compile(r"\[([^\[\]]+)\]")
+# ECMA-262 syntax characters; escaping only these keeps the pattern valid in
+# unicode-mode regex engines, which reject escapes such as ``\-`` or ``\ ``.
+REGEX_SYNTAX = frozenset("^$\\.*+?()[]{}|/")
+
+
+def regex_escape(text: str) -> str:
+    """Escape ``text`` for a JSON Schema (ECMA-262) pattern."""
+    return "".join("\\" + ch if ch in REGEX_SYNTAX else ch for ch in text)
+
+
+def placeholder_pattern(member: Any) -> str | None:
+    """Anchored pattern for a placeholder Literal member, else None.
+
+    A placeholder whose text mentions "number" stands for digits, any other for
+    one or more characters; the text around placeholders is matched literally.
+    """
+    if not isinstance(member, str) or not PLACEHOLDER.search(member):
+        return None
+    parts, last = [], 0
+    for match in PLACEHOLDER.finditer(member):
+        parts.append(regex_escape(member[last:match.start()]))
+        parts.append(r"\d+" if "number" in match.group(1).lower() else ".+")
+        last = match.end()
+    parts.append(regex_escape(member[last:]))
+    return "^" + "".join(parts) + "$"
+
+
 @dataclasses.dataclass
 class Shape:
     """Accumulated JSON shape of an annotation; ``any`` means unconstrained."""
@@ -95,6 +125,7 @@ class Shape:
     items: Shape | None = None
     items_known: bool = True
     any: bool = False
+    patterns: list[str] = dataclasses.field(default_factory=list)  # string families (placeholders)
 
     def merge(self, other: Shape) -> Shape:
         """Union of two shapes (for ``Union``/``Optional``)."""
@@ -108,6 +139,7 @@ class Shape:
             self.types | other.types,
             self.enum + [v for v in other.enum if v not in self.enum],
             items, known, self.any or other.any,
+            self.patterns + [p for p in other.patterns if p not in self.patterns],
         )
 
 
@@ -130,7 +162,10 @@ def shape_of(tp: Any) -> Shape:
             result = result.merge(shape_of(arg))
         return result
     if origin is typing.Literal:
-        return Shape(enum=[to_json(a) for a in args])
+        values = [to_json(a) for a in args]
+        patterns = [placeholder_pattern(v) for v in values]
+        return Shape(enum=[v for v, p in zip(values, patterns) if p is None],
+                     patterns=[p for p in patterns if p is not None])
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return Shape(enum=[to_json(m.value) for m in tp])
     if tp in SCALARS:
@@ -162,17 +197,23 @@ def render(shape: Shape) -> dict[str, Any]:
             items = render(shape.items)
             if items:
                 typed["items"] = items
-    if not enum_values:
+    patterns = [] if "string" in shape.types else sorted(shape.patterns)
+    families = [{"type": "string", "pattern": p} for p in patterns]
+    if not enum_values and not families:
         return typed
     if not shape.types - {"null"}:
         values = enum_values + ([None] if "null" in shape.types else [])
-        return {"enum": sorted(values, key=sort_key)}
-    return {"anyOf": [typed, {"enum": sorted(enum_values, key=sort_key)}]}
+        branches = ([{"enum": sorted(values, key=sort_key)}] if values else []) + families
+    else:
+        branches = [typed] + ([{"enum": sorted(enum_values, key=sort_key)}] if enum_values else []) + families
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
 
 def admits(shape: Shape, value: Any) -> bool:
     """Whether the rendered shape accepts the JSON value ``value``."""
     if shape.any or value in shape.enum:
+        return True
+    if isinstance(value, str) and any(re.search(p, value) for p in shape.patterns):
         return True
     kind = json_type(value)
     if kind not in shape.types and not (kind == "integer" and "number" in shape.types):

@@ -206,3 +206,19 @@ def test_regeneration_reproduces_committed_bytes(version: str) -> None:
     peft_envs.ensure_env(version)  # CI pre-installs these; this is a no-op then
     committed = (SCHEMAS / f"peft-{version}.json").read_text()
     assert generate_schemas.schema_text(version) == committed
+
+
+# ------------------------------------------------- placeholder literals
+
+@pytest.mark.parametrize("value, ok", [
+    ("pissa_niter_16", True),   # peft parses the int after the prefix
+    ("pissa", True),
+    ("pissa_niter_", False),
+    ("pissa_niter_x", False),
+    ("pissa_niter_[number of iters]", False),  # the annotation's placeholder is no real value
+])
+def test_placeholder_literal_is_a_pattern(value: str, ok: bool) -> None:
+    """``Literal["pissa_niter_[number of iters]"]`` (peft >= 0.11) denotes a family of strings."""
+    validator = Draft202012Validator(load("0.21.2"))
+    errors = list(validator.iter_errors({"peft_type": "LORA", "init_lora_weights": value}))
+    assert not errors if ok else errors, [e.message for e in errors]

@@ -102,3 +102,16 @@ def test_git_lfs_pointer_is_named(zoo: dict[str, Path], tmp_path: Path) -> None:
         "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
     report = check(str(target), peft="0.21.2")
     assert any(f.code == "PD204" and "git lfs pull" in f.message for f in report.findings)
+
+
+def test_tied_layer_uses_the_base_config_when_it_is_at_hand(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = {"peft_type": "LORA", "r": 4, "target_modules": ["lm_head"], "base_model_name_or_path": str(base)}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    for tie, expected in ((True, True), (False, False)):
+        (base / "config.json").write_text(json.dumps({"tie_word_embeddings": tie}))
+        found = [f for f in check(str(adapter), peft="0.21.2").findings if f.code == "PD115"]
+        assert bool(found) is expected

@@ -1,8 +1,10 @@
 """Meaning-bearing traps that loading does not catch (PD110-PD115)."""
 from __future__ import annotations
 
+import json
+import os
 import re
-from typing import Any
+from typing import Any, Optional
 
 from packaging.version import Version
 
@@ -75,11 +77,34 @@ def tied_layer_adapted(ctx: Context) -> list[Finding]:
     tied = sorted(adapted & keys.TIED_MODULE_NAMES)
     if not tied:
         return []
+    base = base_config(ctx.config.get("base_model_name_or_path"))
+    if base is not None and base.get("tie_word_embeddings", True) is False:
+        return []
+    known = "the base sets tie_word_embeddings" if base is not None else "if the base ties them (most do),"
     return [rule("PD115").finding(
-        f"{', '.join(tied)} adapted: in bases with tie_word_embeddings the input embedding and LM head share "
-        "one matrix, and a merged model re-tied on reload throws one trained copy away",
+        f"{', '.join(tied)} adapted: {known} the input embedding and LM head share one matrix, and a merged "
+        "model re-tied on reload throws one trained copy away",
         "set tie_word_embeddings false in the merged model's config (peftdoctor verify does), or train with "
         "ensure_weight_tying=true", key="target_modules")]
+
+
+def base_config(name: Any) -> Optional[dict[str, Any]]:
+    """The base model's config.json from a local directory or the local hub cache, if either has it."""
+    if not isinstance(name, str) or not name:
+        return None
+    path: Optional[str] = os.path.join(name, "config.json")
+    if not os.path.isfile(path):
+        path = None
+        if _REPO_ID.match(name):
+            from huggingface_hub import try_to_load_from_cache  # only here: rare, and not free to import
+
+            cached = try_to_load_from_cache(name, "config.json")
+            path = cached if isinstance(cached, str) else None
+    try:
+        data = json.loads(open(path, encoding="utf-8").read()) if path else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _names(value: Any) -> set[str]:

@@ -1,0 +1,254 @@
+"""`fix`: a rewrite plan that makes adapter_config.json load under a target peft release
+without changing what the adapter computes, or a refusal that says why it cannot.
+
+The plan is plain data computed from the schemas of the releases and the adapter's own weight
+names; `apply` writes it (atomically, with a backup). Each rewriter below handles one kind of
+difference and is either exact or refuses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from packaging.version import Version
+
+from . import compat, keys, patterns, releases
+from .adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter, UnusableInput, open_adapter
+from .check import choose_target
+from .checks.schema import plainly_valid
+from .checks.weights import lora_modules
+from .releases import Release
+from .report import Finding
+from .safetensors_header import HeaderError, read_header
+
+
+@dataclass(frozen=True)
+class Change:
+    """One key rewritten: dropped (after is absent), set, or added (before is absent)."""
+
+    key: str
+    action: str  # "drop", "set" or "add"
+    reason: str
+    before: Any = None
+    after: Any = None
+    forced: bool = False  # made only because --force overrode a refusal: the meaning changes
+
+
+@dataclass(frozen=True)
+class Refusal:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `fix` would do to one adapter for one target release."""
+
+    path: str
+    config_path: str
+    target: str
+    written_by: Optional[str]
+    original: dict[str, Any]
+    result: dict[str, Any]
+    changes: tuple[Change, ...]
+    refusals: tuple[Refusal, ...]
+    notes: tuple[Finding, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusals)
+
+    @property
+    def changed(self) -> bool:
+        return self.result != self.original or list(self.result) != list(self.original)
+
+
+@dataclass
+class _Work:
+    """The config being rewritten, and what has been said about it so far."""
+
+    config: dict[str, Any]
+    target: Release
+    source: Version  # the release whose semantics the config was written for
+    modules: Optional[list[str]]  # LoRA module names from the weights, when they could be read
+    force: bool
+    changes: list[Change] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+
+    @property
+    def peft_type(self) -> str:
+        return str(self.config.get("peft_type"))
+
+    def knows(self, key: str) -> bool:
+        return key in self.target.fields(self.peft_type)
+
+    def drop(self, key: str, reason: str, forced: bool = False) -> None:
+        self.changes.append(Change(key, "drop", reason, before=self.config.pop(key), forced=forced))
+
+    def set(self, key: str, value: Any, reason: str) -> None:
+        action = "set" if key in self.config else "add"
+        self.changes.append(Change(key, action, reason, before=self.config.get(key), after=value))
+        self.config[key] = value
+
+    def refuse(self, key: str, reason: str) -> None:
+        """Refuse, or with --force drop the key anyway and say that the meaning changes."""
+        if self.force and key in self.config:
+            self.drop(key, f"FORCED: {reason}", forced=True)
+        else:
+            self.refusals.append(Refusal(key, reason))
+
+
+def _number(value: float) -> Any:
+    return int(value) if float(value).is_integer() else value
+
+
+def rslora_to_alpha(work: _Work) -> None:
+    """use_rslora=true scales by alpha/sqrt(r); plain LoRA by alpha/r. alpha*sqrt(r) makes them equal."""
+    if work.config.get("use_rslora") is not True or work.knows("use_rslora"):
+        return
+    r, alpha = work.config.get("r", 8), work.config.get("lora_alpha", 8)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (r, alpha)):
+        return work.refuse("use_rslora", "r and lora_alpha must be positive numbers to fold rsLoRA's scaling")
+    has_patterns = bool(work.config.get("rank_pattern") or work.config.get("alpha_pattern"))
+    if not has_patterns:
+        work.set("lora_alpha", _number(alpha * math.sqrt(r)),
+                 f"rsLoRA folded in: lora_alpha/r now equals the rsLoRA scaling {alpha}/sqrt({r})")
+        return work.drop("use_rslora", f"peft {work.target.name} has no rsLoRA; its scaling is in lora_alpha")
+    if work.modules is None:
+        return work.refuse("use_rslora", f"folding rsLoRA into per-module alphas needs {SAFETENSORS_NAME} "
+                                          "to name the modules")
+    if not (work.knows("rank_pattern") and work.knows("alpha_pattern")):
+        return work.refuse("use_rslora", f"peft {work.target.name} has no alpha_pattern to carry per-module "
+                                          "rsLoRA scalings")
+    wanted = {m: (rank, a * math.sqrt(rank)) for m, (rank, a) in
+              patterns.module_values(work.config, work.modules, work.source).items()}
+    global_alpha = _number(alpha * math.sqrt(r))
+    # Every module whose rank or alpha differs from the global ones gets its own exact key in both
+    # patterns, so each release's matching rule (one shared key before 0.14) lands on it.
+    odd = {m: v for m, v in wanted.items() if v[0] != r or not math.isclose(v[1], global_alpha, rel_tol=1e-12)}
+    rewritten = dict(work.config, lora_alpha=global_alpha,
+                     rank_pattern={m: v[0] for m, v in odd.items()},
+                     alpha_pattern={m: _number(v[1]) for m, v in odd.items()})
+    got = patterns.module_values(rewritten, work.modules, work.target.version)
+    if any(got[m][0] != v[0] or not math.isclose(got[m][1], v[1], rel_tol=1e-12) for m, v in wanted.items()):
+        return work.refuse("use_rslora", f"peft {work.target.name}'s pattern matching cannot single out every "
+                                          "module of this adapter")
+    work.set("lora_alpha", global_alpha, f"rsLoRA folded in: lora_alpha {alpha} * sqrt(r={r})")
+    work.set("rank_pattern", rewritten["rank_pattern"], "one exact key per module whose rank differs")
+    work.set("alpha_pattern", rewritten["alpha_pattern"], "each module's rsLoRA scaling folded into its alpha")
+    work.drop("use_rslora", f"peft {work.target.name} has no rsLoRA; its scaling is in the alphas")
+
+
+def explicit_targets(work: _Work) -> None:
+    """'all-linear' and exclude_modules become the list of modules the weights were trained for."""
+    all_linear = work.config.get("target_modules") == "all-linear" and \
+        work.target.version < Version(keys.VALUE_SINCE[("target_modules", "all-linear")])
+    excluding = work.config.get("exclude_modules") not in (None, [], "") and not work.knows("exclude_modules")
+    if not (all_linear or excluding):
+        return
+    what = "target_modules 'all-linear'" if all_linear else "exclude_modules"
+    if not work.modules:
+        return work.refuse("target_modules" if all_linear else "exclude_modules",
+                           f"{what} can only be spelled out from {SAFETENSORS_NAME}'s module names")
+    work.set("target_modules", sorted(work.modules),
+             f"{what} spelled out as the {len(work.modules)} modules the weights hold")
+    if excluding:
+        work.drop("exclude_modules", "its effect is in the explicit target_modules")
+
+
+def legacy_merged_linear(work: _Work) -> None:
+    """enable_lora (MergedLinear, before peft 0.3) has a weight layout newer releases cannot load."""
+    if work.config.get("enable_lora") not in (None, []) and not work.knows("enable_lora"):
+        work.refuse("enable_lora", "MergedLinear adapters (enable_lora) store fused weights that peft "
+                                   f"{work.target.name} cannot load; re-train or split the weights")
+
+
+def retyped_values(work: _Work) -> None:
+    """Values of a type the target rejects, where an exact conversion exists (or they are init-only)."""
+    for key in list(work.config):
+        prop = work.target.fields(work.peft_type).get(key)
+        value = work.config[key]
+        if prop is None or _valid(value, prop):
+            continue
+        for convert, why in _CONVERSIONS:
+            converted = convert(value)
+            if converted is not _NO and _valid(converted, prop):
+                work.set(key, converted, why)
+                break
+        else:
+            if key in keys.INIT_ONLY_KEYS and not compat.is_base_mutating(value) and "default" in prop:
+                work.set(key, prop["default"], "initialisation only: the trained weights replace it, and "
+                                               f"peft {work.target.name} does not accept {value!r}")
+            else:
+                work.refuse(key, f"peft {work.target.name} does not accept {key}={value!r}")
+
+
+_NO = object()
+_CONVERSIONS: tuple[tuple[Callable[[Any], Any], str], ...] = (
+    (lambda v: v[0] if isinstance(v, list) and len(v) == 1 else _NO, "a one-element list becomes its element"),
+    (lambda v: [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else _NO,
+     "a single value becomes a one-element list"),
+)
+
+
+def _valid(value: Any, prop: dict[str, Any]) -> bool:
+    if plainly_valid(value, prop):
+        return True
+    from jsonschema import Draft202012Validator  # only for the rare keywords the plain look leaves open
+
+    return Draft202012Validator(prop).is_valid(value)
+
+
+def unknown_keys(work: _Work) -> None:
+    """Keys the target does not know: drop no-ops, refuse the rest."""
+    for key in [k for k in work.config if not work.knows(k)]:
+        noop = compat.noop_reason(work.config, key)
+        if noop:
+            work.drop(key, f"unknown to peft {work.target.name}; a no-op ({noop})")
+        else:
+            span = compat.history(work.peft_type, key)
+            needs = f"; peft>={span.first} knows it" if span.known and not span.legacy else ""
+            work.refuse(key, f"peft {work.target.name} cannot express it: "
+                             f"{keys.LOSS_IF_DROPPED.get(key, keys.DEFAULT_LOSS)}{needs}")
+
+
+def load_refusals(work: _Work) -> None:
+    for peft_type, missing_key, since, _error in keys.LOAD_REFUSALS:
+        if work.peft_type == peft_type and missing_key not in work.config and work.target.version >= Version(since):
+            work.refusals.append(Refusal(missing_key, f"{peft_type} weights saved before peft {since} are "
+                                                      f"incompatible with peft {work.target.name}: no rewrite helps"))
+
+
+# Order matters: exact equivalences first, then type repairs, then what is left is dropped or refused.
+REWRITERS: tuple[Callable[[_Work], None], ...] = (
+    load_refusals, legacy_merged_linear, rslora_to_alpha, explicit_targets, retyped_values, unknown_keys,
+)
+
+
+def _module_names(adapter: Adapter) -> Optional[list[str]]:
+    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.escaping_links:
+        return None
+    try:
+        return sorted(lora_modules(read_header(str(adapter.path_of(SAFETENSORS_NAME)))))
+    except HeaderError:
+        return None
+
+
+def plan(target: str, peft: Optional[str] = None, force: bool = False) -> Plan:
+    """The rewrite that makes the adapter at `target` load under `peft` (default: the installed one)."""
+    adapter = open_adapter(target)
+    if adapter.kind != "peft-adapter" or adapter.config is None:
+        why = adapter.config_error or f"is not a PEFT adapter ({adapter.kind})"
+        raise UnusableInput(f"{target}: {CONFIG_NAME} {why}" if adapter.config_error else f"{target} {why}")
+    release, notes = choose_target(peft)
+    config = adapter.config
+    written = releases.parse_version(compat.written_by(config) or "")
+    work = _Work(dict(config), release, written or releases.known_versions()[-1], _module_names(adapter), force)
+    if work.peft_type not in release.peft_types:
+        work.refusals.append(Refusal("peft_type", f"peft {release.name} has no {work.peft_type!r} adapters"))
+    else:
+        for rewrite in REWRITERS:
+            rewrite(work)
+    return Plan(adapter.display, str(adapter.path_of(CONFIG_NAME)), release.name, compat.written_by(config),
+                config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes))

@@ -1,0 +1,60 @@
+"""How each peft release matches rank_pattern / alpha_pattern keys to module names.
+
+Three regimes, read from peft's source (peft/tuners/lora/model.py, peft/utils/other.py):
+- 0.6.0-0.13.x: one key is picked from rank_pattern's keys then alpha_pattern's keys, the first
+  with re.match(rf".*\\.{key}$", module); both r and alpha are then looked up under that one key
+  (and the module's own full name is the fallback key);
+- 0.14.0: the same regex, but rank and alpha keys are picked separately;
+- 0.15.0 on: separately, with re.match(rf"(.*\\.)?({key})$", module).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional
+
+from packaging.version import Version
+
+Resolver = Callable[[dict, dict, str, Any, Any], tuple[Any, Any]]
+
+
+def _first(keys: list[str], module: str, template: str) -> Optional[str]:
+    for key in keys:
+        try:
+            if re.match(template.format(key=key), module):
+                return key
+        except re.error:
+            continue
+    return None
+
+
+def _combined(rank: dict, alpha: dict, module: str, r: Any, lora_alpha: Any) -> tuple[Any, Any]:
+    key = _first([*rank, *alpha], module, r".*\.{key}$") or module
+    return rank.get(key, r), alpha.get(key, lora_alpha)
+
+
+def _separate(template: str) -> Resolver:
+    def resolve(rank: dict, alpha: dict, module: str, r: Any, lora_alpha: Any) -> tuple[Any, Any]:
+        r_key = _first(list(rank), module, template) or module
+        a_key = _first(list(alpha), module, template) or module
+        return rank.get(r_key, r), alpha.get(a_key, lora_alpha)
+
+    return resolve
+
+
+_REGIMES: list[tuple[Version, Resolver]] = [
+    (Version("0.15.0"), _separate(r"(.*\.)?({key})$")),
+    (Version("0.14.0"), _separate(r".*\.{key}$")),
+    (Version("0.0"), _combined),
+]
+
+
+def resolver(version: Version) -> Resolver:
+    return next(resolve for since, resolve in _REGIMES if version >= since)
+
+
+def module_values(config: dict[str, Any], modules: list[str], version: Version) -> dict[str, tuple[Any, Any]]:
+    """{module: (rank, alpha)} as peft `version` would build each module from this config."""
+    resolve = resolver(version)
+    rank = config.get("rank_pattern") or {}
+    alpha = config.get("alpha_pattern") or {}
+    return {m: resolve(rank, alpha, m, config.get("r", 8), config.get("lora_alpha", 8)) for m in modules}
