@@ -10,7 +10,11 @@ import typer
 
 from . import __version__
 from .adapter import UnusableInput
+from .atomic import WriteRefused
 from .check import check as run_check
+from .fix import apply, diff
+from .fix import plan as make_plan
+from .plan_report import plan_to_dict, render_plan
 from .report import Report, Severity
 from .reporters import REPORTER_BY_NAME, to_dict
 from .rules import RULES, markdown_table
@@ -71,6 +75,42 @@ def _render(reports: list[Report], fmt: Format) -> str:
     merged = runs[0]
     merged["runs"] = [run for sarif in runs for run in sarif["runs"]]
     return json.dumps(merged, indent=2, sort_keys=True) + "\n"
+
+
+@app.command()
+def fix(
+    path: str = typer.Argument(..., help="Adapter directory or its adapter_config.json."),
+    peft: Optional[str] = typer.Option(None, "--peft", help="Rewrite for this peft release instead of the installed one."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; write nothing."),
+    show_diff: bool = typer.Option(False, "--diff", help="Print a unified diff of the rewrite."),
+    check_only: bool = typer.Option(False, "--check", help="Exit 1 if a fix would change the file; write nothing."),
+    backup_suffix: str = typer.Option(".orig", "--backup-suffix", help="Keep the original as FILE+SUFFIX ('' for none)."),
+    force: bool = typer.Option(False, "--force", help="Also drop meaning-bearing keys the target cannot express."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+) -> None:
+    """Rewrite adapter_config.json so it loads under a peft release and computes the same thing."""
+    try:
+        the_plan = make_plan(path, peft=peft, force=force)
+    except UnusableInput as exc:
+        _fail(str(exc))
+        raise typer.Exit(EXIT_UNUSABLE)
+    if fmt is Format.json:
+        typer.echo(json.dumps(plan_to_dict(the_plan), indent=2, sort_keys=True))
+    else:
+        typer.echo(render_plan(the_plan), nl=False, err=check_only)
+    if show_diff:
+        typer.echo(diff(the_plan), nl=False)
+    if the_plan.refused:
+        raise typer.Exit(EXIT_FINDINGS)
+    if check_only or dry_run:
+        raise typer.Exit(EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN)
+    try:
+        backup = apply(the_plan, backup_suffix or None)
+    except WriteRefused as exc:
+        _fail(str(exc))
+        raise typer.Exit(EXIT_UNUSABLE)
+    if the_plan.changed and fmt is Format.text:
+        typer.echo(f"wrote {the_plan.config_path}" + (f" (original kept as {backup})" if backup else ""), err=True)
 
 
 @app.command()

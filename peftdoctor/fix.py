@@ -7,13 +7,17 @@ difference and is either exact or refuses.
 """
 from __future__ import annotations
 
+import difflib
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from packaging.version import Version
 
 from . import compat, keys, patterns, releases
+from .atomic import Snapshot, WriteRefused, replace_text
 from .adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter, UnusableInput, open_adapter
 from .check import choose_target
 from .checks.schema import plainly_valid
@@ -54,6 +58,7 @@ class Plan:
     changes: tuple[Change, ...]
     refusals: tuple[Refusal, ...]
     notes: tuple[Finding, ...] = ()
+    snapshot: Optional[Snapshot] = None  # the config file's bytes as read, to detect concurrent edits
 
     @property
     def refused(self) -> bool:
@@ -93,6 +98,8 @@ class _Work:
 
     def refuse(self, key: str, reason: str) -> None:
         """Refuse, or with --force drop the key anyway and say that the meaning changes."""
+        if any(r.key == key for r in self.refusals):
+            return  # one reason per key: the first rewriter that could not express it says why
         if self.force and key in self.config:
             self.drop(key, f"FORCED: {reason}", forced=True)
         else:
@@ -243,6 +250,9 @@ def plan(target: str, peft: Optional[str] = None, force: bool = False) -> Plan:
         raise UnusableInput(f"{target}: {CONFIG_NAME} {why}" if adapter.config_error else f"{target} {why}")
     release, notes = choose_target(peft)
     config = adapter.config
+    snapshot = Snapshot.of(adapter.path_of(CONFIG_NAME))
+    if json.loads(snapshot.text) != config:
+        raise UnusableInput(f"{adapter.path_of(CONFIG_NAME)} changed while it was being read; run fix again")
     written = releases.parse_version(compat.written_by(config) or "")
     work = _Work(dict(config), release, written or releases.known_versions()[-1], _module_names(adapter), force)
     if work.peft_type not in release.peft_types:
@@ -251,4 +261,30 @@ def plan(target: str, peft: Optional[str] = None, force: bool = False) -> Plan:
         for rewrite in REWRITERS:
             rewrite(work)
     return Plan(adapter.display, str(adapter.path_of(CONFIG_NAME)), release.name, compat.written_by(config),
-                config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes))
+                config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes), snapshot)
+
+
+def new_text(plan: Plan) -> str:
+    """The rewritten file, in the original's layout: key order, indentation, final newline."""
+    original = plan.snapshot.text if plan.snapshot else ""
+    if not plan.changed:
+        return original
+    indent = next((len(line) - len(line.lstrip(" ")) for line in original.splitlines()[1:2]), None) or None
+    text = json.dumps(plan.result, indent=indent, ensure_ascii=False)
+    return text + "\n" if original.endswith("\n") or not original else text
+
+
+def diff(plan: Plan) -> str:
+    original = plan.snapshot.text if plan.snapshot else ""
+    return "".join(difflib.unified_diff(original.splitlines(keepends=True), new_text(plan).splitlines(keepends=True),
+                                        f"a/{CONFIG_NAME}", f"b/{CONFIG_NAME}"))
+
+
+def apply(plan: Plan, backup_suffix: Optional[str] = ".orig") -> Optional[Path]:
+    """Write the plan's result (nothing when unchanged or refused); return the backup's path if one was made."""
+    if plan.refused or not plan.changed or plan.snapshot is None:
+        return None
+    path = Path(plan.config_path)
+    if path.is_symlink():
+        raise WriteRefused(f"{path} is a symlink (a hub cache entry?); fix rewrites only regular files")
+    return replace_text(path, new_text(plan), plan.snapshot, backup_suffix)
