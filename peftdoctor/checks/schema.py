@@ -88,8 +88,10 @@ def value_findings(ctx: Context) -> list[Finding]:
             findings.append(_task_type_finding(ctx))
             continue
         findings.append(rule("PD104").finding(
-            f"{key}: {_short(error)} (peft {ctx.target.name}, {ctx.target.config_class(ctx.peft_type or '')})",
-            _fix_for(key, error), key=key))
+            f"{key}: {_short(error)} (peft {ctx.target.name}, {ctx.target.config_class(ctx.peft_type or '')})"
+            + (": the annotation says int, but dataclasses do not enforce it and peft only computes with it"
+               if _float_for_int(error) else ""),
+            _fix_for(key, error), key=key, severity=Severity.WARNING if _float_for_int(error) else None))
     return findings
 
 
@@ -101,6 +103,13 @@ def _task_type_finding(ctx: Context) -> Finding:
         f"peft {ctx.target.name} does not know task_type {ctx.config.get('task_type')!r}: {consequence}",
         f"use one of: {', '.join(str(t) for t in ctx.target.info.get('task_types', ()))}",
         key="task_type", severity=Severity.ERROR if raises else None)
+
+
+def _float_for_int(error: "ValidationError") -> bool:
+    """A float where an int is annotated (e.g. lora_alpha 45.25 after folding rsLoRA) still loads and
+    computes exactly; it is worth a warning, not an error."""
+    expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    return error.validator == "type" and "integer" in expected and isinstance(error.instance, float)
 
 
 def _short(error: "ValidationError") -> str:

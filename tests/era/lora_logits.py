@@ -1,0 +1,72 @@
+"""Run inside a side-by-side peft env (or the installed one): logits of a base with each adapter.
+
+argv: one JSON file holding {"base": dir, "input_ids": [[...], ...], "jobs": [[name, adapter dir], ...]}.
+Prints one JSON object (its last line):
+  {"peft": version, "transformers": version, "base_loaded_by": how, "base": logits,
+   "jobs": {name: {"ok": true, "logits": [...], "scalings": {module: scaling}}
+                 | {"ok": false, "error_type": "TypeError", "error": "..."}}}
+The base's weights are always the saved safetensors (checked tensor by tensor), whichever
+transformers loads them; dropout is off (eval) and only input_ids are fed (no tokenizer).
+"""
+import copy
+import json
+import sys
+import warnings
+
+warnings.simplefilter("ignore")
+
+import peft  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from peft import PeftModel  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+torch.manual_seed(0)
+
+
+def load_base(directory: str):
+    """from_pretrained when this transformers reads the saved dir, else built from config.json;
+    either way the weights are then set from model.safetensors (strict), so every env agrees."""
+    state = load_file(f"{directory}/model.safetensors")
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, torch_dtype=torch.float32)
+        how = "from_pretrained"
+    except Exception as exc:  # an era transformers that cannot read a newer save
+        config = transformers.AutoConfig.from_pretrained(directory)
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        how = f"from_config ({type(exc).__name__})"
+    model.load_state_dict(state, strict=True)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items()), "base weights differ from the safetensors"
+    return model.float().eval(), how
+
+
+def scalings(model) -> dict:
+    out = {}
+    for name, module in model.named_modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and "default" in scaling:
+            out[name] = float(scaling["default"])
+    return out
+
+
+def main() -> None:
+    with open(sys.argv[1]) as fh:
+        spec = json.load(fh)
+    base, how = load_base(spec["base"])
+    ids = torch.tensor(spec["input_ids"], dtype=torch.long)
+    with torch.no_grad():
+        result = {"peft": peft.__version__, "transformers": transformers.__version__, "base_loaded_by": how,
+                  "base": base(input_ids=ids).logits.tolist(), "jobs": {}}
+        for name, adapter in spec["jobs"]:
+            try:
+                model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
+                result["jobs"][name] = {"ok": True, "logits": model(input_ids=ids).logits.tolist(),
+                                        "scalings": scalings(model)}
+            except Exception as exc:  # the outcome under test, whatever it is
+                result["jobs"][name] = {"ok": False, "error_type": type(exc).__name__, "error": str(exc)[:500]}
+    print(json.dumps(result))
+
+
+main()
