@@ -12,9 +12,9 @@ from . import __version__
 from .adapter import UnusableInput
 from .atomic import WriteRefused
 from .check import check as run_check
-from .fix import apply, diff
-from .fix import plan as make_plan
-from .plan_report import plan_to_dict, render_plan
+from .rewrite import apply, diff
+from .rewrite import plan as make_plan
+from .rewrite_report import plan_to_dict, render_plan
 from .report import Report, Severity
 from .reporters import REPORTER_BY_NAME, to_dict
 from .rules import RULES, markdown_table
@@ -111,6 +111,28 @@ def fix(
         raise typer.Exit(EXIT_UNUSABLE)
     if the_plan.changed and fmt is Format.text:
         typer.echo(f"wrote {the_plan.config_path}" + (f" (original kept as {backup})" if backup else ""), err=True)
+
+
+@app.command()
+def scan(
+    root: str = typer.Argument(..., help="A tree to search for adapters (training output, a monorepo)."),
+    peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
+) -> None:
+    """Check every adapter under a directory tree and summarise the findings, worst first."""
+    from . import scan as scanning
+
+    try:
+        result = scanning.scan(root, peft=peft)
+    except UnusableInput as exc:
+        _fail(str(exc))
+        raise typer.Exit(EXIT_UNUSABLE)
+    if fmt is Format.json:
+        typer.echo(json.dumps(scanning.to_dict(result), indent=2, sort_keys=True))
+    else:
+        typer.echo(scanning.render_text(result), nl=False)
+    raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
 
 @app.command()

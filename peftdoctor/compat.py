@@ -44,6 +44,7 @@ def history(peft_type: object, key: str) -> KeyHistory:
     return _histories(peft_type).get(key, KeyHistory(None, None))
 
 
+@functools.lru_cache(maxsize=None)
 def default_of(peft_type: str, key: str) -> tuple[bool, Any]:
     """(has_default, default) from the newest release that knows the key."""
     for release in reversed(releases.all_releases()):
@@ -80,8 +81,12 @@ def is_base_mutating(value: Any) -> bool:
     return isinstance(value, str) and value.lower().startswith(keys.BASE_MUTATING_INITS)
 
 
-def predict(release: Release, config: dict[str, Any]) -> Compatibility:
-    """What `release` does when PeftModel.from_pretrained loads this config."""
+def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, Optional[str]]] = None
+            ) -> Compatibility:
+    """What `release` does when PeftModel.from_pretrained loads this config.
+
+    `noops` maps keys to noop_reason(config, key); compatibility() computes it once for all releases.
+    """
     name = release.name
     peft_type = config.get("peft_type")
     if "peft_type" not in config:
@@ -106,8 +111,8 @@ def predict(release: Release, config: dict[str, Any]) -> Compatibility:
         if release.unknown_keys == "warn" and message:
             warning = (message.replace("{config_class}", release.config_class(peft_type))
                        .replace("['{key}']", str(sorted(unknown))).replace("{key}", ", ".join(unknown)))
-        lost = tuple((k, keys.LOSS_IF_DROPPED.get(k, keys.DEFAULT_LOSS)) for k in unknown
-                     if noop_reason(config, k) is None)
+        noops = noops if noops is not None else {k: noop_reason(config, k) for k in unknown}
+        lost = tuple((k, keys.LOSS_IF_DROPPED.get(k, keys.DEFAULT_LOSS)) for k in unknown if noops[k] is None)
         return Compatibility(name, "drops_keys", dropped=unknown, warning=warning, lost=lost)
     return Compatibility(name, "ok")
 
@@ -127,7 +132,8 @@ def _task_type_error(release: Release, task_type: Any) -> Optional[str]:
 
 
 def compatibility(config: dict[str, Any]) -> tuple[Compatibility, ...]:
-    return tuple(predict(r, config) for r in releases.all_releases())
+    noops = {k: noop_reason(config, k) for k in config}
+    return tuple(predict(r, config, noops) for r in releases.all_releases())
 
 
 def written_by(config: dict[str, Any]) -> Optional[str]:

@@ -25,7 +25,8 @@ class Release:
     version: Version
     schema: dict[str, Any]
 
-    @property
+    # cached_property: these are read for every release on every check (scan's hot loop).
+    @functools.cached_property
     def name(self) -> str:
         return str(self.version)
 
@@ -33,9 +34,9 @@ class Release:
     def info(self) -> dict[str, Any]:
         return self.schema["x-peft"]
 
-    @property
-    def peft_types(self) -> tuple[str, ...]:
-        return tuple(self.info["config_classes"])
+    @functools.cached_property
+    def peft_types(self) -> frozenset[str]:
+        return frozenset(self.info["config_classes"])
 
     @property
     def unknown_keys(self) -> str:
@@ -84,10 +85,12 @@ def load(version: Version) -> Release:
         return Release(version, json.load(fh))
 
 
-def all_releases() -> list[Release]:
-    return [load(v) for v in known_versions()]
+@functools.lru_cache(maxsize=None)
+def all_releases() -> tuple[Release, ...]:
+    return tuple(load(v) for v in known_versions())
 
 
+@functools.lru_cache(maxsize=None)
 def installed_peft() -> Optional[str]:
     """The installed peft's version string, from metadata (peft itself is never imported)."""
     return _dist_info_version("peft")
@@ -109,6 +112,7 @@ def _dist_info_version(name: str) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def closest_known(version: Version) -> Optional[Version]:
     """The schema to judge `version` by: the same release, else the newest one not newer than it.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from peftdoctor import fix as fixing
+from peftdoctor import rewrite as fixing
 from peftdoctor.atomic import WriteRefused
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,6 @@ def test_read_only_directory_as_root_is_reported_via_access(tmp_path: Path, monk
 
 KILLER = """
 import sys
-from peftdoctor import fix
 from peftdoctor.atomic import Snapshot, replace_text
 from pathlib import Path
 path = Path(sys.argv[1])

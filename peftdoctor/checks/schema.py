@@ -67,7 +67,7 @@ def peft_type_findings(ctx: Context) -> list[Finding]:
     if knowing:
         fix = f"install peft>={knowing[0]}, which knows {value}"
     else:
-        fix = f"use one of the peft types peft knows: {', '.join(releases.all_releases()[-1].peft_types)}"
+        fix = f"use one of the peft types peft knows: {', '.join(sorted(releases.all_releases()[-1].peft_types))}"
     return [rule("PD103").finding(f"peft {target.name} knows no peft_type {value!r}", fix, key="peft_type")]
 
 

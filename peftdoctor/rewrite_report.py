@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .fix import Plan
+from .rewrite import Plan
 from .report import FORMAT_VERSION
 
 
