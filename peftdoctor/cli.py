@@ -11,12 +11,14 @@ import typer
 from . import __version__
 from .adapter import UnusableInput
 from .atomic import WriteRefused
+from .adapter import open_adapter
 from .check import check as run_check
+from .combine import COMBINATIONS, Combination, combine
 from .rewrite import apply, diff
 from .rewrite import plan as make_plan
 from .rewrite_report import plan_to_dict, render_plan
 from .report import Report, Severity
-from .reporters import REPORTER_BY_NAME, to_dict
+from .reporters import REPORTER_BY_NAME, combination_to_dict, render_combination, to_dict
 from .rules import RULES, markdown_table
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
@@ -47,8 +49,13 @@ def check(
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
     fmt: Format = typer.Option(Format.text, "--format", help="Output format."),
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
+    combine_as: Optional[str] = typer.Option(None, "--combine", help="Also say whether these adapters can be "
+                                             "combined by add_weighted_adapter: linear, ties, svd, cat, ..."),
 ) -> None:
     """Check adapters against the schemas of every peft release."""
+    if combine_as is not None and combine_as not in COMBINATIONS:
+        _fail(f"--combine {combine_as!r}: use one of {', '.join(COMBINATIONS)}")
+        raise typer.Exit(EXIT_UNUSABLE)
     reports: list[Report] = []
     unusable = False
     for path in paths:
@@ -57,20 +64,34 @@ def check(
         except UnusableInput as exc:
             _fail(str(exc))
             unusable = True
+    combination = _combination(paths, reports, combine_as) if combine_as and not unusable else None
     if reports:
-        typer.echo(_render(reports, fmt), nl=False)
+        typer.echo(_render(reports, fmt, combination), nl=False)
     threshold = Severity(fail_on.value)
     if unusable or any(r.kind != "peft-adapter" for r in reports):
         raise typer.Exit(EXIT_UNUSABLE)
-    raise typer.Exit(EXIT_FINDINGS if any(r.fails_at(threshold) for r in reports) else EXIT_CLEAN)
+    failed = any(r.fails_at(threshold) for r in reports) or (combination is not None and not combination.possible)
+    raise typer.Exit(EXIT_FINDINGS if failed else EXIT_CLEAN)
 
 
-def _render(reports: list[Report], fmt: Format) -> str:
-    if len(reports) == 1 or fmt is Format.text:
-        return "".join(REPORTER_BY_NAME[fmt.value](r) for r in reports)
-    if fmt is Format.json:
-        return json.dumps({"format_version": 1, "reports": [to_dict(r) for r in reports]},
-                          indent=2, sort_keys=True) + "\n"
+def _combination(paths: list[str], reports: list[Report], combine_as: str) -> Optional[Combination]:
+    configs = [open_adapter(p).config for p in paths]
+    if any(c is None for c in configs):
+        return None  # an unreadable config is already a finding of its own report
+    return combine(reports, [c for c in configs if c is not None], combine_as)
+
+
+def _render(reports: list[Report], fmt: Format, combination: Optional[Combination] = None) -> str:
+    if fmt is Format.text:
+        text = "".join(REPORTER_BY_NAME[fmt.value](r) for r in reports)
+        return text + (render_combination(combination) if combination else "")
+    if fmt is Format.json and (len(reports) > 1 or combination):
+        body: dict = {"format_version": 1, "reports": [to_dict(r) for r in reports]}
+        if combination:
+            body["combination"] = combination_to_dict(combination)
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+    if len(reports) == 1:
+        return REPORTER_BY_NAME[fmt.value](reports[0])
     runs = [json.loads(REPORTER_BY_NAME["sarif"](r)) for r in reports]
     merged = runs[0]
     merged["runs"] = [run for sarif in runs for run in sarif["runs"]]
@@ -133,6 +154,32 @@ def scan(
     else:
         typer.echo(scanning.render_text(result), nl=False)
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
+
+
+@app.command()
+def explain(
+    source: str = typer.Argument("-", help="A file holding the error text or traceback, or - for standard input."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+) -> None:
+    """Map an error text from loading or merging an adapter to its finding code and fix."""
+    from .explain import explain as run_explain
+
+    try:
+        text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8", errors="replace").read()
+    except OSError as exc:
+        _fail(f"{source}: cannot read: {exc.strerror}")
+        raise typer.Exit(EXIT_UNUSABLE)
+    found = run_explain(text)
+    if fmt is Format.json:
+        typer.echo(json.dumps({"format_version": 1, "explanations": [
+            {"code": e.finding.code, "severity": e.finding.severity.value, "message": e.finding.message,
+             "fix": e.finding.fix, "matched": e.matched} for e in found]}, indent=2, sort_keys=True))
+    else:
+        for e in found:
+            typer.echo(f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}\n      fix: {e.finding.fix}")
+        if not found:
+            typer.echo("no known peft/transformers/safetensors failure recognised in the text", err=True)
+    raise typer.Exit(EXIT_CLEAN if found else EXIT_FINDINGS)
 
 
 @app.command()

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .report import FORMAT_VERSION, Compatibility, Report
 from .rules import RULES
+
+if TYPE_CHECKING:
+    from .combine import Combination
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -90,6 +93,22 @@ def render_sarif(report: Report) -> str:
         "tool": {"driver": {"name": "peftdoctor", "version": __version__, "rules": rules}},
         "results": results}]}
     return json.dumps(sarif, indent=2, sort_keys=True) + "\n"
+
+
+def combination_to_dict(combination: "Combination") -> dict[str, Any]:
+    return {"combination_type": combination.combination_type, "adapters": list(combination.adapters),
+            "possible": combination.possible, "new_rank": combination.new_rank,
+            "findings": [{"code": f.code, "severity": f.severity.value, "key": f.key, "message": f.message,
+                          "fix": f.fix} for f in combination.findings]}
+
+
+def render_combination(combination: "Combination") -> str:
+    verdict = "possible" if combination.possible else "NOT possible"
+    rank = f", new rank {combination.new_rank}" if combination.new_rank is not None else ""
+    lines = [f"combine {len(combination.adapters)} adapters with {combination.combination_type}: {verdict}{rank}"]
+    for f in combination.findings:
+        lines += [f"  {f.code} {f.severity.value}: {f.message}", f"        fix: {f.fix}"]
+    return "\n".join(lines) + "\n"
 
 
 REPORTER_BY_NAME: dict[str, Callable[[Report], str]] = {

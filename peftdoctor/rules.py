@@ -49,6 +49,21 @@ _TABLE = [
     ("PD115", "tied-layer-adapted", W, "A tied embedding/output layer is adapted: merging or saving may drop it."),
     ("PD116", "task-type-unknown", W, "The target release does not know this task_type."),
     ("PD117", "target-approximated", I, "No schema for the target peft release; the closest older one stood in."),
+    ("PD350", "target-modules-not-found", E, "target_modules match no module of the base (explain)."),
+    ("PD351", "vocabulary-size-mismatch", E, "Embedding/LM-head shapes differ: the base's vocabulary was not resized (explain)."),
+    ("PD352", "automodel-on-adapter", E, "A full-model class was pointed at an adapter directory (explain)."),
+    ("PD353", "no-such-peft-name", E, "An import names something peft does not have (explain)."),
+    ("PD354", "merge-into-quantized", W, "Merging into a quantized base rounds the adapter away (explain)."),
+    ("PD355", "missing-adapter-keys", E, "Loading found no weights for some adapted modules (explain)."),
+    ("PD356", "merge-nan", E, "Merging produced NaNs (explain)."),
+    ("PD357", "remote-code-required", W, "The base needs trust_remote_code (explain)."),
+    ("PD358", "not-in-cache", E, "The model is neither local nor in the Hugging Face cache (explain)."),
+    ("PD501", "combine-rank-differs", E, "Adapters of different rank cannot be combined linearly."),
+    ("PD502", "combine-modules-to-save", E, "Two adapters save the same module: they cannot be combined."),
+    ("PD503", "combine-target-types", E, "target_modules given as a list in one adapter and a regex in another."),
+    ("PD504", "combine-other-base", E, "The adapters were trained on different bases."),
+    ("PD505", "combine-not-lora", E, "Only LoRA adapters of one peft_type can be combined with add_weighted_adapter."),
+    ("PD506", "combine-target-parameters", E, "add_weighted_adapter does not support target_parameters."),
     ("PD201", "weights-missing", E, "No adapter_model.safetensors or adapter_model.bin."),
     ("PD202", "both-weight-formats", W, "Both adapter_model.safetensors and adapter_model.bin are present."),
     ("PD203", "pickle-weights", W, "adapter_model.bin is a pickle: loading it can execute code."),
@@ -59,9 +74,22 @@ _TABLE = [
     ("PD208", "weights-outside-targets", E, "The file holds weights for modules the config does not target."),
     ("PD209", "modules-to-save-missing", E, "A module in modules_to_save has no saved weights."),
     ("PD210", "dora-mismatch", E, "use_dora and the presence of DoRA magnitude vectors disagree."),
+    ("PD301", "adapter-load-failed", E, "PeftModel.from_pretrained fails on this base with the installed peft."),
+    ("PD302", "head-not-trained", E, "A task head is initialised at random on every load: not in the base, not in modules_to_save."),
+    ("PD303", "adapter-no-op", E, "The adapter changes nothing on the probe batch (zero or no-op weights)."),
+    ("PD304", "merge-parity", E, "The merged model computes something else than the base with the adapter."),
+    ("PD305", "reload-parity", E, "The saved merged model, reloaded with transformers, computes something else."),
+    ("PD306", "merge-not-finite", E, "Merging produced NaN or infinite weights."),
+    ("PD307", "tied-weights-untied", I, "A tied embedding/output layer was adapted: the merged model is saved untied."),
+    ("PD308", "not-mergeable", I, "The adapter type cannot be merged into weights: deploy it with PeftModel."),
+    ("PD309", "vocab-resized", I, "The adapter carries a resized vocabulary; the base's embeddings were resized to match."),
+    ("PD310", "quantized-base", W, "The base is quantized: the merge went into dequantized weights."),
+    ("PD311", "tokenizer-missing", W, "No tokenizer beside the adapter or the base: the merged model is saved without one."),
+    ("PD312", "adapter-small-effect", W, "The adapter changes the output less than the parity tolerance: parity proves little."),
 ]
 
-RULES: dict[str, Rule] = {code: Rule(code, name, sev, summary) for code, name, sev, summary in _TABLE}
+RULES: dict[str, Rule] = {code: Rule(code, name, sev, summary) for code, name, sev, summary in sorted(_TABLE)}
+assert len(RULES) == len(_TABLE), "a finding code is listed twice in _TABLE"
 
 
 def rule(code: str) -> Rule:

@@ -1,6 +1,8 @@
 """Run inside a side-by-side peft env (or the installed one): logits of a base with each adapter.
 
-argv: one JSON file holding {"base": dir, "input_ids": [[...], ...], "jobs": [[name, adapter dir], ...]}.
+argv: one JSON file holding {"base": dir, "input_ids": [[...], ...], "jobs": [[name, adapter dir, naive], ...]}.
+naive is null (load the directory as it is) or a list of keys: then a copy is loaded whose config keeps
+only the keys this release's config class accepts, less those keys (the hand edit a user would make).
 Prints one JSON object (its last line):
   {"peft": version, "transformers": version, "base_loaded_by": how, "base": logits,
    "jobs": {name: {"ok": true, "logits": [...], "scalings": {module: scaling}}
@@ -9,8 +11,11 @@ The base's weights are always the saved safetensors (checked tensor by tensor), 
 transformers loads them; dropout is off (eval) and only input_ids are fed (no tokenizer).
 """
 import copy
+import dataclasses
 import json
+import shutil
 import sys
+import tempfile
 import warnings
 
 warnings.simplefilter("ignore")
@@ -51,6 +56,20 @@ def scalings(model) -> dict:
     return out
 
 
+def naive_copy(adapter: str, drop: list, scratch: str) -> str:
+    """The adapter with every key this peft does not accept, and `drop`, deleted by hand."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    with open(f"{adapter}/adapter_config.json") as fh:
+        config = json.load(fh)
+    known = {f.name for f in dataclasses.fields(PEFT_TYPE_TO_CONFIG_MAPPING[config["peft_type"]])}
+    target = tempfile.mkdtemp(dir=scratch)
+    shutil.copy(f"{adapter}/adapter_model.safetensors", target)
+    with open(f"{target}/adapter_config.json", "w") as fh:
+        json.dump({k: v for k, v in config.items() if k in known and k not in drop}, fh)
+    return target
+
+
 def main() -> None:
     with open(sys.argv[1]) as fh:
         spec = json.load(fh)
@@ -59,13 +78,17 @@ def main() -> None:
     with torch.no_grad():
         result = {"peft": peft.__version__, "transformers": transformers.__version__, "base_loaded_by": how,
                   "base": base(input_ids=ids).logits.tolist(), "jobs": {}}
-        for name, adapter in spec["jobs"]:
+        scratch = tempfile.mkdtemp()
+        for name, adapter, naive in spec["jobs"]:
             try:
+                if naive is not None:
+                    adapter = naive_copy(adapter, naive, scratch)
                 model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
                 result["jobs"][name] = {"ok": True, "logits": model(input_ids=ids).logits.tolist(),
                                         "scalings": scalings(model)}
             except Exception as exc:  # the outcome under test, whatever it is
                 result["jobs"][name] = {"ok": False, "error_type": type(exc).__name__, "error": str(exc)[:500]}
+        shutil.rmtree(scratch)
     print(json.dumps(result))
 
 

@@ -1,0 +1,167 @@
+"""`explain`: map an error text or traceback from loading or merging to a finding code and a fix.
+
+The table is data: a pattern for the text each library really prints (tests/test_explain.py
+produces every one it can with real code), the finding code it means, and the message and fix
+to give, filled from the pattern's named groups.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from . import releases
+from .report import Finding
+from .rules import rule
+
+
+@dataclass(frozen=True)
+class Pattern:
+    code: str
+    regex: re.Pattern[str]
+    message: str
+    fix: str
+
+
+def _p(code: str, regex: str, message: str, fix: str) -> Pattern:
+    return Pattern(code, re.compile(regex, re.MULTILINE), message, fix)
+
+
+PATTERNS: tuple[Pattern, ...] = (
+    _p("PD105", r"(?P<cls>\w+)\.__init__\(\) got an unexpected keyword argument '(?P<key>\w+)'",
+       "this peft release does not know {key!r}: the adapter was saved by a newer (or much older) peft",
+       "run `peftdoctor fix ADAPTER` to rewrite the config for this peft (it refuses if meaning would change), "
+       "or install a peft that knows {key}"),
+    _p("PD106", r"Unexpected keyword arguments \[(?P<keys>[^\]]*)\] for class (?P<cls>\w+), these are ignored",
+       "peft dropped {keys} while loading: if any of them bears meaning the adapter now computes something else",
+       "run `peftdoctor check ADAPTER` to see which dropped keys change the outputs, then upgrade peft"),
+    _p("PD350", r"Target modules? (?P<targets>.+?) not found in the base model",
+       "target_modules {targets} match no module of this base: wrong base, or names from another architecture",
+       "load the base the adapter was trained on (base_model_name_or_path), or correct target_modules"),
+    _p("PD206", r"size mismatch for (?P<param>\S*lora_(?:embedding_)?[AB]\S*): copying a param with shape "
+                r"torch\.Size\(\[(?P<saved>[^\]]*)\]\) from checkpoint, the shape in current model is "
+                r"torch\.Size\(\[(?P<current>[^\]]*)\]\)",
+       "{param}: saved shape [{saved}] but the config builds [{current}]: the declared rank does not match the "
+       "weights", "run `peftdoctor check ADAPTER` to see the rank the weights hold and set r / rank_pattern to it"),
+    _p("PD351", r"size mismatch for (?P<param>\S*(?:embed|lm_head|wte|word_embeddings|shared)\S*): copying a "
+                r"param with shape torch\.Size\(\[(?P<saved>[^\]]*)\]\) from checkpoint, the shape in current "
+                r"model is torch\.Size\(\[(?P<current>[^\]]*)\]\)",
+       "{param}: the adapter was saved for a vocabulary of shape [{saved}], the base has [{current}]",
+       "call base.resize_token_embeddings(len(tokenizer)) with the adapter's tokenizer before loading the adapter"),
+    _p("PD352", r"does not appear to have (?:a file named|any of the following files:?) .*?"
+                r"(?:pytorch_model\.bin|model\.safetensors)",
+       "a model class looked for full-model weights, but this directory holds an adapter (adapter_model.*)",
+       "load the base with AutoModel*, then PeftModel.from_pretrained(base, ADAPTER) "
+       "(or AutoPeftModelForCausalLM.from_pretrained(ADAPTER))"),
+    _p("PD353", r"cannot import name '(?P<name>\w+)' from 'peft'",
+       "{name_said}", "{name_fix}"),
+    _p("PD103", r"KeyError: '(?P<peft_type>[A-Z][A-Z0-9_]+)'",
+       "{peft_type_said}", "{peft_type_fix}"),
+    _p("PD116", r"Invalid task type: '(?P<task>[^']*)'",
+       "task_type {task!r} is not one this peft release knows; loading fails",
+       "set task_type to one of peft's TaskType values (CAUSAL_LM, SEQ_CLS, ...) or remove it"),
+    _p("PD114", r"OFT has been updated since PEFT 0\.14\.0",
+       "an OFT adapter saved before peft 0.14.0: its weights mean something else in newer releases",
+       "retrain with peft>=0.14.0, or pin peft<0.14.0 where this adapter is used"),
+    _p("PD004", r"Can't find '?adapter_config\.json'? at '(?P<path>[^']*)'",
+       "{path} has no adapter_config.json (and it is not in the local hub cache)",
+       "point at the directory save_pretrained() wrote, or download the repo first"),
+    _p("PD354", r"Merge (?P<kind>\w+) module to (?P<bits>\d+)-bit linear may get different generations due to "
+                r"rounding errors",
+       "merging into a {bits}-bit quantized base rounds the adapter's update away",
+       "merge into the full-precision (or dequantized) base instead: `peftdoctor verify ADAPTER --out DIR`"),
+    _p("PD204", r"(?:Error while deserializing header|SafetensorError)[^\n]*?(?P<why>HeaderTooLarge|HeaderTooSmall|"
+                r"InvalidHeader\w*|MetadataIncompleteBuffer|incomplete metadata[^\n]*|header too large[^\n]*)",
+       "the safetensors file is damaged or truncated ({why})",
+       "re-copy or re-save the weights; `peftdoctor check ADAPTER` says exactly what is wrong"),
+    _p("PD355", r"Found missing adapter keys while loading the checkpoint: \[(?P<keys>[^\]]*)",
+       "the weights file lacks tensors the config asks for: those layers stay at their initial (no-op) values",
+       "run `peftdoctor check ADAPTER` to compare target_modules with the saved weights"),
+    _p("PD356", r"NaNs detected in the merged weights\. The adapter (?P<adapter>\S+) seems to be broken",
+       "merging adapter {adapter} produced NaNs: its weights hold NaN/inf or overflow in the merge dtype",
+       "merge in float32 (`peftdoctor verify --dtype float32`) and check the adapter's weights for NaN"),
+    _p("PD203", r"(?:Weights only load failed|UnpicklingError)",
+       "a pickle weights file refused to load safely (weights_only=True): it holds more than tensors",
+       "do not load it with weights_only=False unless you trust its source; convert it to safetensors"),
+    _p("PD357", r"requires you to execute the (?:configuration|modeling) file in that repo|"
+                r"trust_remote_code=True",
+       "the base model ships its own code, which runs only with trust_remote_code",
+       "read that code first, then pass trust_remote_code=True (`peftdoctor verify --trust-remote-code`)"),
+    _p("PD358", r"(?:is not a local folder and is not a valid model identifier|"
+                r"outgoing traffic has been disabled|LocalEntryNotFoundError|offline mode is enabled)",
+       "the base (or adapter) is neither a local directory nor in the local Hugging Face cache",
+       "download it once (`hf download REPO_ID`), or pass a local path with --base"),
+    _p("PD501", r"All adapters must have the same r value when using combination_type",
+       "these adapters have different ranks, which linear/ties/dare combinations cannot add",
+       "use combination_type 'cat' or 'svd', or `peftdoctor check A B --combine linear` to see the ranks"),
+    _p("PD502", r"Cannot add weighted adapters if they target the same module with modules_to_save",
+       "two adapters carry their own trained copy of the same module (modules_to_save): they cannot be averaged",
+       "combine only one adapter with modules_to_save, or drop the copies from the others"),
+    _p("PD503", r"all adapter configs should follow the same target modules type",
+       "one adapter lists target_modules, another uses a regex string: add_weighted_adapter refuses the mix",
+       "re-save the adapters with the same kind of target_modules (lists are safest)"),
+)
+
+# Names people import from peft that it never had (or spelled otherwise), and what to use instead.
+PEFT_NAMES = {
+    "LoRAConfig": "LoraConfig", "LORAConfig": "LoraConfig", "LoraModelConfig": "LoraConfig",
+    "DoRAConfig": "LoraConfig(use_dora=True)", "DoraConfig": "LoraConfig(use_dora=True)",
+    "QLoRAConfig": "LoraConfig plus transformers' BitsAndBytesConfig", "QLoraConfig": "LoraConfig plus "
+    "transformers' BitsAndBytesConfig", "AdaLORAConfig": "AdaLoraConfig", "LoHAConfig": "LoHaConfig",
+    "LoKRConfig": "LoKrConfig", "VeRAConfig": "VeraConfig", "IA3config": "IA3Config",
+    "PrefixConfig": "PrefixTuningConfig", "PromptConfig": "PromptTuningConfig",
+    "PTuningConfig": "PromptEncoderConfig", "P_TuningConfig": "PromptEncoderConfig",
+    "AdapterConfig": None, "BitFitConfig": None, "HoulsbyConfig": None, "PfeifferConfig": None,
+    "prepare_model_for_int8_training": "prepare_model_for_kbit_training",
+}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    finding: Finding
+    matched: str  # the part of the text that was recognised
+
+
+def _fill(pattern: Pattern, match: re.Match[str]) -> tuple[str, str]:
+    groups = {k: (v or "").strip() for k, v in match.groupdict().items()}
+    if "name" in groups:
+        groups.update(zip(("name_said", "name_fix"), _about_name(groups["name"])))
+    if "peft_type" in groups:
+        groups.update(zip(("peft_type_said", "peft_type_fix"), _about_peft_type(groups["peft_type"])))
+    return pattern.message.format(**groups), pattern.fix.format(**groups)
+
+
+def _about_name(name: str) -> tuple[str, str]:
+    first = next((r.name for r in releases.all_releases() if name in r.info["config_classes"].values()), None)
+    if first:
+        return f"{name} exists only from peft {first} on", f"install peft>={first}"
+    if name in PEFT_NAMES and PEFT_NAMES[name]:
+        return f"peft has no {name}", f"use {PEFT_NAMES[name]}"
+    if name in PEFT_NAMES:
+        return (f"peft has no {name}: that is another library's adapter method (adapter-transformers / "
+                "AdapterHub), not peft's", "use the library that defines it, or a peft method such as LoraConfig")
+    return f"peft has no {name} (in this release)", "check the spelling against `dir(peft)`, or upgrade peft"
+
+
+def _about_peft_type(peft_type: str) -> tuple[str, str]:
+    first = next((r.name for r in releases.all_releases() if peft_type in r.peft_types), None)
+    if first:
+        return f"peft_type {peft_type} is unknown to this peft release", f"install peft>={first}"
+    return f"peft_type {peft_type} is unknown to every peft release", "correct peft_type in adapter_config.json"
+
+
+def explain(text: str) -> tuple[Explanation, ...]:
+    """Every known failure found in `text`, in the order the patterns are listed, each once."""
+    found: list[Explanation] = []
+    for pattern in PATTERNS:
+        match = pattern.regex.search(text)
+        if match is None or (pattern.code == "PD103" and not _plausible_peft_type(match["peft_type"])):
+            continue
+        message, fix = _fill(pattern, match)
+        found.append(Explanation(rule(pattern.code).finding(message, fix), match.group(0)))
+    return tuple(found)
+
+
+def _plausible_peft_type(value: Optional[str]) -> bool:
+    """A bare KeyError is only about peft_type when the value is one some release knows."""
+    return any(value in r.peft_types for r in releases.all_releases())
