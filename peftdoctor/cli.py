@@ -100,21 +100,27 @@ def _render(reports: list[Report], fmt: Format, combination: Optional[Combinatio
 
 @app.command()
 def fix(
-    path: str = typer.Argument(..., help="Adapter directory or its adapter_config.json."),
+    paths: List[str] = typer.Argument(..., help="Adapter directories or their adapter_config.json files."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Rewrite for this peft release instead of the installed one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; write nothing."),
     show_diff: bool = typer.Option(False, "--diff", help="Print a unified diff of the rewrite."),
-    check_only: bool = typer.Option(False, "--check", help="Exit 1 if a fix would change the file; write nothing."),
+    check_only: bool = typer.Option(False, "--check", help="Exit 1 if a fix would change a file; write nothing."),
     backup_suffix: str = typer.Option(".orig", "--backup-suffix", help="Keep the original as FILE+SUFFIX ('' for none)."),
     force: bool = typer.Option(False, "--force", help="Also drop meaning-bearing keys the target cannot express."),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
     """Rewrite adapter_config.json so it loads under a peft release and computes the same thing."""
+    codes = [_fix_one(p, peft, dry_run, show_diff, check_only, backup_suffix, force, fmt) for p in paths]
+    raise typer.Exit(max(codes))
+
+
+def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, check_only: bool,
+             backup_suffix: str, force: bool, fmt: Format) -> int:
     try:
         the_plan = make_plan(path, peft=peft, force=force)
     except UnusableInput as exc:
         _fail(str(exc))
-        raise typer.Exit(EXIT_UNUSABLE)
+        return EXIT_UNUSABLE
     if fmt is Format.json:
         typer.echo(json.dumps(plan_to_dict(the_plan), indent=2, sort_keys=True))
     else:
@@ -122,16 +128,17 @@ def fix(
     if show_diff:
         typer.echo(diff(the_plan), nl=False)
     if the_plan.refused:
-        raise typer.Exit(EXIT_FINDINGS)
+        return EXIT_FINDINGS
     if check_only or dry_run:
-        raise typer.Exit(EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN)
+        return EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN
     try:
         backup = apply(the_plan, backup_suffix or None)
     except WriteRefused as exc:
         _fail(str(exc))
-        raise typer.Exit(EXIT_UNUSABLE)
+        return EXIT_UNUSABLE
     if the_plan.changed and fmt is Format.text:
         typer.echo(f"wrote {the_plan.config_path}" + (f" (original kept as {backup})" if backup else ""), err=True)
+    return EXIT_CLEAN
 
 
 @app.command()

@@ -1,0 +1,127 @@
+"""Load the base model the way a deployment would: the Auto class for the adapter's task_type, the
+requested dtype and device, trust_remote_code only when asked. torch/transformers are imported
+inside the functions so that importing peftdoctor.verify stays cheap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .facts import AdapterFacts, BaseFacts
+
+AUTO_CLASS_BY_TASK = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+# Heads that transformers creates fresh when a checkpoint lacks them; the adapter must carry them.
+_HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
+_HEAD_NAMES = ("classifier", "score", "qa_outputs", "classifier.out_proj")
+
+
+@dataclass
+class LoadedBase:
+    model: Any
+    missing: tuple[str, ...]  # parameters transformers initialised at random (not in the checkpoint)
+
+
+def auto_class_name(task_type: Optional[str]) -> str:
+    return AUTO_CLASS_BY_TASK.get(task_type or "", "AutoModel")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def head_labels(adapter: AdapterFacts) -> Optional[int]:
+    """num_labels of a classifier head the adapter saves, so that a base without that head (or with
+    another label count) is built with the head the adapter will fill."""
+    if adapter.task_type not in _HEAD_TASKS:
+        return None
+    for name in _HEAD_NAMES:
+        rows = adapter.rows_of(name)
+        if rows is not None:
+            return rows
+    return None
+
+
+def load_base(base: BaseFacts, adapter: AdapterFacts, *, dtype: str, device: str, trust_remote_code: bool,
+              quantized: bool) -> LoadedBase:
+    """The base as the adapter expects it. `quantized`: keep a bitsandbytes checkpoint quantized
+    (else such a checkpoint is dequantized and cast to `dtype`)."""
+    import transformers
+
+    cls = getattr(transformers, auto_class_name(adapter.task_type))
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype(dtype),
+                              "output_loading_info": True}
+    labels = head_labels(adapter)
+    if labels is not None and labels != base.config.get("num_labels", len(base.config.get("id2label") or {}) or 2):
+        kwargs.update(num_labels=labels, ignore_mismatched_sizes=True)
+    if base.bnb_quantized:
+        # bitsandbytes places weights itself; .to() on a 4-bit model is refused.
+        kwargs["device_map"] = {"": device}
+    model, info = cls.from_pretrained(str(base.directory), **kwargs)
+    if base.bnb_quantized and not quantized:
+        model = model.dequantize()
+        model = model.to(torch_dtype(dtype))
+    elif not base.bnb_quantized:
+        model = model.to(device)
+    model.eval()
+    missing = tuple(sorted(set(info.get("missing_keys") or ()) | set(_mismatched(info))))
+    return LoadedBase(model, missing)
+
+
+def _mismatched(info: dict[str, Any]) -> list[str]:
+    return [entry[0] if isinstance(entry, (tuple, list)) else str(entry) for entry in info.get("mismatched_keys") or ()]
+
+
+def untrained_head(missing: tuple[str, ...], adapter: AdapterFacts) -> list[str]:
+    """Parameters initialised at random that the adapter does not replace: different on every load."""
+    saved = [str(m) for m in adapter.config.get("modules_to_save") or ()]
+    return [key for key in missing
+            if not any(f".{m}." in f".{key}" for m in saved) and not adapter.mentions(key.rsplit(".", 1)[0])]
+
+
+def module_name(model: Any, module: Any) -> Optional[str]:
+    """The dotted name of `module` inside `model` (e.g. "model.embed_tokens")."""
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    return None
+
+
+def resize_for_adapter(model: Any, adapter: AdapterFacts) -> Optional[tuple[int, int]]:
+    """Resize the base's token embeddings to the vocabulary the adapter was saved with, as the
+    training script did after adding tokens; returns (old, new) rows when it did."""
+    embeddings = model.get_input_embeddings()
+    if embeddings is None:
+        return None
+    old = int(embeddings.weight.shape[0])
+    names = [module_name(model, embeddings)]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        names.append(module_name(model, head))
+    wanted = next((r for r in (adapter.rows_of(n) for n in names if n) if r is not None and r != old), None)
+    if wanted is None:
+        return None
+    model.resize_token_embeddings(wanted)
+    return old, wanted
+
+
+def load_tokenizer(adapter: AdapterFacts, base: BaseFacts, trust_remote_code: bool) -> tuple[Any, Optional[str]]:
+    """The adapter's own tokenizer when it ships one (it holds tokens added in training), else the
+    base's; (None, None) when neither loads."""
+    from transformers import AutoTokenizer
+
+    sources = ([adapter.directory] if adapter.has_tokenizer else []) + [base.directory]
+    for source in sources:
+        try:
+            return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code), str(source)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return None, None

@@ -1,0 +1,57 @@
+"""Save the merged model so that an interrupted save never leaves a directory that looks complete.
+
+Everything is written into a hidden staging directory beside --out (same filesystem) and renamed
+to --out only when the model, tokenizer and generation config are all in place; on any failure the
+staging directory is removed. Nothing else is written.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ..adapter import UnusableInput
+from .facts import BaseFacts
+
+
+def check_out(out: Optional[str]) -> Optional[Path]:
+    """Refuse an --out that holds something (we would overwrite it) before any work is done."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UnusableInput(f"--out {out}: exists and is not a directory; nothing written")
+    if path.is_dir() and any(path.iterdir()):
+        raise UnusableInput(f"--out {out}: directory is not empty; nothing written")
+    if not path.parent.is_dir():
+        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
+    return path
+
+
+def save_merged(model: Any, tokenizer: Any, base: BaseFacts, out: Path) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        # safetensors only: a merged model must not need pickle to load.
+        model.save_pretrained(str(staging), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+        generation = base.directory / "generation_config.json"
+        if generation.is_file() and not (staging / "generation_config.json").exists():
+            shutil.copyfile(generation, staging / "generation_config.json")
+        _fsync_tree(staging)
+        if out.is_dir():
+            out.rmdir()  # check_out() made sure it is empty
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
