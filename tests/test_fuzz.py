@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -345,3 +345,27 @@ def test_spec_case_in_a_real_process(tmp_path: Path, name: str, build: Builder, 
         assert_json_report(proc.stdout, proc.returncode)
     else:
         assert proc.stderr.strip() or proc.stdout.strip(), "exit 2 without a message"
+
+
+@settings(FUZZ, max_examples=150)
+@given(config=mutated_configs(), weights=WEIGHT_BYTES,
+       peft=st.sampled_from(["0.3.0", "0.6.2", "0.9.0", "0.13.2", "0.14.0", "0.21.2"]))
+def test_fix_never_crashes_and_is_idempotent(config: dict[str, Any], weights: Optional[bytes], peft: str) -> None:
+    """Whatever the config, fix writes valid JSON or nothing, and a second run has nothing left to do."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = write_adapter(Path(tmp), _dump(config), weights)
+        first = run_in_process(["fix", str(directory), "--peft", peft, "--backup-suffix", ""])
+        event(f"fix exit {first.exit_code}")
+        if first.exit_code != 0:
+            return
+        json.loads((directory / CONFIG).read_text())
+        second = run_in_process(["fix", str(directory), "--peft", peft, "--check"])
+        assert second.exit_code == 0, second.output
+
+
+@settings(FUZZ, max_examples=100)
+@given(text=st.text(max_size=2000))
+def test_explain_never_crashes(text: str) -> None:
+    result = RUNNER.invoke(app, ["explain", "-"], input=text)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code in (0, 1)
