@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .. import patterns, releases
 from ..adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from ..report import Finding
 from ..rules import rule
@@ -92,26 +93,15 @@ def lora_findings(config: dict[str, Any], header: Header) -> list[Finding]:
     return findings
 
 
-def pattern_value(pattern: Any, module: str, default: Any) -> Any:
-    """The rank/alpha pattern entry peft applies to `module` (its own matching rule), else `default`."""
-    if not isinstance(pattern, dict):
-        return default
-    for key, value in pattern.items():
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return value
-        except re.error:
-            if module == key or module.endswith("." + key):
-                return value
-    return default
-
-
 def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
     """One finding per (declared, found) rank pair, naming the modules it concerns."""
     r = config.get("r")
+    # Ranks as the newest peft would build them; the pattern rules of older releases differ only
+    # in which key wins when several match (peftdoctor/patterns.py).
+    built = patterns.module_values(config, list(modules), releases.known_versions()[-1])
     wrong: dict[tuple[str, int, int], list[str]] = {}
     for module in modules.values():
-        expected = pattern_value(config.get("rank_pattern"), module.name, r)
+        expected = built[module.name][0]
         if not isinstance(expected, int) or isinstance(expected, bool):
             continue
         got = next((g for g in (module.a_rank, module.b_rank) if g is not None and g != expected), None)
