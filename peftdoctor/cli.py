@@ -142,6 +142,24 @@ def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, che
 
 
 @app.command()
+def verify(
+    adapter: str = typer.Argument(..., help="Adapter directory (or cached hub repo id)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model path or cached repo id (default: "
+                                       "base_model_name_or_path)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    out: Optional[str] = typer.Option(None, "--out", help="Save the merged model here (must not exist or be empty)."),
+    fmt: str = typer.Option("text", "--format", help="text or json."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Largest relative logit difference allowed."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
+) -> None:
+    """Load base + adapter on the target device, merge, compare, and save a deployable merged model."""
+    from .verify.command import verify_command  # the heavy stack loads only here
+
+    raise typer.Exit(verify_command(adapter, base, device, dtype, out, fmt, tolerance, trust_remote_code))
+
+
+@app.command()
 def scan(
     root: str = typer.Argument(..., help="A tree to search for adapters (training output, a monorepo)."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),

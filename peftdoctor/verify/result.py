@@ -115,8 +115,8 @@ def render_text(report: VerifyReport) -> str:
         lines.append(f"  {f.code} {f.severity.value}: {f.message}")
         if f.fix:
             lines.append(f"      fix: {f.fix}")
-    if not report.mergeable and report.verdict != "failed":
-        lines.append("  not mergeable, deploy with PeftModel")
+    if not report.mergeable and report.verdict == "verified":
+        lines.append("  not mergeable, deploy with PeftModel (load and forward verified)")
     if report.out:
         lines.append(f"  merged model: {report.out}")
     lines.append(f"  verdict: {report.verdict}")
