@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from . import releases
 from .report import Finding
@@ -21,10 +21,29 @@ class Pattern:
     regex: re.Pattern[str]
     message: str
     fix: str
+    accept: Optional[Callable[[re.Match[str], str], bool]] = None  # a second look the regex cannot take
 
 
-def _p(code: str, regex: str, message: str, fix: str) -> Pattern:
-    return Pattern(code, re.compile(regex, re.MULTILINE), message, fix)
+def _p(code: str, regex: str, message: str, fix: str,
+       accept: Optional[Callable[[re.Match[str], str], bool]] = None) -> Pattern:
+    return Pattern(code, re.compile(regex, re.MULTILINE), message, fix, accept)
+
+
+def _rank_dim_differs(match: re.Match[str], _text: str) -> bool:
+    """lora_A / lora_embedding_A carry the rank first, lora_B / lora_embedding_B last; a mismatch
+    elsewhere (the vocabulary of an embedding adapter) is not a rank problem."""
+    saved = [d.strip() for d in match["saved"].split(",")]
+    current = [d.strip() for d in match["current"].split(",")]
+    index = 0 if re.search(r"lora_(?:embedding_)?A", match["param"]) else -1
+    return len(saved) == len(current) and saved[index] != current[index]
+
+
+def _about_peft(match: re.Match[str], text: str) -> bool:
+    """A bare KeyError is about peft_type when the value is one some release knows, or the
+    traceback passes through peft's config mapping."""
+    value = match["peft_type"]
+    return any(value in r.peft_types for r in releases.all_releases()) or bool(
+        re.search(r"PEFT_TYPE_TO_CONFIG_MAPPING|peft[/\\](?:config|mapping)\.py|peft_type", text))
 
 
 PATTERNS: tuple[Pattern, ...] = (
@@ -42,13 +61,14 @@ PATTERNS: tuple[Pattern, ...] = (
                 r"torch\.Size\(\[(?P<saved>[^\]]*)\]\) from checkpoint, the shape in current model is "
                 r"torch\.Size\(\[(?P<current>[^\]]*)\]\)",
        "{param}: saved shape [{saved}] but the config builds [{current}]: the declared rank does not match the "
-       "weights", "run `peftdoctor check ADAPTER` to see the rank the weights hold and set r / rank_pattern to it"),
+       "weights", "run `peftdoctor check ADAPTER` to see the rank the weights hold and set r / rank_pattern to it",
+       accept=_rank_dim_differs),
     _p("PD351", r"size mismatch for (?P<param>\S*(?:embed|lm_head|wte|word_embeddings|shared)\S*): copying a "
                 r"param with shape torch\.Size\(\[(?P<saved>[^\]]*)\]\) from checkpoint, the shape in current "
                 r"model is torch\.Size\(\[(?P<current>[^\]]*)\]\)",
        "{param}: the adapter was saved for a vocabulary of shape [{saved}], the base has [{current}]",
        "call base.resize_token_embeddings(len(tokenizer)) with the adapter's tokenizer before loading the adapter"),
-    _p("PD352", r"does not appear to have (?:a file named|any of the following files:?) .*?"
+    _p("PD352", r"(?:does not appear to have (?:a file named|any of the following files:?)|Error no file named) .*?"
                 r"(?:pytorch_model\.bin|model\.safetensors)",
        "a model class looked for full-model weights, but this directory holds an adapter (adapter_model.*)",
        "load the base with AutoModel*, then PeftModel.from_pretrained(base, ADAPTER) "
@@ -56,7 +76,7 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("PD353", r"cannot import name '(?P<name>\w+)' from 'peft'",
        "{name_said}", "{name_fix}"),
     _p("PD103", r"KeyError: '(?P<peft_type>[A-Z][A-Z0-9_]+)'",
-       "{peft_type_said}", "{peft_type_fix}"),
+       "{peft_type_said}", "{peft_type_fix}", accept=_about_peft),
     _p("PD116", r"Invalid task type: '(?P<task>[^']*)'",
        "task_type {task!r} is not one this peft release knows; loading fails",
        "set task_type to one of peft's TaskType values (CAUSAL_LM, SEQ_CLS, ...) or remove it"),
@@ -71,7 +91,8 @@ PATTERNS: tuple[Pattern, ...] = (
        "merging into a {bits}-bit quantized base rounds the adapter's update away",
        "merge into the full-precision (or dequantized) base instead: `peftdoctor verify ADAPTER --out DIR`"),
     _p("PD204", r"(?:Error while deserializing header|SafetensorError)[^\n]*?(?P<why>HeaderTooLarge|HeaderTooSmall|"
-                r"InvalidHeader\w*|MetadataIncompleteBuffer|incomplete metadata[^\n]*|header too large[^\n]*)",
+                r"InvalidHeader\w*|MetadataIncompleteBuffer|incomplete metadata[^\n]*|header too (?:large|small)"
+                r"[^\n]*|invalid header length[^\n]*)",
        "the safetensors file is damaged or truncated ({why})",
        "re-copy or re-save the weights; `peftdoctor check ADAPTER` says exactly what is wrong"),
     _p("PD355", r"Found missing adapter keys while loading the checkpoint: \[(?P<keys>[^\]]*)",
@@ -84,10 +105,11 @@ PATTERNS: tuple[Pattern, ...] = (
        "a pickle weights file refused to load safely (weights_only=True): it holds more than tensors",
        "do not load it with weights_only=False unless you trust its source; convert it to safetensors"),
     _p("PD357", r"requires you to execute the (?:configuration|modeling) file in that repo|"
-                r"trust_remote_code=True",
+                r"contains custom code which must be executed|trust_remote_code=True",
        "the base model ships its own code, which runs only with trust_remote_code",
        "read that code first, then pass trust_remote_code=True (`peftdoctor verify --trust-remote-code`)"),
-    _p("PD358", r"(?:is not a local folder and is not a valid model identifier|"
+    _p("PD358", r"(?:is not a local folder and is not a valid model identifier|couldn't connect to '[^']*' to "
+                r"load the files, and couldn't find them in the cached files|"
                 r"outgoing traffic has been disabled|LocalEntryNotFoundError|offline mode is enabled)",
        "the base (or adapter) is neither a local directory nor in the local Hugging Face cache",
        "download it once (`hf download REPO_ID`), or pass a local path with --base"),
@@ -145,6 +167,10 @@ def _about_name(name: str) -> tuple[str, str]:
 
 def _about_peft_type(peft_type: str) -> tuple[str, str]:
     first = next((r.name for r in releases.all_releases() if peft_type in r.peft_types), None)
+    if first == releases.all_releases()[0].name:
+        return (f"peft_type {peft_type} exists in every peft release, yet the mapping lacks it: the peft that "
+                "raised this is broken or not the one you think", "check `python -c \"import peft; "
+                "print(peft.__version__, peft.__file__)\"` and reinstall peft")
     if first:
         return f"peft_type {peft_type} is unknown to this peft release", f"install peft>={first}"
     return f"peft_type {peft_type} is unknown to every peft release", "correct peft_type in adapter_config.json"
@@ -155,13 +181,8 @@ def explain(text: str) -> tuple[Explanation, ...]:
     found: list[Explanation] = []
     for pattern in PATTERNS:
         match = pattern.regex.search(text)
-        if match is None or (pattern.code == "PD103" and not _plausible_peft_type(match["peft_type"])):
+        if match is None or (pattern.accept is not None and not pattern.accept(match, text)):
             continue
         message, fix = _fill(pattern, match)
         found.append(Explanation(rule(pattern.code).finding(message, fix), match.group(0)))
     return tuple(found)
-
-
-def _plausible_peft_type(value: Optional[str]) -> bool:
-    """A bare KeyError is only about peft_type when the value is one some release knows."""
-    return any(value in r.peft_types for r in releases.all_releases())

@@ -55,6 +55,6 @@ def resolver(version: Version) -> Resolver:
 def module_values(config: dict[str, Any], modules: list[str], version: Version) -> dict[str, tuple[Any, Any]]:
     """{module: (rank, alpha)} as peft `version` would build each module from this config."""
     resolve = resolver(version)
-    rank = config.get("rank_pattern") or {}
-    alpha = config.get("alpha_pattern") or {}
+    rank = config.get("rank_pattern") if isinstance(config.get("rank_pattern"), dict) else {}
+    alpha = config.get("alpha_pattern") if isinstance(config.get("alpha_pattern"), dict) else {}
     return {m: resolve(rank, alpha, m, config.get("r", 8), config.get("lora_alpha", 8)) for m in modules}
