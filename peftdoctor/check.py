@@ -45,11 +45,17 @@ def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
     return releases.load(stand_in), notes
 
 
-def check(target: str, peft: Optional[str] = None) -> Report:
-    """Check the adapter at `target` (directory, adapter_config.json path, or cached repo id).
+def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) -> Report:
+    """Check the adapter at `target` (directory, adapter_config.json path, or cached repo id) for the
+    peft release `peft` and, with `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine.
 
     Raises UnusableInput when there is nothing to check at all.
     """
+    engine = None
+    if serve is not None:
+        from .targets import parse_target  # only when asked: its tables are not free to load
+
+        engine = parse_target(serve)
     adapter = open_adapter(target)
     release, findings = choose_target(peft)
     base = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
@@ -68,5 +74,9 @@ def check(target: str, peft: Optional[str] = None) -> Report:
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)
+    if engine is not None:
+        from .targets import target_findings
+
+        weights += target_findings(adapter, adapter.config, engine)
     return Report(**base, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
                   written_by=compat.written_by(adapter.config), skipped=tuple(skipped))

@@ -51,6 +51,8 @@ def check(
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
     combine_as: Optional[str] = typer.Option(None, "--combine", help="Also say whether these adapters can be "
                                              "combined by add_weighted_adapter: linear, ties, svd, cat, ..."),
+    serve: Optional[str] = typer.Option(None, "--target", help="Also judge for a serving engine: vllm, sglang or "
+                                        "tgi, optionally ==VERSION."),
 ) -> None:
     """Check adapters against the schemas of every peft release."""
     if combine_as is not None and combine_as not in COMBINATIONS:
@@ -60,7 +62,7 @@ def check(
     unusable = False
     for path in paths:
         try:
-            reports.append(run_check(path, peft=peft))
+            reports.append(run_check(path, peft=peft, serve=serve))
         except UnusableInput as exc:
             _fail(str(exc))
             unusable = True
@@ -108,16 +110,18 @@ def fix(
     backup_suffix: str = typer.Option(".orig", "--backup-suffix", help="Keep the original as FILE+SUFFIX ('' for none)."),
     force: bool = typer.Option(False, "--force", help="Also drop meaning-bearing keys the target cannot express."),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+    serve: Optional[str] = typer.Option(None, "--target", help="Also rewrite for a serving engine (vllm, sglang, "
+                                        "tgi[==VERSION]) so that it computes what peft computes."),
 ) -> None:
     """Rewrite adapter_config.json so it loads under a peft release and computes the same thing."""
-    codes = [_fix_one(p, peft, dry_run, show_diff, check_only, backup_suffix, force, fmt) for p in paths]
+    codes = [_fix_one(p, peft, dry_run, show_diff, check_only, backup_suffix, force, fmt, serve) for p in paths]
     raise typer.Exit(max(codes))
 
 
 def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, check_only: bool,
-             backup_suffix: str, force: bool, fmt: Format) -> int:
+             backup_suffix: str, force: bool, fmt: Format, serve: Optional[str]) -> int:
     try:
-        the_plan = make_plan(path, peft=peft, force=force)
+        the_plan = make_plan(path, peft=peft, force=force, serve=serve)
     except UnusableInput as exc:
         _fail(str(exc))
         return EXIT_UNUSABLE
@@ -154,7 +158,7 @@ def verify(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
 ) -> None:
     """Load base + adapter on the target device, merge, compare, and save a deployable merged model."""
-    from .verify.command import verify_command  # the heavy stack loads only here
+    from .verification.command import verify_command  # the heavy stack loads only here
 
     raise typer.Exit(verify_command(adapter, base, device, dtype, out, fmt, tolerance, trust_remote_code))
 
@@ -167,7 +171,7 @@ def scan(
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
 ) -> None:
     """Check every adapter under a directory tree and summarise the findings, worst first."""
-    from . import scan as scanning
+    from . import scanning
 
     try:
         result = scanning.scan(root, peft=peft)

@@ -78,6 +78,7 @@ class _Work:
     source: Version  # the release whose semantics the config was written for
     modules: Optional[list[str]]  # LoRA module names from the weights, when they could be read
     force: bool
+    fold_rslora: bool = False  # a serving engine ignores use_rslora: fold it even where peft knows it
     changes: list[Change] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
 
@@ -112,8 +113,9 @@ def _number(value: float) -> Any:
 
 def rslora_to_alpha(work: _Work) -> None:
     """use_rslora=true scales by alpha/sqrt(r); plain LoRA by alpha/r. alpha*sqrt(r) makes them equal."""
-    if work.config.get("use_rslora") is not True or work.knows("use_rslora"):
+    if work.config.get("use_rslora") is not True or (work.knows("use_rslora") and not work.fold_rslora):
         return
+    unknown_to = "the serving engine" if work.knows("use_rslora") else f"peft {work.target.name}"
     r, alpha = work.config.get("r", 8), work.config.get("lora_alpha", 8)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (r, alpha)):
         return work.refuse("use_rslora", "r and lora_alpha must be positive numbers to fold rsLoRA's scaling")
@@ -121,7 +123,7 @@ def rslora_to_alpha(work: _Work) -> None:
     if not has_patterns:
         work.set("lora_alpha", _number(alpha * math.sqrt(r)),
                  f"rsLoRA folded in: lora_alpha/r now equals the rsLoRA scaling {alpha}/sqrt({r})")
-        return work.drop("use_rslora", f"peft {work.target.name} has no rsLoRA; its scaling is in lora_alpha")
+        return work.drop("use_rslora", f"{unknown_to} has no rsLoRA; its scaling is in lora_alpha")
     if work.modules is None:
         return work.refuse("use_rslora", f"folding rsLoRA into per-module alphas needs {SAFETENSORS_NAME} "
                                           "to name the modules")
@@ -144,7 +146,7 @@ def rslora_to_alpha(work: _Work) -> None:
     work.set("lora_alpha", global_alpha, f"rsLoRA folded in: lora_alpha {alpha} * sqrt(r={r})")
     work.set("rank_pattern", rewritten["rank_pattern"], "one exact key per module whose rank differs")
     work.set("alpha_pattern", rewritten["alpha_pattern"], "each module's rsLoRA scaling folded into its alpha")
-    work.drop("use_rslora", f"peft {work.target.name} has no rsLoRA; its scaling is in the alphas")
+    work.drop("use_rslora", f"{unknown_to} has no rsLoRA; its scaling is in the alphas")
 
 
 def explicit_targets(work: _Work) -> None:
@@ -247,8 +249,14 @@ def _module_names(adapter: Adapter) -> Optional[list[str]]:
         return None
 
 
-def plan(target: str, peft: Optional[str] = None, force: bool = False) -> Plan:
-    """The rewrite that makes the adapter at `target` load under `peft` (default: the installed one)."""
+def plan(target: str, peft: Optional[str] = None, force: bool = False, serve: Optional[str] = None) -> Plan:
+    """The rewrite that makes the adapter at `target` load under `peft` (default: the installed one)
+    and, with `serve` ("vllm", "sglang==0.4.0", ...), compute the same under that engine."""
+    engine = None
+    if serve is not None:
+        from . import targets  # only when asked: its tables are not free to load
+
+        engine = targets.parse_target(serve)
     adapter = open_adapter(target)
     if adapter.kind != "peft-adapter" or adapter.config is None:
         why = adapter.config_error or f"is not a PEFT adapter ({adapter.kind})"
@@ -260,6 +268,11 @@ def plan(target: str, peft: Optional[str] = None, force: bool = False) -> Plan:
         raise UnusableInput(f"{adapter.path_of(CONFIG_NAME)} changed while it was being read; run fix again")
     written = releases.parse_version(compat.written_by(config) or "")
     work = _Work(dict(config), release, written or releases.known_versions()[-1], _module_names(adapter), force)
+    if engine is not None:
+        header = targets.adapter_header(adapter)
+        work.fold_rslora = "fold_rslora" in targets.rewrites_for(engine, config, header)
+        for key, reason in targets.refusals_for(engine, config, header):
+            work.refuse(key, reason)
     if work.peft_type not in release.peft_types:
         work.refusals.append(Refusal("peft_type", f"peft {release.name} has no {work.peft_type!r} adapters"))
     else:

@@ -1,7 +1,8 @@
 """The registry of finding codes: one table feeds findings, `rules`, SARIF and the README.
 
 PD0xx: what the input is; PD1xx: adapter_config.json; PD2xx: weights against config;
-PD3xx: loading and merging (verify). Codes are stable: never renumber, only add.
+PD3xx: loading and merging (verify);
+PD4xx: deployment targets (inference engines). Codes are stable: never renumber, only add.
 """
 from __future__ import annotations
 
@@ -58,6 +59,21 @@ _TABLE = [
     ("PD356", "merge-nan", E, "Merging produced NaNs (explain)."),
     ("PD357", "remote-code-required", W, "The base needs trust_remote_code (explain)."),
     ("PD358", "not-in-cache", E, "The model is neither local nor in the Hugging Face cache (explain)."),
+    ("PD401", "target-no-lora-support", E, "The deployment target release cannot serve LoRA adapters at all."),
+    ("PD402", "target-not-lora", E, "The deployment target serves only LoRA adapters; this is another peft_type."),
+    ("PD403", "target-dora", E, "The deployment target refuses DoRA or serves it as plain LoRA."),
+    ("PD404", "target-rslora-scale", E, "The deployment target ignores or refuses use_rslora (fix folds it into lora_alpha)."),
+    ("PD405", "target-modules-to-save", E, "The deployment target refuses or ignores modules_to_save."),
+    ("PD406", "target-lora-bias", E, "The deployment target refuses or ignores lora_bias."),
+    ("PD407", "target-bias", E, "The deployment target refuses or ignores trained biases (bias other than none)."),
+    ("PD408", "target-rank-limit", E, "The rank exceeds the deployment target's default or largest rank limit."),
+    ("PD409", "target-rank-pattern", E, "The deployment target ignores rank_pattern/alpha_pattern: other scales."),
+    ("PD410", "target-embedding-lora", E, "The deployment target ignores LoRA on the input embedding."),
+    ("PD411", "target-lm-head-lora", E, "The deployment target ignores LoRA on the LM head."),
+    ("PD412", "target-trainable-tokens", E, "The deployment target refuses or ignores trainable tokens."),
+    ("PD413", "target-base-mutating-init", E, "The deployment target refuses or misapplies an unconverted PiSSA/OLoRA/CorDA/LoftQ adapter."),
+    ("PD414", "target-key-prefix", E, "The deployment target matches none of the weight keys and serves the base model."),
+    ("PD415", "target-modules-ignored", E, "The deployment target ignores some adapted modules."),
     ("PD501", "combine-rank-differs", E, "Adapters of different rank cannot be combined linearly."),
     ("PD502", "combine-modules-to-save", E, "Two adapters save the same module: they cannot be combined."),
     ("PD503", "combine-target-types", E, "target_modules given as a list in one adapter and a regex in another."),

@@ -184,3 +184,21 @@ def test_kill_during_writes_never_leaves_a_broken_file(tmp_path: Path) -> None:
     assert all(name.startswith(".adapter_config.json.") for name in leftovers)  # only temp files, never the target
     # Abandoned temporary files prove some kills landed mid-write (about one in four does).
     assert leftovers, "no kill interrupted a write; the test proved nothing"
+
+
+def test_fix_for_a_serving_engine_folds_rslora_even_where_peft_knows_it(tmp_path: Path) -> None:
+    target = adapter(tmp_path, use_rslora=True, r=4, lora_alpha=8)
+    before = cli("check", str(target), "--peft", "0.21.2", "--target", "sglang", "--format", "json")
+    assert "PD404" in {f["code"] for f in json.loads(before.stdout)["findings"]}
+    assert fixing.plan(str(target), peft="0.21.2").changed is False  # peft alone needs nothing
+    assert cli("fix", str(target), "--peft", "0.21.2", "--target", "sglang").returncode == 0
+    config = json.loads((target / "adapter_config.json").read_text())
+    assert "use_rslora" not in config and config["lora_alpha"] == 16
+    after = cli("check", str(target), "--peft", "0.21.2", "--target", "sglang", "--format", "json")
+    assert after.returncode == 0 and "PD404" not in after.stdout
+
+
+def test_fix_for_a_serving_engine_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
+    target = adapter(tmp_path, use_dora=True)
+    done = cli("fix", str(target), "--peft", "0.21.2", "--target", "vllm")
+    assert done.returncode == 1 and "REFUSE" in done.stdout and "DoRA" in done.stdout

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftdoctor.scan import scan
+from peftdoctor.scanning import scan
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

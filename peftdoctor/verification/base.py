@@ -1,6 +1,6 @@
 """Load the base model the way a deployment would: the Auto class for the adapter's task_type, the
 requested dtype and device, trust_remote_code only when asked. torch/transformers are imported
-inside the functions so that importing peftdoctor.verify stays cheap.
+inside the functions so that importing peftdoctor.verification stays cheap.
 """
 from __future__ import annotations
 

@@ -1,0 +1,165 @@
+"""Deployment targets: will an inference engine (vLLM, SGLang, TGI) serve this adapter, and compute
+what peft computes?
+
+What each engine release accepts is data (`<engine>.json` beside this file, one entry per feature
+and release range, each citing the engine source it was read from); `features.py` says which
+features an adapter uses. This module only joins the two. Light: no torch, transformers or peft.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Optional
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from ..adapter import SAFETENSORS_NAME, Adapter, UnusableInput
+from ..report import Finding
+from ..rules import rule
+from ..safetensors_header import Header, HeaderError, read_header
+from .features import DETECTORS, FEATURE_CODES, FEATURE_KEYS
+
+ENGINES = ("vllm", "sglang", "tgi")
+BEHAVIOURS = ("refuses_at_load", "different_scale", "serves_base", "ignores", "ok")
+# What each behaviour means for the user, first in every finding's message.
+_OUTCOME = {
+    "refuses_at_load": "refuses to load it",
+    "different_scale": "serves it with a different scale than peft",
+    "serves_base": "silently serves the base model",
+    "ignores": "silently ignores part of it, so it computes something else than peft",
+}
+# Rewrites `fix` knows how to apply (peftdoctor.rewrite); entries may name only these.
+REWRITES = frozenset({"fold_rslora"})
+_TARGET = re.compile(r"^\s*(?P<engine>[A-Za-z]+)\s*(?:==\s*(?P<version>\S+))?\s*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of an engine table: what releases in `releases` do with `feature`."""
+
+    id: str
+    feature: str
+    releases: SpecifierSet
+    behaviour: str
+    message: str
+    fix: str
+    source: str
+    rewrite: Optional[str] = None
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    engine: str
+    name: str  # how the engine calls itself, for messages
+    checked: tuple[Version, ...]  # the releases whose source the entries were read from
+    entries: tuple[Entry, ...]
+
+    @property
+    def newest(self) -> Version:
+        return max(self.checked)
+
+
+@dataclass(frozen=True)
+class Target:
+    engine: str
+    version: Optional[Version]  # None: the newest release the table was checked against
+
+    def __str__(self) -> str:
+        return self.engine if self.version is None else f"{self.engine}=={self.version}"
+
+
+def parse_target(text: str) -> Target:
+    """`vllm`, `vllm==0.6.3`, `sglang`, `tgi==3.0.2`; UnusableInput for anything else."""
+    match = _TARGET.match(text or "")
+    engine = match["engine"].lower() if match else None
+    if engine not in ENGINES:
+        raise UnusableInput(f"--target {text!r}: expected one of {', '.join(ENGINES)}, optionally ==VERSION")
+    raw = match["version"] if match else None
+    try:
+        version = Version(raw.lstrip("v")) if raw else None
+    except InvalidVersion:
+        raise UnusableInput(f"--target {text!r}: {raw!r} is not a version") from None
+    return Target(engine, version)
+
+
+@lru_cache(maxsize=None)
+def load_table(engine: str) -> Table:
+    data = json.loads(resources.files(__package__).joinpath(f"{engine}.json").read_text("utf-8"))
+    return Table(engine, data["name"], tuple(Version(v) for v in data["checked_releases"]),
+                 tuple(_entry(raw) for raw in data["entries"]))
+
+
+def _entry(raw: dict[str, Any]) -> Entry:
+    try:
+        releases = SpecifierSet(raw["releases"])
+    except InvalidSpecifier:
+        raise ValueError(f"target entry {raw.get('id')}: releases {raw['releases']!r} is not a SpecifierSet") from None
+    return Entry(raw["id"], raw["feature"], releases, raw["behaviour"], raw["message"], raw["fix"], raw["source"],
+                 raw.get("rewrite"), tuple(sorted((raw.get("params") or {}).items())))
+
+
+def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
+    """The table, the release judged, and the entries that hold for it."""
+    table = load_table(target.engine)
+    version = target.version or table.newest
+    return table, version, [e for e in table.entries if e.releases.contains(version, prereleases=True)]
+
+
+def adapter_header(adapter: Adapter) -> Optional[Header]:
+    """The adapter's safetensors header when it can be read; PD2xx already reports when it cannot."""
+    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.escaping_links:
+        return None
+    try:
+        return read_header(str(adapter.path_of(SAFETENSORS_NAME)))
+    except HeaderError:
+        return None
+
+
+def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]) -> list[tuple[Entry, str]]:
+    found = []
+    for entry in entries:
+        detail = DETECTORS[entry.feature](config, header, dict(entry.params))
+        if detail is not None:
+            found.append((entry, detail))
+    # An adapter the engine cannot load as LoRA at all makes every finer finding noise.
+    fatal = [(e, d) for e, d in found if e.feature in ("any_adapter", "not_lora") and e.behaviour != "ok"]
+    return fatal or found
+
+
+def target_findings(adapter: Adapter, config: dict[str, Any], target: Target) -> list[Finding]:
+    """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does."""
+    table, version, entries = applicable(target)
+    label = f"{table.name} {version}" + ("" if target.version else " (newest release checked)")
+    findings = []
+    for entry, detail in _hits(entries, config, adapter_header(adapter)):
+        if entry.behaviour == "ok":
+            continue
+        findings.append(rule(FEATURE_CODES[entry.feature]).finding(
+            f"{label} {_OUTCOME[entry.behaviour]}: {entry.message} ({detail}) [{entry.id}]",
+            entry.fix, key=FEATURE_KEYS.get(entry.feature)))
+    return findings
+
+
+def rewrites_for(target: Target, config: dict[str, Any], header: Optional[Header] = None) -> set[str]:
+    """Exact config rewrites that make `target` compute what peft computes (e.g. "fold_rslora")."""
+    _, _, entries = applicable(target)
+    hits = _hits(entries, config, header)
+    if any(e.feature == "rank_pattern" and e.behaviour != "ok" for e, _ in hits):
+        return set()  # folding into alpha_pattern is no help to an engine that ignores the patterns
+    return {e.rewrite for e, _ in hits if e.rewrite and e.behaviour != "ok"}
+
+
+def refusals_for(target: Target, config: dict[str, Any], header: Optional[Header] = None) -> list[tuple[str, str]]:
+    """(config key, reason) for each problem no rewrite solves: `fix --target` must refuse these."""
+    table, version, entries = applicable(target)
+    hits = _hits(entries, config, header)
+    blocked = any(e.feature == "rank_pattern" and e.behaviour != "ok" for e, _ in hits)
+    return [(FEATURE_KEYS.get(e.feature) or e.feature, f"{table.name} {version} {_OUTCOME[e.behaviour]}: "
+             f"{e.message} ({d}); {e.fix}")
+            for e, d in hits if e.behaviour != "ok" and (not e.rewrite or blocked)
+            and "server_flag" not in dict(e.params)]  # a server flag, not the adapter, fixes those

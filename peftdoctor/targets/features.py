@@ -1,0 +1,242 @@
+"""Feature detectors: what an adapter uses that an inference engine may not serve as peft computes it.
+
+Each detector reads the config and, where the config cannot say (a file trained with one config
+and saved with another, VLM key layouts, real ranks), the safetensors header. It returns a short
+detail for the finding, or None when the adapter does not use the feature. The engine tables
+(`<engine>.json`) name these features; nothing here knows about any engine.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+from .. import keys
+from ..safetensors_header import Header
+
+Detector = Callable[[dict[str, Any], Optional[Header], Mapping[str, Any]], Optional[str]]
+
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$")
+# The layout that engines which map weights by layer index expect (TGI: base_model.model.{weight_name}
+# with weight_name "model.layers.{i}.self_attn.q_proj", server/text_generation_server/utils/adapter.py).
+_DECODER_LAYER = re.compile(r"^base_model\.model\.model\.layers\.\d+\.")
+_EMBEDDING_NAMES = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings", "shared")
+_HEAD_NAMES = ("lm_head", "embed_out", "output")
+_HEADS_FOR_CLASSIFICATION = ("classifier", "score")
+
+
+def _lora_modules(header: Optional[Header]) -> dict[str, str]:
+    """Module path (with the saved prefix) -> its last name, for every LoRA A/B tensor."""
+    found: dict[str, str] = {}
+    for name in header.tensors if header is not None else ():
+        match = _LORA_KEY.match(name)
+        if match:
+            found[match["module"]] = match["module"].rsplit(".", 1)[-1]
+    return found
+
+
+def _targets(config: dict[str, Any]) -> set[str]:
+    value = config.get("target_modules")
+    if isinstance(value, str):
+        return {value}
+    return {v.rsplit(".", 1)[-1] for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def any_adapter(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    return f"a {config.get('peft_type', 'PEFT')} adapter"
+
+
+def not_lora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    peft_type = config.get("peft_type")
+    return None if peft_type == "LORA" else f"peft_type {peft_type!r}"
+
+
+def rslora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    if config.get("use_rslora") is not True:
+        return None
+    return f"use_rslora: peft scales by lora_alpha/sqrt(r) = {config.get('lora_alpha', 8)}/sqrt({config.get('r', 8)})"
+
+
+def dora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    if config.get("use_dora") is True:
+        return "use_dora: true"
+    if header is not None and any(".lora_magnitude_vector" in name for name in header.tensors):
+        return "the weights hold DoRA magnitude vectors"
+    return None
+
+
+def modules_to_save(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    names = _names(config.get("modules_to_save"))
+    return f"modules_to_save {names}" if names else None
+
+
+def modules_to_save_non_head(config: dict[str, Any], header: Optional[Header],
+                             params: Mapping[str, Any]) -> Optional[str]:
+    others = [n for n in _names(config.get("modules_to_save")) if n not in _HEADS_FOR_CLASSIFICATION]
+    return f"modules_to_save {others}" if others else None
+
+
+def lora_bias(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    if config.get("lora_bias") is True:
+        return "lora_bias: true"
+    if header is not None and any(name.endswith(".lora_B.bias") for name in header.tensors):
+        return "the weights hold lora_B biases"
+    return None
+
+
+def bias(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    value = config.get("bias")
+    return f"bias {value!r}" if value not in (None, "none") else None
+
+
+def adapter_rank(config: dict[str, Any], header: Optional[Header]) -> Optional[int]:
+    """The largest rank any module of the adapter has: config r, rank_pattern, and the real shapes."""
+    ranks = [v for v in [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+             if isinstance(v, int) and not isinstance(v, bool)]
+    for name, info in (header.tensors.items() if header is not None else ()):
+        if name.endswith((".lora_A.weight", ".lora_A")) and len(info.shape) >= 2:
+            ranks.append(info.shape[0])
+    return max(ranks, default=None)
+
+
+def rank_above_default(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    """params: default (the engine's default limit), allowed (values its limit flag accepts), server_flag.
+    A starting flag solves it, so `fix` need not refuse (see targets.refusals_for)."""
+    rank, default = adapter_rank(config, header), params["default"]
+    fitting = [a for a in params["allowed"] if rank is not None and a >= rank]
+    if rank is None or rank <= default or not fitting:
+        return None
+    return f"rank {rank} exceeds the default {params['server_flag']} {default}: " \
+           f"start the server with {params['server_flag']} {min(fitting)}"
+
+
+def rank_above_max(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    """params: allowed (values the engine's rank limit accepts), server_flag."""
+    rank = adapter_rank(config, header)
+    if rank is None or rank <= max(params["allowed"]):
+        return None
+    return f"rank {rank} exceeds the largest {params['server_flag']} this release accepts ({max(params['allowed'])})"
+
+
+def rank_pattern(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    used = [k for k in ("rank_pattern", "alpha_pattern") if config.get(k)]
+    return f"{' and '.join(used)} set: some modules have their own rank or alpha" if used else None
+
+
+def embedding_lora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    if header is not None:
+        names = sorted({m for m, last in _lora_modules(header).items() if last in _EMBEDDING_NAMES})
+        return f"LoRA on {', '.join(names)}" if names else None
+    names = sorted(_targets(config) & set(_EMBEDDING_NAMES))
+    return f"target_modules include {', '.join(names)}" if names else None
+
+
+def lm_head_lora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    if header is not None:
+        names = sorted({m for m, last in _lora_modules(header).items() if last in _HEAD_NAMES})
+        return f"LoRA on {', '.join(names)}" if names else None
+    names = sorted(_targets(config) & set(_HEAD_NAMES))
+    return f"target_modules include {', '.join(names)}" if names else None
+
+
+def trainable_tokens(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    if config.get("trainable_token_indices"):
+        return "trainable_token_indices set"
+    if header is not None and any(".token_adapter." in name for name in header.tensors):
+        return "the weights hold trainable token deltas"
+    return None
+
+
+def base_mutating_init(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    value = config.get("init_lora_weights")
+    if isinstance(value, str) and value.lower().startswith(keys.BASE_MUTATING_INITS):
+        return f"init_lora_weights {value!r} (saved unconverted: it assumes a modified base)"
+    return None
+
+
+def vlm_new_key_layout(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    """transformers>=4.52 nests VLM text models as model.language_model.*; older engines expect
+    language_model.model.* and match nothing."""
+    hits = [m for m in _lora_modules(header) if m.startswith("base_model.model.model.language_model.")]
+    return f"{len(hits)} modules keyed as base_model.model.model.language_model.*" if hits else None
+
+
+def _non_layer_modules(header: Optional[Header]) -> tuple[list[str], int]:
+    modules = {m: last for m, last in _lora_modules(header).items()
+               if last not in _EMBEDDING_NAMES + _HEAD_NAMES}
+    outside = sorted(m for m in modules if not _DECODER_LAYER.match(m + "."))
+    return outside, len(modules)
+
+
+def keys_outside_decoder_layers(config: dict[str, Any], header: Optional[Header],
+                                params: Mapping[str, Any]) -> Optional[str]:
+    outside, total = _non_layer_modules(header)
+    if total and len(outside) == total:
+        return f"none of the {total} LoRA modules is keyed base_model.model.model.layers.N.* (e.g. {outside[0]})"
+    return None
+
+
+def some_keys_outside_decoder_layers(config: dict[str, Any], header: Optional[Header],
+                                     params: Mapping[str, Any]) -> Optional[str]:
+    outside, total = _non_layer_modules(header)
+    if outside and len(outside) < total:
+        return f"{len(outside)} of {total} LoRA modules are not keyed base_model.model.model.layers.N.* " \
+               f"(e.g. {outside[0]})"
+    return None
+
+
+def target_modules_unsupported(config: dict[str, Any], header: Optional[Header],
+                               params: Mapping[str, Any]) -> Optional[str]:
+    """params: supported (module names the engine applies LoRA to)."""
+    names = set(_lora_modules(header).values()) if header is not None else _targets(config)
+    odd = sorted(names - set(params["supported"]) - set(_EMBEDDING_NAMES) - set(_HEAD_NAMES))
+    return f"modules {', '.join(odd)} are not among {', '.join(params['supported'])}" if odd else None
+
+
+DETECTORS: dict[str, Detector] = {
+    "any_adapter": any_adapter,
+    "not_lora": not_lora,
+    "rslora": rslora,
+    "dora": dora,
+    "modules_to_save": modules_to_save,
+    "modules_to_save_non_head": modules_to_save_non_head,
+    "lora_bias": lora_bias,
+    "bias": bias,
+    "rank_above_default": rank_above_default,
+    "rank_above_max": rank_above_max,
+    "rank_pattern": rank_pattern,
+    "embedding_lora": embedding_lora,
+    "lm_head_lora": lm_head_lora,
+    "trainable_tokens": trainable_tokens,
+    "base_mutating_init": base_mutating_init,
+    "vlm_new_key_layout": vlm_new_key_layout,
+    "keys_outside_decoder_layers": keys_outside_decoder_layers,
+    "some_keys_outside_decoder_layers": some_keys_outside_decoder_layers,
+    "target_modules_unsupported": target_modules_unsupported,
+}
+
+# One finding code per feature (rules.py PD4xx), so SARIF and `rules` name what the engine trips on.
+FEATURE_CODES: dict[str, str] = {
+    "any_adapter": "PD401", "not_lora": "PD402", "dora": "PD403", "rslora": "PD404",
+    "modules_to_save": "PD405", "modules_to_save_non_head": "PD405", "lora_bias": "PD406", "bias": "PD407",
+    "rank_above_default": "PD408", "rank_above_max": "PD408",
+    "rank_pattern": "PD409", "embedding_lora": "PD410", "lm_head_lora": "PD411",
+    "trainable_tokens": "PD412", "base_mutating_init": "PD413", "vlm_new_key_layout": "PD414",
+    "keys_outside_decoder_layers": "PD414", "some_keys_outside_decoder_layers": "PD415",
+    "target_modules_unsupported": "PD415",
+}
+
+# Config keys the features live in, for the finding's `key`.
+FEATURE_KEYS: dict[str, Optional[str]] = {
+    "not_lora": "peft_type", "rslora": "use_rslora", "dora": "use_dora", "modules_to_save": "modules_to_save",
+    "modules_to_save_non_head": "modules_to_save", "lora_bias": "lora_bias", "bias": "bias", "rank_above_default": "r",
+    "rank_above_max": "r", "rank_pattern": "rank_pattern", "embedding_lora": "target_modules", "lm_head_lora": "target_modules",
+    "trainable_tokens": "trainable_token_indices", "base_mutating_init": "init_lora_weights",
+    "target_modules_unsupported": "target_modules",
+}

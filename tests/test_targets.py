@@ -1,0 +1,174 @@
+"""Deployment targets (PD4xx): every engine-table entry against a real peft adapter that uses the
+feature and one that does not, judged at a release inside the entry's range."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from peftdoctor.adapter import UnusableInput, open_adapter
+from peftdoctor.rules import RULES
+from peftdoctor.targets import (BEHAVIOURS, ENGINES, REWRITES, Entry, Target, load_table, parse_target,
+                                refusals_for, rewrites_for, target_findings)
+from peftdoctor.targets.features import DETECTORS, FEATURE_CODES
+
+from adapters import (make_dora_adapter, make_gpt2_base, make_ia3_adapter, make_llama_base, make_lora_adapter,
+                      make_pattern_lora_adapter, make_rslora_adapter, save_adapter)
+
+
+def _llava_base(directory: Path) -> Path:
+    """A tiny Llava (CLIP vision tower + Llama text model), saved in today's transformers layout."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=8, patch_size=4),
+        text_config=LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2), image_token_index=3)
+    LlavaForConditionalGeneration(config).save_pretrained(str(directory))
+    return directory
+
+
+def _save_on(model_cls_name: str, directory: Path, base: Path, **lora: object) -> Path:
+    """Real peft adapter on a base loaded with another class than tests/adapters.py would use."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    model = getattr(transformers, model_cls_name).from_pretrained(str(base))
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **lora)).save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("targets")
+    llama, gpt2 = make_llama_base(root / "llama"), make_gpt2_base(root / "gpt2")
+    builders: dict[str, Callable[[Path], Path]] = {
+        "plain": lambda d: make_lora_adapter(d, llama),
+        "ia3": lambda d: make_ia3_adapter(d, llama),
+        "rslora": lambda d: make_rslora_adapter(d, llama),
+        "dora": lambda d: make_dora_adapter(d, llama),
+        "modules_to_save": lambda d: make_lora_adapter(d, llama, modules_to_save=["lm_head"]),
+        "lora_bias": lambda d: make_lora_adapter(d, llama, lora_bias=True),
+        "bias": lambda d: make_lora_adapter(d, llama, bias="lora_only"),
+        "rank32": lambda d: make_lora_adapter(d, llama, r=32),
+        "rank600": lambda d: make_lora_adapter(d, llama, r=600),
+        "pattern": lambda d: make_pattern_lora_adapter(d, llama),
+        "embedding": lambda d: make_lora_adapter(d, llama, target_modules=["q_proj", "v_proj", "embed_tokens"]),
+        "lm_head": lambda d: make_lora_adapter(d, llama, target_modules=["q_proj", "v_proj", "lm_head"]),
+        "tokens": lambda d: make_lora_adapter(d, llama, trainable_token_indices=[5, 6]),
+        "pissa": lambda d: make_lora_adapter(d, llama, init_lora_weights="pissa"),
+        "gpt2": lambda d: make_lora_adapter(d, gpt2),
+        "llava": lambda d: _save_on("LlavaForConditionalGeneration", d, _llava_base(root / "llava"),
+                                    target_modules=["q_proj", "v_proj"]),
+        "score": lambda d: _save_on("LlamaForSequenceClassification", d, llama,
+                                    target_modules=["q_proj", "v_proj", "score"]),
+    }
+    return {name: build(root / name) for name, build in builders.items()}
+
+
+# Which adapter of the zoo uses each feature (and, for "any_adapter", every adapter does).
+TRIGGER = {
+    "any_adapter": "plain", "not_lora": "ia3", "rslora": "rslora", "dora": "dora",
+    "modules_to_save": "modules_to_save", "modules_to_save_non_head": "modules_to_save", "lora_bias": "lora_bias",
+    "bias": "bias", "rank_above_default": "rank32", "rank_above_max": "rank600", "rank_pattern": "pattern",
+    "embedding_lora": "embedding", "lm_head_lora": "lm_head", "trainable_tokens": "tokens",
+    "base_mutating_init": "pissa", "vlm_new_key_layout": "llava", "keys_outside_decoder_layers": "gpt2",
+    "some_keys_outside_decoder_layers": "score", "target_modules_unsupported": "gpt2",
+}
+ALL_ENTRIES = [(engine, entry) for engine in ENGINES for entry in load_table(engine).entries]
+
+
+def _release_in(engine: str, entry: Entry) -> Version:
+    inside = [v for v in load_table(engine).checked if entry.releases.contains(v, prereleases=True)]
+    assert inside, f"{entry.id}: no checked release lies in {entry.releases}"
+    return min(inside)
+
+
+def _ids(engine: str, version: Version, adapter_dir: Path) -> str:
+    adapter = open_adapter(str(adapter_dir))
+    return " ".join(f"{f.code} {f.message}" for f in target_findings(adapter, adapter.config, Target(engine, version)))
+
+
+@pytest.mark.parametrize("engine,entry", ALL_ENTRIES, ids=[e.id for _, e in ALL_ENTRIES])
+def test_entry_triggers(zoo: dict[str, Path], engine: str, entry: Entry) -> None:
+    seen = _ids(engine, _release_in(engine, entry), zoo[TRIGGER[entry.feature]])
+    if entry.behaviour == "ok":  # supported: the adapter using it gets no finding for it
+        assert f"[{entry.id}]" not in seen
+    else:
+        assert f"{FEATURE_CODES[entry.feature]} " in seen and f"[{entry.id}]" in seen, seen
+
+
+@pytest.mark.parametrize("engine,entry", ALL_ENTRIES, ids=[e.id for _, e in ALL_ENTRIES])
+def test_entry_not_triggered(zoo: dict[str, Path], engine: str, entry: Entry) -> None:
+    version = _release_in(engine, entry)
+    if entry.feature == "any_adapter":  # every adapter has it: a release with LoRA support is the negative
+        version = load_table(engine).newest
+    assert f"[{entry.id}]" not in _ids(engine, version, zoo["plain"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_table_is_valid(engine: str) -> None:
+    raw = json.loads(resources.files("peftdoctor.targets").joinpath(f"{engine}.json").read_text())
+    ids = [e["id"] for e in raw["entries"]]
+    assert len(ids) == len(set(ids))
+    for e in raw["entries"]:
+        SpecifierSet(e["releases"])  # raises on a bad range
+        assert e["feature"] in DETECTORS and e["behaviour"] in BEHAVIOURS, e["id"]
+        assert e["source"].strip() and e["message"].strip(), e["id"]
+        assert e["behaviour"] == "ok" or e["fix"].strip(), e["id"]
+        assert e.get("rewrite") in (None, *REWRITES), e["id"]
+        assert FEATURE_CODES[e["feature"]] in RULES
+
+
+def test_ranges_of_one_feature_do_not_overlap() -> None:
+    for engine in ENGINES:
+        table = load_table(engine)
+        for version in table.checked:
+            features = [e.feature for e in table.entries if e.releases.contains(version, prereleases=True)]
+            assert len(features) == len(set(features)), (engine, version)
+
+
+@pytest.mark.parametrize("text,expected", [("vllm", Target("vllm", None)), ("vllm==0.6.3", Target("vllm", Version("0.6.3"))),
+                                           ("SGLang", Target("sglang", None)), ("tgi==v3.0.2", Target("tgi", Version("3.0.2")))])
+def test_parse_target(text: str, expected: Target) -> None:
+    assert parse_target(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "ollama", "vllm==banana", "vllm>=0.6", "vllm==0.6.3==1"])
+def test_parse_target_rejects(text: str) -> None:
+    with pytest.raises(UnusableInput):
+        parse_target(text)
+
+
+def test_rewrites_fold_rslora_only_where_the_engine_ignores_or_refuses_it(zoo: dict[str, Path]) -> None:
+    config = open_adapter(str(zoo["rslora"])).config
+    assert rewrites_for(parse_target("vllm==0.6.3"), config) == {"fold_rslora"}
+    assert rewrites_for(parse_target("vllm==0.6.5"), config) == {"fold_rslora"}
+    assert rewrites_for(parse_target("vllm==0.7.0"), config) == set()
+    assert rewrites_for(parse_target("sglang"), config) == {"fold_rslora"}
+    assert rewrites_for(parse_target("tgi"), config) == set()
+    assert refusals_for(parse_target("sglang"), config) == []
+
+
+def test_no_fold_where_patterns_are_ignored(zoo: dict[str, Path]) -> None:
+    config = dict(open_adapter(str(zoo["pattern"])).config, use_rslora=True)
+    assert rewrites_for(parse_target("sglang"), config) == set()
+    assert any(key == "use_rslora" for key, _ in refusals_for(parse_target("sglang"), config))
+
+
+def test_refusals_leave_server_flags_to_the_user(zoo: dict[str, Path]) -> None:
+    assert refusals_for(parse_target("vllm"), open_adapter(str(zoo["rank32"])).config) == []
+    assert [k for k, _ in refusals_for(parse_target("vllm"), open_adapter(str(zoo["dora"])).config)] == ["use_dora"]
+
+
+def test_rank_finding_names_the_flag(zoo: dict[str, Path]) -> None:
+    seen = _ids("vllm", Version("0.7.0"), zoo["rank32"])
+    assert "--max-lora-rank 32" in seen
