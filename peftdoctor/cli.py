@@ -164,6 +164,22 @@ def verify(
 
 
 @app.command()
+def merge(
+    adapter: str = typer.Argument(..., help="LoRA adapter directory (or cached hub repo id)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model directory or cached repo id with "
+                                       "safetensors shards (default: base_model_name_or_path)."),
+    out: str = typer.Option(..., "--out", help="Directory to write the merged model to (must not exist)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where each layer's delta is computed."),
+    fmt: str = typer.Option("text", "--format", help="text or json."),
+) -> None:
+    """Merge a LoRA adapter into a base shard by shard, tensor by tensor: peak memory about one shard."""
+    from .merge.command import merge_command  # the heavy stack loads only here
+
+    raise typer.Exit(merge_command(adapter, base, out, dtype, device, fmt))
+
+
+@app.command()
 def scan(
     root: str = typer.Argument(..., help="A tree to search for adapters (training output, a monorepo)."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),

@@ -1,0 +1,215 @@
+"""Streaming merge against peft's merge_and_unload + save_pretrained and against a plain copy.
+
+    python bench/merge_speed.py [--layers 14] [--dir /tmp] [--keep]
+
+Builds a synthetic Llama-style base (random float32 weights, hidden 2048, MLP 5632, vocab 32000,
+untied head: about 3.4 GB with 14 layers, in 1 GB shards) and a rank-16 LoRA adapter on q/v/o_proj,
+then runs, each in its own process so that its peak RSS is its own (os.wait4 rusage):
+
+  copy   shutil.copy of the shards and side files: the I/O floor;
+  stream peftdoctor.merge.merge_command (streaming merge);
+  peft   AutoModelForCausalLM.from_pretrained + PeftModel.from_pretrained + merge_and_unload()
+         + save_pretrained (same shard size).
+
+Every step ends with os.sync(), so that each is timed until its data is on disk, not in the page
+cache; the base is read once beforehand so that all three read it from the page cache. Finally
+the stream's output is compared with peft's, tensor by tensor. Targets (issue 5): peak RSS of the
+stream at most 1/4 of peft's, wall time at most 1.5x the copy. Exit 0 when both are met, 1 if not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HIDDEN, MLP, VOCAB, RANK = 2048, 5632, 32000, 16
+SHARD_BYTES = 1 << 30
+
+
+def build_base(directory: Path, layers: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=layers,
+                num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+                dtype="float32").save_pretrained(str(directory))
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{p}self_attn.{name}.weight"] = (HIDDEN, HIDDEN)
+        shapes[f"{p}mlp.gate_proj.weight"] = shapes[f"{p}mlp.up_proj.weight"] = (MLP, HIDDEN)
+        shapes[f"{p}mlp.down_proj.weight"] = (HIDDEN, MLP)
+        shapes[f"{p}input_layernorm.weight"] = shapes[f"{p}post_attention_layernorm.weight"] = (HIDDEN,)
+    shapes["model.norm.weight"] = (HIDDEN,)
+    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
+    generator = torch.Generator().manual_seed(0)
+    groups: list[dict[str, tuple[int, ...]]] = [{}]
+    size = 0
+    for name, shape in shapes.items():
+        nbytes = 4 * int(torch.Size(shape).numel())
+        if size and size + nbytes > SHARD_BYTES:
+            groups.append({})
+            size = 0
+        groups[-1][name] = shape
+        size += nbytes
+    weight_map = {}
+    for number, group in enumerate(groups, 1):
+        file = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {n: torch.randn(s, generator=generator) * 0.02 for n, s in group.items()}
+        save_file(tensors, str(directory / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in group})
+        del tensors
+    total = sum(4 * int(torch.Size(s).numel()) for s in shapes.values())
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def build_adapter(directory: Path, base: Path, layers: int) -> None:
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    LoraConfig(r=RANK, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM",
+               base_model_name_or_path=str(base)).save_pretrained(str(directory))
+    generator = torch.Generator().manual_seed(1)
+    tensors = {}
+    for i in range(layers):
+        for name in ("q_proj", "v_proj", "o_proj"):
+            key = f"base_model.model.model.layers.{i}.self_attn.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, HIDDEN, generator=generator) * 0.02
+            tensors[f"{key}.lora_B.weight"] = torch.randn(HIDDEN, RANK, generator=generator) * 0.02
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+COPY = """
+import os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.mkdir(dst)
+for name in sorted(os.listdir(src)):
+    shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+"""
+STREAM = """
+import sys
+from peftdoctor.merge import merge_command
+code = merge_command(sys.argv[3], sys.argv[1], sys.argv[2], fmt="json")
+if code: sys.exit(code)
+"""
+PEFT = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+base = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype="float32")
+merged = PeftModel.from_pretrained(base, sys.argv[3]).merge_and_unload()
+merged.save_pretrained(sys.argv[2], max_shard_size="1GB")
+"""
+
+
+def run_step(code: str, base: Path, out: Path, adapter: Path) -> tuple[float, int]:
+    """Wall seconds (until the data is on disk) and peak RSS in bytes of `code` in a fresh process."""
+    wrapped = code + "\nimport os; os.sync()\n"
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", wrapped, str(base), str(out), str(adapter)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL,
+                            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                                 "TQDM_DISABLE": "1"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"step failed with exit code {proc.returncode}")
+    return seconds, usage.ru_maxrss * 1024
+
+
+def compare(ours: Path, theirs: Path) -> tuple[int, int]:
+    """(equal tensors, all tensors), reading one tensor pair at a time."""
+    from safetensors import safe_open
+
+    def locate(directory: Path) -> dict[str, Path]:
+        index = directory / "model.safetensors.index.json"
+        if not index.is_file():
+            with safe_open(str(directory / "model.safetensors"), "pt") as fh:
+                return {name: directory / "model.safetensors" for name in fh.keys()}
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: directory / file for name, file in weight_map.items()}
+
+    a, b = locate(ours), locate(theirs)
+    equal = 0
+    for name in sorted(a):
+        if name not in b:
+            continue
+        with safe_open(str(a[name]), "pt") as fa, safe_open(str(b[name]), "pt") as fb:
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+            equal += int(x.dtype == y.dtype and bool((x == y).all()))
+    return equal, len(set(a) | set(b))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=14)
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic base and the outputs")
+    parser.add_argument("--build", help=argparse.SUPPRESS)
+    parser.add_argument("--compare", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.build:
+        build_base(Path(args.build) / "base", args.layers)
+        build_adapter(Path(args.build) / "adapter", Path(args.build) / "base", args.layers)
+        return 0
+    if args.compare:
+        print(*compare(Path(args.compare) / "out-stream", Path(args.compare) / "out-peft"))
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="peftdoctor-merge-bench-", dir=args.dir))
+    try:
+        base, adapter = root / "base", root / "adapter"
+        base.mkdir()
+        print(f"building a {args.layers}-layer synthetic Llama base in {root} ...", file=sys.stderr)
+        # In child processes: Linux keeps ru_maxrss across fork and exec, so the steps must be
+        # started from a parent that never grew (this one imports neither torch nor peft).
+        subprocess.run([sys.executable, __file__, "--build", str(root), "--layers", str(args.layers)], check=True)
+        size = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+        needed = 4 * size
+        if shutil.disk_usage(root).free < needed:
+            print(f"need {needed / 1e9:.1f} GB free in {root}", file=sys.stderr)
+            return 2
+        for path in base.glob("*.safetensors"):  # page cache warm for all three steps alike
+            with open(path, "rb") as fh:
+                while fh.read(1 << 26):
+                    pass
+        results = {}
+        for label, code in (("copy", COPY), ("stream", STREAM), ("peft", PEFT)):
+            print(f"running {label} ...", file=sys.stderr)
+            results[label] = run_step(code, base, root / f"out-{label}", adapter)
+            if label == "copy":
+                shutil.rmtree(root / "out-copy")
+        counted = subprocess.run([sys.executable, __file__, "--compare", str(root)], check=True,
+                                 capture_output=True, text=True).stdout.split()
+        equal, total = int(counted[0]), int(counted[1])
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"base: {size / 1e9:.2f} GB in shards of <= 1 GB, "
+          f"{args.layers} layers; LoRA r={RANK} on q/v/o_proj; {os.cpu_count()} CPU cores")
+    print(f"{'step':<32}{'wall s':>9}{'peak RSS GiB':>14}")
+    names = {"copy": "copy of the shards (I/O floor)", "stream": "peftdoctor streaming merge",
+             "peft": "peft merge_and_unload + save"}
+    for label, (seconds, rss) in results.items():
+        print(f"{names[label]:<32}{seconds:>9.1f}{rss / 2**30:>14.2f}")
+    rss_ratio = results["stream"][1] / results["peft"][1]
+    time_ratio = results["stream"][0] / results["copy"][0]
+    print(f"stream/peft peak RSS: {rss_ratio:.3f} (target <= 0.25); stream/copy wall time: {time_ratio:.2f} "
+          f"(target <= 1.5); tensors equal to peft's: {equal}/{total}")
+    return 0 if rss_ratio <= 0.25 and time_ratio <= 1.5 and equal == total else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""`merge`: stream a LoRA adapter into a safetensors base, one tensor in memory at a time.
+
+The base is read tensor by tensor and written once: tensors the adapter does not touch are copied
+byte for byte (or cast, with --dtype), targeted weights are merged by peft's own code
+(peftdoctor/merge/layer.py), modules_to_save copies replace the base's tensors. Peak memory is the
+adapter plus the largest tensor being merged, whatever the model's size.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..adapter import UnusableInput, open_adapter, resolve
+from . import plan as P
+from .result import MergeReport, equality_statement, peak_rss
+from .stream import (OutShard, OutTensor, Raw, WriteFailed, check_out, copy_file, free_space_problem,
+                     read_exact, staged, write_failure, write_index, write_json, write_shard)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+                    "spiece.model", "sentencepiece*.model", "chat_template.*")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _Job:
+    """Produces some output tensors at once (a module's weight and bias, or a tied pair)."""
+
+    kind: str  # "lora", "copy", "cast"
+    module: str = ""
+    params: dict[str, str] = field(default_factory=dict)  # layer param -> base checkpoint name it starts from
+    outputs: dict[str, str] = field(default_factory=dict)  # output tensor name -> layer param (or "")
+    adapter_key: str = ""  # "copy": the saved tensor; "cast": unused
+
+
+def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "auto", device: str = "cpu",
+                 progress: Optional[Progress] = None) -> MergeReport:
+    """Merge `adapter` into `base` (a directory or cached repo id) and write the result to `out`.
+
+    Raises UnusableInput (exit 2), P.MergeRefused (exit 1) or WriteFailed (exit 2), each one line.
+    """
+    started = time.monotonic()
+    say = progress or (lambda _message: None)
+    if dtype not in DTYPES:
+        raise UnusableInput(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    found = open_adapter(adapter)
+    if found.kind != "peft-adapter" or found.config is None:
+        raise UnusableInput(f"{adapter}: not a usable PEFT adapter ({found.config_error or found.kind}); "
+                            f"run `peftdoctor check {adapter}`")
+    config = found.config
+    why = P.refusal(config)
+    if why:
+        raise P.MergeRefused(why)
+    name = base or config.get("base_model_name_or_path")
+    if not isinstance(name, str) or not name:
+        raise UnusableInput(f"{adapter}: names no base_model_name_or_path; pass --base PATH_OR_REPO_ID")
+    out_path = check_out(out)
+    base_dir, display = resolve(name)  # a directory, or the local hub cache (never downloads)
+    base_files = P.read_base(base_dir, display)
+    adapter_files = P.read_adapter(found.directory, config)
+    adapter_plan = P.adapter_plan(adapter_files)
+    say("reading the base's structure")
+    from .layer import load_skeleton  # torch and transformers from here on
+
+    _check_device(device)
+    skeleton = load_skeleton(base_files.directory, config.get("task_type"))
+    shards, jobs, untied = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
+    needed = sum(s.nbytes for s in shards)
+    problem = free_space_problem(out_path.parent, needed)
+    if problem:
+        raise WriteFailed(problem)
+    producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
+    try:
+        with staged(out_path) as staging:
+            for number, shard in enumerate(shards, 1):
+                say(f"writing shard {number}/{len(shards)} ({shard.name})")
+                write_shard(staging / shard.name, shard, producer)
+            if base_files.sharded:
+                write_index(staging, shards)
+            _copy_side_files(base_files, found.directory, staging, dtype, bool(untied))
+    except OSError as exc:
+        raise write_failure(exc, out_path) from None
+    notes = [skeleton.note] if skeleton.note else []
+    if producer.ignored:
+        notes.append(f"peft builds no layer for {', '.join(sorted(producer.ignored)[:3])} (not matched by "
+                     "target_modules), so their saved LoRA weights were ignored, as peft ignores them")
+    return MergeReport(
+        adapter=found.display, base=display, out=str(out_path), dtype=dtype, device=device,
+        tensors_merged=producer.merged, tensors_replaced=producer.replaced,
+        tensors_passed=sum(len(s.tensors) for s in shards) - producer.merged - producer.replaced,
+        bytes_written=needed, seconds=round(time.monotonic() - started, 3), peak_rss_bytes=peak_rss(),
+        shards=len(shards), untied=tuple(untied), equality=equality_statement(device, dtype), notes=tuple(notes))
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UnusableInput(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UnusableInput(f"--device {device}: no CUDA device is available here; use --device cpu")
+
+
+def _out_dtype(code: str, dtype: str) -> str:
+    # from_pretrained(dtype=X) casts floating-point tensors only; integer buffers keep their type.
+    return P.DTYPE_CODES[dtype] if dtype != "auto" and code in P.FLOAT_DTYPES else code
+
+
+def _layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles, skeleton: Any,
+            dtype: str) -> tuple[tuple[OutShard, ...], dict[str, _Job], list[str]]:
+    """Every output tensor (name, dtype, shape, where its bytes come from), shard by shard."""
+    jobs: dict[str, _Job] = {}
+    for module, delta in plan.lora.items():
+        weight = P.checkpoint_name(base, f"{module}.weight", skeleton.prefix)
+        source = weight or _tied_source(base, skeleton, f"{module}.weight")
+        if source is None:
+            raise P.MergeRefused(f"the adapter changes {module} but the base has no tensor {module}.weight: "
+                                 "is --base the model this adapter was trained on?")
+        job = _Job("lora", module, params={"weight": source}, outputs={weight or f"{module}.weight": "weight"})
+        bias = P.checkpoint_name(base, f"{module}.bias", skeleton.prefix)
+        if bias and adapter.config.get("lora_bias"):
+            job.params["bias"] = bias
+            job.outputs[bias] = "bias"
+        for name in job.outputs:
+            jobs[name] = job
+    for model_name, key in plan.copies.items():
+        target = P.checkpoint_name(base, model_name, skeleton.prefix) or model_name
+        jobs[target] = _Job("copy", outputs={target: ""}, adapter_key=key)
+    shards: list[OutShard] = []
+    untied: list[str] = []
+    emitted: set[str] = set()
+    for shard in base.shards:
+        tensors: list[OutTensor] = []
+        for info in shard.tensors:
+            tensors.append(_out_tensor(info.name, info, shard, jobs, adapter, dtype))
+            emitted.add(info.name)
+            for extra in _untied_partners(info.name, base, skeleton, jobs, plan):
+                jobs.setdefault(extra, _Job("cast", params={"weight": info.name}, outputs={extra: "weight"}))
+                tensors.append(_out_tensor(extra, info, shard, jobs, adapter, dtype))
+                emitted.add(extra)
+                untied.append(extra)
+        shards.append(OutShard(shard.path.name, tuple(tensors)))
+    # modules_to_save tensors the base lacks (a task head it was saved without) go into the last shard.
+    missing = [n for n, j in jobs.items() if n not in emitted and j.kind == "copy"]
+    if missing:
+        extra_tensors = tuple(_copy_tensor(n, jobs[n], adapter, None, dtype) for n in sorted(missing))
+        shards[-1] = OutShard(shards[-1].name, shards[-1].tensors + extra_tensors)
+    return tuple(shards), jobs, untied
+
+
+def _out_tensor(name: str, info: Any, shard: P.BaseShard, jobs: dict[str, _Job], adapter: P.AdapterFiles,
+                dtype: str) -> OutTensor:
+    code = _out_dtype(info.dtype, dtype)
+    job = jobs.get(name)
+    if job is None:
+        if code == info.dtype:
+            return OutTensor(name, code, info.shape, Raw(shard.path, shard.data_start + info.start,
+                                                         info.end - info.start))
+        jobs[name] = job = _Job("cast", params={"weight": name}, outputs={name: "weight"})
+    if job.kind == "copy":
+        return _copy_tensor(name, job, adapter, code, dtype)
+    shape = info.shape
+    saved = adapter.tensors.get(f"{P.PREFIX}{job.module}.base_layer.weight")
+    if job.kind == "lora" and saved is not None and job.outputs.get(name) == "weight":
+        shape = saved.shape  # an embedding saved whole (resized vocabulary) replaces the base's
+    return OutTensor(name, code, shape, name)
+
+
+def _copy_tensor(name: str, job: _Job, adapter: P.AdapterFiles, code: Optional[str], dtype: str) -> OutTensor:
+    info = adapter.tensors[job.adapter_key]
+    # peft loads a modules_to_save copy into a clone of the base module: it takes the base's dtype.
+    return OutTensor(name, code or _out_dtype(info.dtype, dtype), info.shape, name)
+
+
+def _tied_source(base: P.Base, skeleton: Any, name: str) -> Optional[str]:
+    for group in skeleton.tied:
+        if name in group:
+            present = [n for n in group if base.find(n) is not None]
+            if present:
+                return present[0]
+    return None
+
+
+def _untied_partners(name: str, base: P.Base, skeleton: Any, jobs: dict[str, _Job],
+                     plan: P.AdapterPlan) -> list[str]:
+    """Tied names the checkpoint does not hold, to be written because the adapter changes the group."""
+    for group in skeleton.tied:
+        if name not in group:
+            continue
+        missing = [n for n in group if base.find(n) is None]
+        touched = any((n in jobs and jobs[n].kind != "cast") or n.rsplit(".", 1)[0] in plan.lora for n in group)
+        return missing if touched else []
+    return []
+
+
+class _Producer:
+    """Produces changed tensors on demand, in stream order; holds at most one job's results."""
+
+    def __init__(self, base: P.Base, adapter: P.AdapterFiles, skeleton: Any, jobs: dict[str, _Job], device: str,
+                 adapter_dir: Path, say: Progress) -> None:
+        from safetensors.torch import load_file
+
+        from .layer import peft_config
+
+        self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
+        self.adapter_tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+        self.config = peft_config(adapter_dir)
+        self.pending: dict[str, Any] = {}
+        self.merged = self.replaced = 0
+        self.ignored: set[str] = set()
+
+    def __call__(self, tensor: OutTensor) -> Any:
+        import torch
+
+        if tensor.name not in self.pending:
+            self.pending.update(self._run(self.jobs[tensor.name], tensor))
+        result = self.pending.pop(tensor.name)
+        want = _torch_dtype(tensor.dtype)
+        if result.dtype != want or tuple(result.shape) != tensor.shape:
+            raise RuntimeError(f"{tensor.name}: produced {result.dtype} {tuple(result.shape)}, planned "
+                               f"{want} {tensor.shape}")
+        if result.is_floating_point() and not torch.isfinite(result).all():
+            raise P.MergeRefused(f"merging produced NaN or infinite values in {tensor.name}: the adapter is "
+                                 "broken or overflows in this dtype (try --dtype float32)")
+        return result.contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    def _read(self, name: str, code: str) -> Any:
+        import torch
+
+        shard, info = self.base.find(name)  # type: ignore[misc]
+        buffer = read_exact(shard.path, shard.data_start + info.start, info.end - info.start)
+        if not buffer:
+            return torch.empty(info.shape, dtype=_torch_dtype(info.dtype)).to(_torch_dtype(code))
+        tensor = torch.frombuffer(buffer, dtype=_torch_dtype(info.dtype)).reshape(info.shape)
+        return tensor.to(_torch_dtype(code))
+
+    def _run(self, job: _Job, tensor: OutTensor) -> dict[str, Any]:
+        if job.kind == "copy":
+            self.replaced += 1
+            return {tensor.name: self.adapter_tensors[job.adapter_key].to(_torch_dtype(tensor.dtype))}
+        if job.kind == "cast":
+            return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
+        from .layer import merge_module
+
+        self.say(f"merging {job.module}")
+        params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
+        prefix = f"{P.PREFIX}{job.module}."
+        saved = {k: v for k, v in self.adapter_tensors.items() if k.startswith(prefix)}
+        whole = saved.pop(f"{prefix}base_layer.weight", None)
+        if whole is not None:  # peft would load it into the layer: start from it instead of the base's
+            params["weight"] = whole.to(params["weight"].dtype)
+        try:
+            merged = merge_module(self.skeleton, self.config, job.module, params, saved, self.device)
+        except ValueError as exc:
+            if "not found in the base model" in str(exc) or "Target modules" in str(exc):
+                self.ignored.add(job.module)
+                merged = params
+            else:
+                raise P.MergeRefused(f"peft cannot merge {job.module}: {str(exc).splitlines()[0]}") from None
+        except RuntimeError as exc:
+            raise P.MergeRefused(f"peft cannot merge {job.module}: {str(exc).splitlines()[0]}") from None
+        else:
+            self.merged += len(job.outputs)
+        return {out: merged[param] for out, param in job.outputs.items()}
+
+
+def _torch_dtype(code: str) -> Any:
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool}[code]
+
+
+def _copy_side_files(base: P.Base, adapter_dir: Path, staging: Path, dtype: str, untied: bool) -> None:
+    """config.json (untied and re-typed when needed), generation config, and the tokenizer: the
+    adapter's own when it ships one (it may carry added tokens), else the base's."""
+    config = json.loads(json.dumps(base.config))
+    if untied:
+        config["tie_word_embeddings"] = False
+        for sub in config.values():
+            if isinstance(sub, dict) and "tie_word_embeddings" in sub:
+                sub["tie_word_embeddings"] = False
+    if dtype != "auto":
+        config["dtype"] = dtype
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype
+    write_json(staging / "config.json", config)
+    if (base.directory / "generation_config.json").is_file():
+        copy_file(base.directory / "generation_config.json", staging / "generation_config.json")
+    source = adapter_dir if _tokenizer_files(adapter_dir) else base.directory
+    for path in _tokenizer_files(source):
+        copy_file(path, staging / path.name)
+
+
+def _tokenizer_files(directory: Path) -> list[Path]:
+    found = {p for pattern in _TOKENIZER_GLOBS for p in directory.glob(pattern) if p.is_file()}
+    return sorted(found)

@@ -1,0 +1,212 @@
+"""Write safetensors shards one tensor at a time, so memory holds one tensor, never one model.
+
+A safetensors file is an 8-byte header length, a JSON header naming every tensor's dtype, shape and
+byte range, then the bytes. The plan fixes every output tensor's dtype and shape up front, so the
+header is written first and the data streamed after it: untouched tensors go file to file in the
+kernel (copy_file_range, no copy through Python), changed ones are produced one at a time.
+Everything is written into a hidden staging directory beside --out and renamed at the end, so an
+interrupted merge never leaves a directory that looks complete.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+from ..adapter import UnusableInput
+from ..safetensors_header import DTYPE_SIZES
+
+_CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
+
+
+class WriteFailed(Exception):
+    """Writing the output failed (disk full, permissions); nothing was left at --out. One line."""
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Bytes taken unchanged from a base shard."""
+
+    path: Path
+    offset: int  # absolute offset in the file
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    dtype: str  # safetensors dtype code, e.g. "F32"
+    shape: tuple[int, ...]
+    source: Union[Raw, str]  # Raw bytes, or the name of a job that produces this tensor
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return int(count * DTYPE_SIZES[self.dtype])
+
+
+@dataclass(frozen=True)
+class OutShard:
+    name: str
+    tensors: tuple[OutTensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+# A producer returns the bytes of the named output tensor (anything with the buffer protocol).
+Producer = Callable[[OutTensor], Any]
+
+
+def check_out(out: str) -> Path:
+    """Refuse an --out that exists (nothing is ever overwritten) or whose parent is missing."""
+    path = Path(out)
+    if path.exists() or path.is_symlink():
+        raise UnusableInput(f"--out {out}: already exists; choose a new directory (nothing is overwritten)")
+    if not path.parent.is_dir():
+        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
+    return path
+
+
+def header_bytes(shard: OutShard) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
+    position = 0
+    for tensor in shard.tensors:
+        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
+                               "data_offsets": [position, position + tensor.nbytes]}
+        position += tensor.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return raw + b" " * (-(len(raw) + 8) % 8)  # data starts 8-byte aligned, as safetensors writes it
+
+
+def read_exact(path: Path, offset: int, nbytes: int) -> bytearray:
+    """nbytes of `path` from `offset`; a short or failed read is one line of unusable input."""
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            done = 0
+            while done < nbytes:
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise UnusableInput(f"{path}: ends {nbytes - done} bytes early while reading tensor data "
+                                        "(truncated or changed during the merge)")
+                done += got
+    except OSError as exc:
+        raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return buffer
+
+
+def _copy_range(src: Path, offset: int, nbytes: int, dst: Any) -> None:
+    """Append nbytes of `src` from `offset` to the open file `dst`, in the kernel where it can."""
+    dst.flush()
+    try:
+        source = open(src, "rb", buffering=0)
+    except OSError as exc:
+        raise UnusableInput(f"{src}: cannot read: {exc.strerror or exc}") from None
+    with source:
+        remaining, position = nbytes, offset
+        try:
+            while remaining:
+                # Without an output offset the kernel appends at dst's position and advances it.
+                copied = os.copy_file_range(source.fileno(), dst.fileno(), remaining, position)
+                if copied == 0:
+                    raise UnusableInput(f"{src}: ends {remaining} bytes early (truncated or changed during the merge)")
+                position += copied
+                remaining -= copied
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        # Old kernels or filesystems without copy_file_range: copy through a bounded buffer.
+        while remaining:
+            chunk = read_exact(src, position, min(_CHUNK, remaining))
+            dst.write(chunk)
+            position += len(chunk)
+            remaining -= len(chunk)
+
+
+def write_shard(path: Path, shard: OutShard, produce: Producer) -> None:
+    with open(path, "wb") as fh:
+        head = header_bytes(shard)
+        fh.write(len(head).to_bytes(8, "little"))
+        fh.write(head)
+        for tensor in shard.tensors:
+            if isinstance(tensor.source, Raw):
+                _copy_range(tensor.source.path, tensor.source.offset, tensor.source.nbytes, fh)
+                continue
+            data = memoryview(produce(tensor)).cast("B")
+            if data.nbytes != tensor.nbytes:
+                raise RuntimeError(f"{tensor.name}: produced {data.nbytes} bytes, planned {tensor.nbytes}")
+            fh.write(data)
+            del data
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """Yield a staging directory beside `out`; rename it to `out` on success, remove it otherwise."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        _fsync_dir(staging)
+        os.rename(staging, out)  # fails rather than replace if someone created --out meanwhile
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_index(directory: Path, shards: tuple[OutShard, ...]) -> None:
+    weight_map = {t.name: s.name for s in shards for t in s.tensors}
+    index = {"metadata": {"total_size": sum(s.nbytes for s in shards)},
+             "weight_map": dict(sorted(weight_map.items()))}
+    write_json(directory / "model.safetensors.index.json", index)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def free_space_problem(parent: Path, needed: int) -> Optional[str]:
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        return (f"{parent}: {free / 1e9:.2f} GB free but the merged model needs {needed / 1e9:.2f} GB; "
+                "nothing written")
+    return None
+
+
+def write_failure(exc: OSError, out: Path) -> WriteFailed:
+    if exc.errno == errno.ENOSPC:
+        return WriteFailed(f"--out {out}: disk full while writing the merged model; nothing was left at {out}")
+    return WriteFailed(f"--out {out}: write failed ({exc.strerror or exc}); nothing was left at {out}")

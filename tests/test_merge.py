@@ -1,0 +1,180 @@
+"""Streaming merge equals peft's merge_and_unload + save_pretrained, tensor for tensor (float32, CPU).
+
+Bases are saved in many small shards so that every merge crosses shard boundaries; the reference
+is what a user would run: PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained().
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests import adapters as A
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from peftdoctor.merge import command as merge_cli  # noqa: E402
+from peftdoctor.merge import run as merge_run  # noqa: E402
+from peftdoctor.merge import stream_merge  # noqa: E402
+
+
+def _sharded(made: Path, directory: Path) -> Path:
+    A.load_base(made).save_pretrained(str(directory), max_shard_size="20KB")
+    for path in made.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(path, directory / path.name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("merge-bases")
+    return {"llama": _sharded(A.make_llama_base(root / "llama-one"), root / "llama"),
+            "gpt2": _sharded(A.make_gpt2_base(root / "gpt2-one"), root / "gpt2")}
+
+
+def _reference(base: Path, adapter: Path, out: Path, untie: bool = False) -> None:
+    from peft import PeftModel
+
+    model = A.load_base(base)
+    if untie:  # peft's own advice for adapted tied embeddings: untie, then merge
+        model.config.tie_word_embeddings = False
+        model.get_output_embeddings().weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(str(out))
+
+
+def _tensors(directory: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    found: dict[str, Any] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        found.update(load_file(str(path)))
+    return found
+
+
+CASES: dict[str, tuple[str, Callable[..., Path], dict[str, Any]]] = {
+    "lora": ("llama", A.make_lora_adapter, {}),
+    "rslora": ("llama", A.make_rslora_adapter, {}),
+    "dora": ("llama", A.make_dora_adapter, {}),
+    "patterns": ("llama", A.make_pattern_lora_adapter, {}),
+    "gpt2-conv1d": ("gpt2", A.make_lora_adapter, {}),
+    "gpt2-dora": ("gpt2", A.make_dora_adapter, {}),
+    "lora-bias": ("gpt2", A.make_lora_adapter, {"lora_bias": True}),
+    "modules-to-save": ("llama", A.make_modules_to_save_adapter, {"modules_to_save": ["lm_head"]}),
+    "embedding": ("llama", A.make_lora_adapter, {"target_modules": ["embed_tokens", "q_proj", "lm_head"]}),
+    "tied-embedding": ("gpt2", A.make_lora_adapter, {"target_modules": ["wte", "c_attn"]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bit_identical_to_peft(case: str, bases: dict[str, Path], tmp_path: Path) -> None:
+    family, make, kwargs = CASES[case]
+    base = bases[family]
+    adapter = make(tmp_path / "adapter", base, **kwargs)
+    report = stream_merge(str(adapter), str(base), str(tmp_path / "out"))
+    _reference(base, adapter, tmp_path / "ref", untie=case == "tied-embedding")
+    ours, theirs = _tensors(tmp_path / "out"), _tensors(tmp_path / "ref")
+    assert set(ours) == set(theirs)
+    differ = [k for k in ours if ours[k].dtype != theirs[k].dtype or not torch.equal(ours[k], theirs[k])]
+    assert differ == []
+    assert report.tensors_merged > 0
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == len(list(base.glob("*.safetensors"))) >= 2
+    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    if case == "tied-embedding":
+        assert report.untied == ("lm_head.weight",)
+        assert '"tie_word_embeddings": false' in (tmp_path / "out" / "config.json").read_text()
+
+
+def test_merged_model_loads_with_transformers(bases: dict[str, Path], tmp_path: Path) -> None:
+    adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
+    stream_merge(str(adapter), str(bases["llama"]), str(tmp_path / "out"), dtype="bfloat16")
+    model = A.load_base(tmp_path / "out")
+    assert model.dtype == torch.bfloat16
+
+
+def test_write_failure_leaves_no_output(bases: dict[str, Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
+    real, calls = merge_run.write_shard, []
+
+    def fail_on_second(path: Path, shard: Any, produce: Any) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, shard, produce)
+
+    capsys.readouterr()
+    monkeypatch.setattr(merge_run, "write_shard", fail_on_second)
+    code = merge_cli.merge_command(str(adapter), str(bases["llama"]), str(tmp_path / "out"), fmt="json")
+    err = capsys.readouterr().err
+    assert code == 2 and "disk full" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no staging directory left behind
+
+
+def test_corrupt_shard_is_one_line_exit_2(bases: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    base = Path(shutil.copytree(bases["llama"], tmp_path / "base"))
+    adapter = A.make_lora_adapter(tmp_path / "adapter", base)
+    shard = sorted(base.glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    capsys.readouterr()
+    code = merge_cli.merge_command(str(adapter), str(base), str(tmp_path / "out"), fmt="json")
+    err = capsys.readouterr().err
+    assert code == 2 and shard.name in err and "truncated" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_is_refused(bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
+    (tmp_path / "out").mkdir()
+    capsys.readouterr()
+    assert merge_cli.merge_command(str(adapter), str(bases["llama"]), str(tmp_path / "out")) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_non_lora_is_refused_exit_1(bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    adapter = A.make_ia3_adapter(tmp_path / "adapter", bases["llama"])
+    capsys.readouterr()
+    assert merge_cli.merge_command(str(adapter), str(bases["llama"]), str(tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert "IA3" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_process_leaves_no_complete_output(bases: dict[str, Path], tmp_path: Path) -> None:
+    """A merge killed mid-way (SIGKILL: no cleanup runs) leaves only a hidden .partial directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
+    script = ("import sys, time; from peftdoctor.merge import stream, run\n"
+              "real = stream.write_shard\n"
+              "def slow(*a):\n    real(*a); print('shard', flush=True); time.sleep(60)\n"
+              "run.write_shard = slow\n"
+              f"run.stream_merge({str(adapter)!r}, {str(bases['llama'])!r}, {str(tmp_path / 'out')!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"shard"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "adapter"]
+    assert all(name.startswith(".out.partial-") for name in leftovers)
+
+
+def test_merge_does_not_import_torch_until_inputs_are_read(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from peftdoctor.merge import merge_command\n"
+            f"rc = merge_command({str(tmp_path / 'nope')!r}, None, {str(tmp_path / 'out')!r})\n"
+            "assert rc == 2 and 'torch' not in sys.modules, rc\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
