@@ -1,41 +1,58 @@
 """peftdoctor: keep PEFT adapters loadable and deployable.
 
-The Python API is the same set of functions the CLI calls; each returns a plain Report.
+The Python API is the same set of functions the CLI calls, each returning the plain data object
+the CLI renders: check -> Report, fix -> Plan, scan -> ScanReport, verify -> VerifyReport.
+Everything but `check` is imported on first use, so `import peftdoctor` stays light.
 """
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any, Optional
 
 __version__ = "0.1.0"
 
 from .adapter import UnusableInput  # noqa: E402
 from .check import check  # noqa: E402
-from .rewrite import Change, Plan, Refusal  # noqa: E402
-from .rewrite import apply as apply_fix  # noqa: E402
-from .rewrite import plan as plan_fix  # noqa: E402
-from .scanning import ScanReport, scan  # noqa: E402
+from .report import Compatibility, Finding, Report, Severity  # noqa: E402
+
+if TYPE_CHECKING:
+    from .rewrite import Change, Plan, Refusal
+    from .scanning import ScanReport
+    from .verification.result import VerifyReport
+
+# name -> (module, attribute), resolved on first access (PEP 562)
+_LAZY = {
+    "plan_fix": ("rewrite", "plan"), "apply_fix": ("rewrite", "apply"), "Plan": ("rewrite", "Plan"),
+    "Change": ("rewrite", "Change"), "Refusal": ("rewrite", "Refusal"), "scan": ("scanning", "scan"),
+    "ScanReport": ("scanning", "ScanReport"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'peftdoctor' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attribute)
+
+
+def fix(path: str, peft: Optional[str] = None, *, write: bool = True, backup_suffix: Optional[str] = ".orig",
+        force: bool = False, serve: Optional[str] = None) -> "Plan":
+    """Plan the rewrite of `path` for `peft` (and serving engine `serve`); with write=True apply it
+    unless refused."""
+    from .rewrite import apply, plan
+
+    the_plan = plan(path, peft=peft, force=force, serve=serve)
+    if write:
+        apply(the_plan, backup_suffix)
+    return the_plan
 
 
 def verify(adapter: str, base: Optional[str] = None, **options: Any) -> "VerifyReport":
-    """Load base + adapter, merge, compare and save (see peftdoctor.verification.run.verify).
-
-    Imported on call: `import peftdoctor` must stay light for `check`.
-    """
+    """Load base + adapter, merge, compare and save (see peftdoctor.verification.run.verify)."""
     from .verification.run import verify as run_verify
 
     return run_verify(adapter, base, **options)
 
 
-def fix(path: str, peft: Optional[str] = None, *, write: bool = True, backup_suffix: Optional[str] = ".orig",
-        force: bool = False) -> Plan:
-    """Plan the rewrite of `path` for `peft` and, with write=True, apply it unless refused."""
-    the_plan = plan_fix(path, peft=peft, force=force)
-    if write:
-        apply_fix(the_plan, backup_suffix)
-    return the_plan
-from .report import Compatibility, Finding, Report, Severity  # noqa: E402
-
-if TYPE_CHECKING:
-    from .verification.result import VerifyReport
-
-__all__ = ["check", "fix", "verify", "scan", "ScanReport", "plan_fix", "apply_fix", "Plan", "Change", "Refusal", "Report", "Finding", "Compatibility", "Severity", "UnusableInput", "__version__"]
+__all__ = ["check", "fix", "verify", "scan", "ScanReport", "plan_fix", "apply_fix", "Plan", "Change", "Refusal",
+           "Report", "Finding", "Compatibility", "Severity", "UnusableInput", "__version__"]

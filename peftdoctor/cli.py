@@ -9,14 +9,9 @@ from typing import List, Optional
 import typer
 
 from . import __version__
-from .adapter import UnusableInput
-from .atomic import WriteRefused
-from .adapter import open_adapter
+from .adapter import UnusableInput, open_adapter
 from .check import check as run_check
 from .combine import COMBINATIONS, Combination, combine
-from .rewrite import apply, diff
-from .rewrite import plan as make_plan
-from .rewrite_report import plan_to_dict, render_plan
 from .report import Report, Severity
 from .reporters import REPORTER_BY_NAME, combination_to_dict, render_combination, to_dict
 from .rules import RULES, markdown_table
@@ -120,6 +115,12 @@ def fix(
 
 def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, check_only: bool,
              backup_suffix: str, force: bool, fmt: Format, serve: Optional[str]) -> int:
+    # Imported here so that `check`, the hook that runs on every commit, does not pay for them.
+    from .atomic import WriteRefused
+    from .rewrite import apply, diff
+    from .rewrite import plan as make_plan
+    from .rewrite_report import plan_to_dict, render_plan
+
     try:
         the_plan = make_plan(path, peft=peft, force=force, serve=serve)
     except UnusableInput as exc:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("peft", reason="verify needs the verify extra (torch, transformers, peft)")
 
-from peftdoctor.verify import render_text, to_dict, verify  # noqa: E402
+from peftdoctor.verification import render_text, to_dict, verify  # noqa: E402
 from tests import adapters as A  # noqa: E402
 
 STEPS = ["resolve base", "device", "load base", "load adapter", "probe adapted", "merge", "probe merged",

@@ -14,9 +14,9 @@ pytest.importorskip("peft", reason="verify needs the verify extra (torch, transf
 import torch  # noqa: E402
 
 from peftdoctor.adapter import UnusableInput  # noqa: E402
-from peftdoctor.verify import render_text, verify  # noqa: E402
-from peftdoctor.verify.command import verify_command  # noqa: E402
-from peftdoctor.verify.save import save_merged  # noqa: E402
+from peftdoctor.verification import render_text, verify  # noqa: E402
+from peftdoctor.verification.command import verify_command  # noqa: E402
+from peftdoctor.verification.save import save_merged  # noqa: E402
 from tests import adapters as A  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_qlora_without_bitsandbytes_says_so_plainly(tmp_path: Path) -> None:
     (nf4 / "config.json").write_text(json.dumps(config))
     adapter = A.make_lora_adapter(tmp_path / "qlora", tmp_path / "full", base_model_name_or_path=str(nf4))
     code = ("import sys, json; sys.modules['bitsandbytes'] = None\n"
-            "from peftdoctor.verify import verify, to_dict\n"
+            "from peftdoctor.verification import verify, to_dict\n"
             f"print(json.dumps(to_dict(verify({str(adapter)!r}))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     data = json.loads(result.stdout)
@@ -163,7 +163,7 @@ def test_non_empty_out_is_refused_before_any_work(llama: dict[str, Path], tmp_pa
 
 
 def test_interrupted_save_leaves_nothing_that_looks_complete(llama: dict[str, Path], tmp_path: Path) -> None:
-    from peftdoctor.verify.facts import find_base, read_adapter
+    from peftdoctor.verification.facts import find_base, read_adapter
 
     class Interrupted:
         def save_pretrained(self, directory: str, **_: Any) -> None:
@@ -228,7 +228,7 @@ def test_command_text_shows_progress_and_exit_codes(llama: dict[str, Path], tmp_
 
 
 def test_importing_verify_does_not_import_the_heavy_stack() -> None:
-    code = ("import sys, peftdoctor.verify, peftdoctor.verify.command\n"
+    code = ("import sys, peftdoctor.verification, peftdoctor.verification.command\n"
             "print([m for m in ('torch', 'transformers', 'peft') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.strip() == "[]", result.stderr
