@@ -74,6 +74,7 @@ _TABLE = [
     ("PD413", "target-base-mutating-init", E, "The deployment target refuses or misapplies an unconverted PiSSA/OLoRA/CorDA/LoftQ adapter."),
     ("PD414", "target-key-prefix", E, "The deployment target matches none of the weight keys and serves the base model."),
     ("PD415", "target-modules-ignored", E, "The deployment target ignores some adapted modules."),
+    ("PD416", "target-architecture-modules", E, "The deployment target has no LoRA layer for some adapted modules of this architecture (refuses or ignores them)."),
     ("PD501", "combine-rank-differs", E, "Adapters of different rank cannot be combined linearly."),
     ("PD502", "combine-modules-to-save", E, "Two adapters save the same module: they cannot be combined."),
     ("PD503", "combine-target-types", E, "target_modules given as a list in one adapter and a regex in another."),

@@ -82,6 +82,7 @@ TRIGGER = {
     "embedding_lora": "embedding", "lm_head_lora": "lm_head", "trainable_tokens": "tokens",
     "base_mutating_init": "pissa", "vlm_new_key_layout": "llava", "keys_outside_decoder_layers": "gpt2",
     "some_keys_outside_decoder_layers": "score", "target_modules_unsupported": "gpt2",
+    "architecture_modules_unsupported": "score",
 }
 ALL_ENTRIES = [(engine, entry) for engine in ENGINES for entry in load_table(engine).entries]
 
@@ -172,3 +173,51 @@ def test_refusals_leave_server_flags_to_the_user(zoo: dict[str, Path]) -> None:
 def test_rank_finding_names_the_flag(zoo: dict[str, Path]) -> None:
     seen = _ids("vllm", Version("0.7.0"), zoo["rank32"])
     assert "--max-lora-rank 32" in seen
+
+
+def _hub_id_copy(adapter_dir: Path, destination: Path) -> Path:
+    """A copy of a real adapter whose base_model_name_or_path is a hub id (the base's architecture unknown)."""
+    import shutil
+
+    shutil.copytree(adapter_dir, destination)
+    config_path = destination / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "some-org/some-model"
+    config_path.write_text(json.dumps(config))
+    return destination
+
+
+def _phi3_adapter(directory: Path, root: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    base = root / "phi3"
+    Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).save_pretrained(str(base))
+    model = Phi3ForCausalLM.from_pretrained(str(base))
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["qkv_proj", "gate_up_proj"])
+                   ).save_pretrained(str(directory))
+    return directory
+
+
+def test_architecture_modules_phi3(zoo: dict[str, Path], tmp_path: Path) -> None:
+    phi3 = _phi3_adapter(tmp_path / "phi3-lora", tmp_path)
+    # Served by LlamaForCausalLM until 0.6.1: fused qkv_proj/gate_up_proj are refused; Phi3's own class from 0.6.2.
+    assert "[vllm-arch-modules-refused-b]" in _ids("vllm", Version("0.5.4"), phi3)
+    assert "PD416" not in _ids("vllm", Version("0.6.3"), phi3)
+    assert "PD416" not in _ids("vllm", Version("0.33.0"), phi3)
+    # A hub id base: the fingerprint qkv_proj+gate_up_proj names Phi-3; plain q_proj/v_proj name nothing.
+    hub = _hub_id_copy(phi3, tmp_path / "phi3-hub")
+    assert "Phi3ForCausalLM (from the module names" in _ids("vllm", Version("0.5.4"), hub)
+    assert "PD416" not in _ids("vllm", Version("0.5.4"), _hub_id_copy(zoo["score"], tmp_path / "score-hub"))
+
+
+def test_architecture_modules_gpt2_and_unknown_bases(zoo: dict[str, Path], tmp_path: Path) -> None:
+    seen = _ids("vllm", Version("0.33.0"), zoo["gpt2"])
+    assert "[vllm-arch-modules-refused-d]" in seen and "GPT2LMHeadModel (from the base config.json)" in seen
+    # Without the base config a GPT-2 adapter is not judged: c_attn is GPT-BigCode's name as well.
+    assert "PD416" not in _ids("vllm", Version("0.33.0"), _hub_id_copy(zoo["gpt2"], tmp_path / "gpt2-hub"))
+    # Llama lists embed_tokens and lm_head; the embedding-LoRA adapter is fine on it.
+    assert "PD416" not in _ids("vllm", Version("0.33.0"), zoo["embedding"])

@@ -199,6 +199,54 @@ def target_modules_unsupported(config: dict[str, Any], header: Optional[Header],
     return f"modules {', '.join(odd)} are not among {', '.join(params['supported'])}" if odd else None
 
 
+def base_architecture(config: dict[str, Any]) -> Optional[str]:
+    """The base's architecture when the adapter can name it for sure: base_model_name_or_path is a local
+    directory holding the base's config.json. A hub id alone is never resolved (no network, no guessing)."""
+    import json
+    import os
+
+    base = config.get("base_model_name_or_path")
+    path = os.path.join(base, "config.json") if isinstance(base, str) and base else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            architectures = json.load(handle).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(architectures, list) and len(architectures) == 1 and isinstance(architectures[0], str):
+        return architectures[0]
+    return None
+
+
+def architecture_modules_unsupported(config: dict[str, Any], header: Optional[Header],
+                                     params: Mapping[str, Any]) -> Optional[str]:
+    """params: supported ({architecture: module names the engine builds LoRA layers for}), names_from
+    ("weights": the safetensors keys, falling back to target_modules; "target_modules": the config only),
+    fingerprints ({architecture: module names that, all present, identify it when the base cannot be read}).
+    An architecture absent from `supported` is not judged; an unknown base without a fingerprint is skipped."""
+    if params.get("names_from") == "target_modules" or header is None:
+        names = _targets(config)
+    else:
+        names = set(_lora_modules(header).values())
+    if not names:
+        return None
+    architecture, how = base_architecture(config), "base config.json"
+    if architecture is None:
+        matches = [arch for arch, prints in (params.get("fingerprints") or {}).items() if set(prints) <= names]
+        if len(matches) != 1:
+            return None
+        architecture, how = matches[0], f"module names {', '.join(sorted(params['fingerprints'][matches[0]]))}"
+    supported = params["supported"].get(architecture)
+    if supported is None:
+        return None
+    odd = sorted(names - set(supported))
+    if not odd:
+        return None
+    have = ", ".join(supported) if supported else "no LoRA support for this architecture at all"
+    return f"{architecture} (from the {how}): modules {', '.join(odd)}; supported: {have}"
+
+
 DETECTORS: dict[str, Detector] = {
     "any_adapter": any_adapter,
     "not_lora": not_lora,
@@ -219,6 +267,7 @@ DETECTORS: dict[str, Detector] = {
     "keys_outside_decoder_layers": keys_outside_decoder_layers,
     "some_keys_outside_decoder_layers": some_keys_outside_decoder_layers,
     "target_modules_unsupported": target_modules_unsupported,
+    "architecture_modules_unsupported": architecture_modules_unsupported,
 }
 
 # One finding code per feature (rules.py PD4xx), so SARIF and `rules` name what the engine trips on.
@@ -229,7 +278,7 @@ FEATURE_CODES: dict[str, str] = {
     "rank_pattern": "PD409", "embedding_lora": "PD410", "lm_head_lora": "PD411",
     "trainable_tokens": "PD412", "base_mutating_init": "PD413", "vlm_new_key_layout": "PD414",
     "keys_outside_decoder_layers": "PD414", "some_keys_outside_decoder_layers": "PD415",
-    "target_modules_unsupported": "PD415",
+    "target_modules_unsupported": "PD415", "architecture_modules_unsupported": "PD416",
 }
 
 # Config keys the features live in, for the finding's `key`.
@@ -238,5 +287,5 @@ FEATURE_KEYS: dict[str, Optional[str]] = {
     "modules_to_save_non_head": "modules_to_save", "lora_bias": "lora_bias", "bias": "bias", "rank_above_default": "r",
     "rank_above_max": "r", "rank_pattern": "rank_pattern", "embedding_lora": "target_modules", "lm_head_lora": "target_modules",
     "trainable_tokens": "trainable_token_indices", "base_mutating_init": "init_lora_weights",
-    "target_modules_unsupported": "target_modules",
+    "target_modules_unsupported": "target_modules", "architecture_modules_unsupported": "target_modules",
 }
