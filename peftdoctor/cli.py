@@ -218,8 +218,7 @@ def explain(
     found = run_explain(text)
     if fmt is Format.json:
         typer.echo(json.dumps({"format_version": 1, "explanations": [
-            {"code": e.finding.code, "severity": e.finding.severity.value, "message": e.finding.message,
-             "fix": e.finding.fix, "matched": e.matched} for e in found]}, indent=2, sort_keys=True))
+            {**e.finding.to_dict(), "matched": e.matched} for e in found]}, indent=2, sort_keys=True))
     else:
         for e in found:
             typer.echo(f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}\n      fix: {e.finding.fix}")

@@ -38,6 +38,11 @@ class Finding:
     key: Optional[str] = None  # config key (a JSON pointer-ish dotted name) it concerns
     file: Optional[str] = None  # file it concerns, relative to the adapter directory
 
+    def to_dict(self) -> dict[str, Optional[str]]:
+        """The shape every JSON output uses for a finding."""
+        return {"code": self.code, "severity": self.severity.value, "key": self.key, "file": self.file,
+                "message": self.message, "fix": self.fix}
+
 
 CompatResult = Literal["ok", "drops_keys", "fails"]
 

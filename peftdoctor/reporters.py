@@ -23,8 +23,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "peft_installed": report.peft_installed,
         "peft_target": report.peft_target,
         "written_by": report.written_by,
-        "findings": [{"code": f.code, "severity": f.severity.value, "key": f.key, "file": f.file,
-                      "message": f.message, "fix": f.fix} for f in report.findings],
+        "findings": [f.to_dict() for f in report.findings],
         "compatibility": [{"peft": c.peft, "result": c.result, "dropped": list(c.dropped), "error": c.error,
                            "warning": c.warning, "lost": [{"key": k, "effect": e} for k, e in c.lost]}
                           for c in report.compatibility],
@@ -98,8 +97,7 @@ def render_sarif(report: Report) -> str:
 def combination_to_dict(combination: "Combination") -> dict[str, Any]:
     return {"combination_type": combination.combination_type, "adapters": list(combination.adapters),
             "possible": combination.possible, "new_rank": combination.new_rank,
-            "findings": [{"code": f.code, "severity": f.severity.value, "key": f.key, "message": f.message,
-                          "fix": f.fix} for f in combination.findings]}
+            "findings": [f.to_dict() for f in combination.findings]}
 
 
 def render_combination(combination: "Combination") -> str:

@@ -84,8 +84,7 @@ def to_dict(report: VerifyReport) -> dict[str, Any]:
         "parity": [{"name": p.name, "max_abs": p.max_abs, "max_rel": p.max_rel,
                     "top1_agreement": p.top1_agreement, "tolerance": p.tolerance, "passed": p.passed}
                    for p in report.parity],
-        "findings": [{"code": f.code, "severity": f.severity.value, "key": f.key, "file": f.file,
-                      "message": f.message, "fix": f.fix} for f in report.findings],
+        "findings": [f.to_dict() for f in report.findings],
         "notes": list(report.notes),
     }
 
