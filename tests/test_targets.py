@@ -13,8 +13,8 @@ from packaging.version import Version
 
 from peftdoctor.adapter import UnusableInput, open_adapter
 from peftdoctor.rules import RULES
-from peftdoctor.targets import (BEHAVIOURS, ENGINES, REWRITES, Entry, Target, load_table, parse_target,
-                                refusals_for, rewrites_for, target_findings)
+from peftdoctor.targets import (BEHAVIOURS, ENGINES, REWRITES, Entry, Target, adapter_header, applicable,
+                                load_table, parse_target, refusals_for, rewrites_for, target_findings)
 from peftdoctor.targets.features import DETECTORS, FEATURE_CODES
 
 from adapters import (make_dora_adapter, make_gpt2_base, make_ia3_adapter, make_llama_base, make_lora_adapter,
@@ -221,3 +221,40 @@ def test_architecture_modules_gpt2_and_unknown_bases(zoo: dict[str, Path], tmp_p
     assert "PD416" not in _ids("vllm", Version("0.33.0"), _hub_id_copy(zoo["gpt2"], tmp_path / "gpt2-hub"))
     # Llama lists embed_tokens and lm_head; the embedding-LoRA adapter is fine on it.
     assert "PD416" not in _ids("vllm", Version("0.33.0"), zoo["embedding"])
+
+
+def _rekeyed_copy(adapter_dir: Path, destination: Path, old: str, new: str) -> Path:
+    """A copy of a real peft adapter whose tensor keys start with `new` instead of `old`: the key
+    layouts peft saves for a VLM base (the text model nested under language_model)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter_dir, destination)
+    weights = destination / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    assert all(k.startswith(old) for k in tensors)
+    save_file({new + k[len(old):]: v for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
+    return destination
+
+
+def test_sglang_routes_vlm_key_prefixes_by_layer_index(zoo: dict[str, Path], tmp_path: Path) -> None:
+    old = "base_model.model.model.layers."
+    new_layout = _rekeyed_copy(zoo["plain"], tmp_path / "new", old, "base_model.model.model.language_model.layers.")
+    old_layout = _rekeyed_copy(zoo["plain"], tmp_path / "old", old, "base_model.model.language_model.model.layers.")
+    # The new layout is the feature: vLLM before 0.9.2 serves the base for it, SGLang loads it.
+    assert "[vllm-vlm-new-layout]" in _ids("vllm", Version("0.9.1"), new_layout)
+    assert "[vllm-vlm-new-layout]" not in _ids("vllm", Version("0.9.1"), old_layout)
+    sglang = load_table("sglang")
+    for version in sglang.checked:
+        if version < Version("0.3.1"):
+            continue
+        assert "sglang-vlm-key-prefix-ok" in [e.id for e in applicable(Target("sglang", version))[2]], version
+        for adapter in (new_layout, old_layout, zoo["plain"]):
+            assert "PD414" not in _ids("sglang", version, adapter), (version, adapter.name)
+    # Both layouts hold decoder-layer keys; only the new one is the tabulated feature.
+    entry = next(e for e in sglang.entries if e.id == "sglang-vlm-key-prefix-ok")
+    detect = DETECTORS[entry.feature]
+    assert detect({}, adapter_header(open_adapter(str(new_layout))), {}) is not None
+    assert detect({}, adapter_header(open_adapter(str(old_layout))), {}) is None
+    assert detect({}, adapter_header(open_adapter(str(zoo["plain"]))), {}) is None
