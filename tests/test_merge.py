@@ -178,3 +178,38 @@ def test_merge_does_not_import_torch_until_inputs_are_read(tmp_path: Path) -> No
             f"rc = merge_command({str(tmp_path / 'nope')!r}, None, {str(tmp_path / 'out')!r})\n"
             "assert rc == 2 and 'torch' not in sys.modules, rc\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+@pytest.mark.parametrize("case", ["lora", "gpt2-conv1d", "lora-bias", "modules-to-save", "embedding", "tied-embedding"])
+def test_overlapped_path_writes_the_same_bytes_as_the_sequential_one(case: str, bases: dict[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefilling unchanged tensors while torch loads must not change a byte of any output file;
+    where the model class ties weights (gpt2's wte/lm_head) the header-only guess is abandoned."""
+    import filecmp
+
+    from peftdoctor.merge import prefill as merge_prefill
+
+    family, make, kwargs = CASES[case]
+    adapter = make(tmp_path / "adapter", bases[family], **kwargs)
+    events: list[str] = []
+
+    class Spy(merge_prefill.Prefill):
+        def __init__(self, *args: Any) -> None:
+            events.append("prefill")
+            super().__init__(*args)
+
+        def abandon(self) -> None:
+            events.append("abandon")
+            super().abandon()
+
+    monkeypatch.setattr(merge_run, "Prefill", Spy)
+    stream_merge(str(adapter), str(bases[family]), str(tmp_path / "overlapped"))
+    assert events == (["prefill", "abandon"] if case == "tied-embedding" else ["prefill"])
+    events.clear()
+    monkeypatch.setattr(merge_run, "_header_layout", lambda *args: None)  # the sequential path
+    stream_merge(str(adapter), str(bases[family]), str(tmp_path / "sequential"))
+    assert events == []
+    names = sorted(p.name for p in (tmp_path / "sequential").iterdir())
+    assert sorted(p.name for p in (tmp_path / "overlapped").iterdir()) == names
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "overlapped", tmp_path / "sequential", names, shallow=False)
+    assert (mismatch, errors) == ([], []) and len(match) == len(names) > 3

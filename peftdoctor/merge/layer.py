@@ -33,6 +33,10 @@ class Skeleton:
     note: Optional[str] = None
 
 
+# What the safetensors headers alone say about the structure: no class, no prefix, no ties.
+HEADERS_ONLY = Skeleton(None, None, ())
+
+
 def load_skeleton(base_dir: Path, task_type: Optional[str]) -> Skeleton:
     import torch
     import transformers

@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional
 
 from ..adapter import UnusableInput, open_adapter, resolve
 from . import plan as P
+from .layer import HEADERS_ONLY
+from .prefill import Prefill
 from .result import MergeReport, equality_statement, peak_rss
 from .stream import (OutShard, OutTensor, Raw, WriteFailed, check_out, copy_file, free_space_problem,
                      read_exact, staged, write_failure, write_index, write_json, write_shard)
@@ -35,6 +37,10 @@ class _Job:
     params: dict[str, str] = field(default_factory=dict)  # layer param -> base checkpoint name it starts from
     outputs: dict[str, str] = field(default_factory=dict)  # output tensor name -> layer param (or "")
     adapter_key: str = ""  # "copy": the saved tensor; "cast": unused
+
+
+# Output shards, the job producing each changed tensor, and the tied names written separately.
+_Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[str]]
 
 
 def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "auto", device: str = "cpu",
@@ -63,22 +69,35 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
     base_files = P.read_base(base_dir, display)
     adapter_files = P.read_adapter(found.directory, config)
     adapter_plan = P.adapter_plan(adapter_files)
-    say("reading the base's structure")
-    from .layer import load_skeleton  # torch and transformers from here on
-
-    _check_device(device)
-    skeleton = load_skeleton(base_files.directory, config.get("task_type"))
-    shards, jobs, untied = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
-    needed = sum(s.nbytes for s in shards)
-    problem = free_space_problem(out_path.parent, needed)
-    if problem:
-        raise WriteFailed(problem)
-    producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
+    guess = _header_layout(base_files, adapter_plan, adapter_files, dtype)
+    if guess is not None:
+        _require_space(out_path, guess[0])
     try:
         with staged(out_path) as staging:
-            for number, shard in enumerate(shards, 1):
-                say(f"writing shard {number}/{len(shards)} ({shard.name})")
-                write_shard(staging / shard.name, shard, producer)
+            # Known layout: copy the unchanged bytes while torch loads, fill in the merged ones after.
+            prefill = Prefill(staging, guess[0], _stand_ins(base_files)) if guess is not None else None
+            try:
+                say("reading the base's structure")
+                from .layer import load_skeleton  # torch and transformers from here on
+
+                _check_device(device)
+                skeleton = load_skeleton(base_files.directory, config.get("task_type"))
+                layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
+                if prefill is not None and layout != guess:  # the model class ties or renames tensors
+                    prefill.abandon()
+                    prefill = None
+                shards, jobs, untied = layout
+                if prefill is None:
+                    _require_space(out_path, shards)
+                producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
+                for number, shard in enumerate(shards, 1):
+                    say(f"writing shard {number}/{len(shards)} ({shard.name})")
+                    if prefill is not None:
+                        prefill.wait(shard.name)
+                    write_shard(staging / shard.name, shard, producer)
+            finally:
+                if prefill is not None:
+                    prefill.close()
             if base_files.sharded:
                 write_index(staging, shards)
             _copy_side_files(base_files, found.directory, staging, dtype, bool(untied))
@@ -92,7 +111,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
         adapter=found.display, base=display, out=str(out_path), dtype=dtype, device=device,
         tensors_merged=producer.merged, tensors_replaced=producer.replaced,
         tensors_passed=sum(len(s.tensors) for s in shards) - producer.merged - producer.replaced,
-        bytes_written=needed, seconds=round(time.monotonic() - started, 3), peak_rss_bytes=peak_rss(),
+        bytes_written=sum(s.nbytes for s in shards), seconds=round(time.monotonic() - started, 3), peak_rss_bytes=peak_rss(),
         shards=len(shards), untied=tuple(untied), equality=equality_statement(device, dtype), notes=tuple(notes))
 
 
@@ -107,13 +126,40 @@ def _check_device(device: str) -> None:
         raise UnusableInput(f"--device {device}: no CUDA device is available here; use --device cpu")
 
 
+def _header_layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles,
+                   dtype: str) -> Optional[_Layout]:
+    """The layout as far as the safetensors headers tell it, or None where a cast needs torch.
+
+    Without the model class it cannot see tied weights or a base-model prefix; the caller checks it
+    against the real layout once the skeleton is built and falls back to writing everything if they
+    differ, so the output never depends on this guess.
+    """
+    if dtype != "auto":  # every tensor is cast: there is nothing to copy unchanged
+        return None
+    try:
+        return _layout(base, plan, adapter, HEADERS_ONLY, dtype)
+    except P.MergeRefused:  # e.g. a weight found only under the model's prefix: let the real layout decide
+        return None
+
+
+def _stand_ins(base: P.Base) -> dict[str, Raw]:
+    """Each base tensor's bytes by name: what a merged tensor's range holds until it is computed."""
+    return {name: Raw(shard.path, shard.data_start + info.start, info.end - info.start)
+            for name, (shard, info) in base.locations.items()}
+
+
+def _require_space(out: Path, shards: tuple[OutShard, ...]) -> None:
+    problem = free_space_problem(out.parent, sum(s.nbytes for s in shards))
+    if problem:
+        raise WriteFailed(problem)
+
+
 def _out_dtype(code: str, dtype: str) -> str:
     # from_pretrained(dtype=X) casts floating-point tensors only; integer buffers keep their type.
     return P.DTYPE_CODES[dtype] if dtype != "auto" and code in P.FLOAT_DTYPES else code
 
 
-def _layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles, skeleton: Any,
-            dtype: str) -> tuple[tuple[OutShard, ...], dict[str, _Job], list[str]]:
+def _layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles, skeleton: Any, dtype: str) -> _Layout:
     """Every output tensor (name, dtype, shape, where its bytes come from), shard by shard."""
     jobs: dict[str, _Job] = {}
     for module, delta in plan.lora.items():
@@ -209,8 +255,11 @@ class _Producer:
         from .layer import peft_config
 
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
-        self.adapter_tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-        self.config = peft_config(adapter_dir)
+        try:  # an OSError here is a read failure, not one of the output's write failures
+            self.adapter_tensors = load_file(str(adapter_dir / P.SAFETENSORS_NAME))
+            self.config = peft_config(adapter_dir)
+        except OSError as exc:
+            raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
         self.pending: dict[str, Any] = {}
         self.merged = self.replaced = 0
         self.ignored: set[str] = set()
@@ -225,10 +274,11 @@ class _Producer:
         if result.dtype != want or tuple(result.shape) != tensor.shape:
             raise RuntimeError(f"{tensor.name}: produced {result.dtype} {tuple(result.shape)}, planned "
                                f"{want} {tensor.shape}")
-        if result.is_floating_point() and not torch.isfinite(result).all():
+        data = result.contiguous().reshape(-1).view(torch.uint8).numpy()
+        if tensor.dtype in _FLOAT_VIEWS and not _all_finite(data, tensor.dtype):
             raise P.MergeRefused(f"merging produced NaN or infinite values in {tensor.name}: the adapter is "
                                  "broken or overflows in this dtype (try --dtype float32)")
-        return result.contiguous().reshape(-1).view(torch.uint8).numpy()
+        return data
 
     def _read(self, name: str, code: str) -> Any:
         import torch
@@ -268,6 +318,23 @@ class _Producer:
         else:
             self.merged += len(job.outputs)
         return {out: merged[param] for out, param in job.outputs.items()}
+
+
+# How numpy sees each float dtype's bytes: bfloat16, which numpy lacks, as its raw 16 bits.
+_FLOAT_VIEWS = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "uint16"}
+_BF16_EXPONENT = 0x7F80
+
+
+def _all_finite(data: Any, code: str) -> bool:
+    """No NaN or infinity in the bytes `data` of a `code` tensor. numpy's isfinite is used rather than
+    torch's because it is several times faster on one large tensor (no thread pool, no dispatch); a
+    bfloat16 is NaN or infinite exactly when all 8 of its exponent bits are set."""
+    import numpy
+
+    values = data.view(_FLOAT_VIEWS[code])
+    if code == "BF16":
+        return not bool(((values & _BF16_EXPONENT) == _BF16_EXPONENT).any())
+    return bool(numpy.isfinite(values).all())
 
 
 def _torch_dtype(code: str) -> Any:

@@ -2,8 +2,9 @@
 
 A safetensors file is an 8-byte header length, a JSON header naming every tensor's dtype, shape and
 byte range, then the bytes. The plan fixes every output tensor's dtype and shape up front, so the
-header is written first and the data streamed after it: untouched tensors go file to file in the
-kernel (copy_file_range, no copy through Python), changed ones are produced one at a time.
+header is written first and every tensor at its fixed offset: untouched tensors go file to file in
+the kernel (copy_file_range, no copy through Python; prefill_shard may do this in a worker thread
+while torch loads), changed ones are produced one at a time and written into their ranges.
 Everything is written into a hidden staging directory beside --out and renamed at the end, so an
 interrupted merge never leaves a directory that looks complete.
 """
@@ -17,7 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from ..adapter import UnusableInput
 from ..safetensors_header import DTYPE_SIZES
@@ -107,49 +108,85 @@ def read_exact(path: Path, offset: int, nbytes: int) -> bytearray:
     return buffer
 
 
-def _copy_range(src: Path, offset: int, nbytes: int, dst: Any) -> None:
-    """Append nbytes of `src` from `offset` to the open file `dst`, in the kernel where it can."""
-    dst.flush()
+def _copy_range(src: Path, offset: int, nbytes: int, dst: int, dst_offset: int) -> None:
+    """Copy nbytes of `src` from `offset` into the file descriptor `dst` at `dst_offset`, in the
+    kernel where it can (copy_file_range also releases the GIL, so a prefill thread runs in parallel)."""
     try:
         source = open(src, "rb", buffering=0)
     except OSError as exc:
         raise UnusableInput(f"{src}: cannot read: {exc.strerror or exc}") from None
     with source:
-        remaining, position = nbytes, offset
+        remaining, position, target = nbytes, offset, dst_offset
         try:
             while remaining:
-                # Without an output offset the kernel appends at dst's position and advances it.
-                copied = os.copy_file_range(source.fileno(), dst.fileno(), remaining, position)
+                copied = os.copy_file_range(source.fileno(), dst, remaining, position, target)
                 if copied == 0:
                     raise UnusableInput(f"{src}: ends {remaining} bytes early (truncated or changed during the merge)")
-                position += copied
-                remaining -= copied
+                position, target, remaining = position + copied, target + copied, remaining - copied
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
         # Old kernels or filesystems without copy_file_range: copy through a bounded buffer.
         while remaining:
             chunk = read_exact(src, position, min(_CHUNK, remaining))
-            dst.write(chunk)
-            position += len(chunk)
-            remaining -= len(chunk)
+            _pwrite_all(dst, chunk, target)
+            position, target, remaining = position + len(chunk), target + len(chunk), remaining - len(chunk)
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < view.nbytes:  # pwrite may write less than asked (large buffers, signals)
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _placed(shard: OutShard) -> Iterator[tuple[OutTensor, int]]:
+    """Each tensor of `shard` with the absolute file offset of its bytes."""
+    position = 8 + len(header_bytes(shard))
+    for tensor in shard.tensors:
+        yield tensor, position
+        position += tensor.nbytes
+
+
+def prefill_shard(path: Path, shard: OutShard, stand_ins: Mapping[str, Raw]) -> None:
+    """Write the header and every unchanged (Raw) tensor of `shard` at its final offset, and flush it
+    to disk; needs no torch, so it runs while torch loads. The ranges of produced tensors are filled
+    with `stand_ins` (same-sized base bytes, where there are any), only so that write_shard later
+    overwrites page-cache pages and disk blocks that already exist: writing into a hole allocates
+    them, which costs ~10x more than the overwrite. write_shard replaces every stand-in byte."""
+    with open(path, "xb") as fh:
+        _write_fixed_parts(fh.fileno(), shard)
+        for tensor, offset in _placed(shard):
+            stand_in = stand_ins.get(tensor.name)
+            if not isinstance(tensor.source, Raw) and stand_in is not None and stand_in.nbytes == tensor.nbytes:
+                _copy_range(stand_in.path, stand_in.offset, stand_in.nbytes, fh.fileno(), offset)
+        os.fdatasync(fh.fileno())  # start the disk writes now, not in write_shard's fsync
+
+
+def _write_fixed_parts(fd: int, shard: OutShard) -> None:
+    head = header_bytes(shard)
+    _pwrite_all(fd, len(head).to_bytes(8, "little") + head, 0)
+    for tensor, offset in _placed(shard):
+        if isinstance(tensor.source, Raw):
+            _copy_range(tensor.source.path, tensor.source.offset, tensor.source.nbytes, fd, offset)
+    os.ftruncate(fd, 8 + len(head) + shard.nbytes)  # the file's full size, holes included
 
 
 def write_shard(path: Path, shard: OutShard, produce: Producer) -> None:
-    with open(path, "wb") as fh:
-        head = header_bytes(shard)
-        fh.write(len(head).to_bytes(8, "little"))
-        fh.write(head)
-        for tensor in shard.tensors:
+    """Write `shard` to `path`, or complete it when prefill_shard already wrote it (the staging
+    directory is private, so an existing file there can only be a prefill)."""
+    prefilled = path.exists()
+    with open(path, "r+b" if prefilled else "wb", buffering=0) as fh:
+        if not prefilled:
+            _write_fixed_parts(fh.fileno(), shard)
+        for tensor, offset in _placed(shard):
             if isinstance(tensor.source, Raw):
-                _copy_range(tensor.source.path, tensor.source.offset, tensor.source.nbytes, fh)
                 continue
             data = memoryview(produce(tensor)).cast("B")
             if data.nbytes != tensor.nbytes:
                 raise RuntimeError(f"{tensor.name}: produced {data.nbytes} bytes, planned {tensor.nbytes}")
-            fh.write(data)
+            _pwrite_all(fh.fileno(), data, offset)
             del data
-        fh.flush()
         os.fsync(fh.fileno())
 
 
