@@ -256,38 +256,29 @@ def make_loha_adapter(
                         base_model_name_or_path=base_model_name_or_path)
 
 
-def make_prompt_tuning_adapter(
-    directory: PathLike,
-    base_dir: PathLike,
-    *,
-    seed: int = 0,
-    base_model_name_or_path: Optional[str] = None,
-    num_virtual_tokens: int = 4,
-    **kwargs: Any,
-) -> Path:
+def _make_prompt_learning(config_class: str, directory: PathLike, base_dir: PathLike, seed: int,
+                          base_model_name_or_path: Optional[str], num_virtual_tokens: int, **kwargs: Any) -> Path:
+    import peft
+
+    task_type = _FAMILIES[_model_type(base_dir)][1]
+    config = getattr(peft, config_class)(task_type=task_type, num_virtual_tokens=num_virtual_tokens, **kwargs)
+    return save_adapter(directory, base_dir, config, seed=seed, base_model_name_or_path=base_model_name_or_path)
+
+
+def make_prompt_tuning_adapter(directory: PathLike, base_dir: PathLike, *, seed: int = 0,
+                               base_model_name_or_path: Optional[str] = None, num_virtual_tokens: int = 4,
+                               **kwargs: Any) -> Path:
     """Prompt tuning: a (num_virtual_tokens, hidden) embedding table."""
-    from peft import PromptTuningConfig
-
-    task_type = _FAMILIES[_model_type(base_dir)][1]
-    config = PromptTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens, **kwargs)
-    return save_adapter(directory, base_dir, config, seed=seed, base_model_name_or_path=base_model_name_or_path)
+    return _make_prompt_learning("PromptTuningConfig", directory, base_dir, seed, base_model_name_or_path,
+                                 num_virtual_tokens, **kwargs)
 
 
-def make_prefix_tuning_adapter(
-    directory: PathLike,
-    base_dir: PathLike,
-    *,
-    seed: int = 0,
-    base_model_name_or_path: Optional[str] = None,
-    num_virtual_tokens: int = 4,
-    **kwargs: Any,
-) -> Path:
+def make_prefix_tuning_adapter(directory: PathLike, base_dir: PathLike, *, seed: int = 0,
+                               base_model_name_or_path: Optional[str] = None, num_virtual_tokens: int = 4,
+                               **kwargs: Any) -> Path:
     """Prefix tuning: per-layer key/value prefixes."""
-    from peft import PrefixTuningConfig
-
-    task_type = _FAMILIES[_model_type(base_dir)][1]
-    config = PrefixTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens, **kwargs)
-    return save_adapter(directory, base_dir, config, seed=seed, base_model_name_or_path=base_model_name_or_path)
+    return _make_prompt_learning("PrefixTuningConfig", directory, base_dir, seed, base_model_name_or_path,
+                                 num_virtual_tokens, **kwargs)
 
 
 def save_adapter(

@@ -8,7 +8,7 @@ detail for the finding, or None when the adapter does not use the feature. The e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .. import keys
@@ -129,20 +129,20 @@ def rank_pattern(config: dict[str, Any], header: Optional[Header], params: Mappi
     return f"{' and '.join(used)} set: some modules have their own rank or alpha" if used else None
 
 
-def embedding_lora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
-    if header is not None:
-        names = sorted({m for m, last in _lora_modules(header).items() if last in _EMBEDDING_NAMES})
-        return f"LoRA on {', '.join(names)}" if names else None
-    names = sorted(_targets(config) & set(_EMBEDDING_NAMES))
-    return f"target_modules include {', '.join(names)}" if names else None
+def _lora_on(module_names: Sequence[str]) -> Detector:
+    """A detector for LoRA on any of `module_names`: from the weights when readable, else the config."""
+    def detect(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+        if header is not None:
+            names = sorted({m for m, last in _lora_modules(header).items() if last in module_names})
+            return f"LoRA on {', '.join(names)}" if names else None
+        names = sorted(_targets(config) & set(module_names))
+        return f"target_modules include {', '.join(names)}" if names else None
+
+    return detect
 
 
-def lm_head_lora(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
-    if header is not None:
-        names = sorted({m for m, last in _lora_modules(header).items() if last in _HEAD_NAMES})
-        return f"LoRA on {', '.join(names)}" if names else None
-    names = sorted(_targets(config) & set(_HEAD_NAMES))
-    return f"target_modules include {', '.join(names)}" if names else None
+embedding_lora = _lora_on(_EMBEDDING_NAMES)
+lm_head_lora = _lora_on(_HEAD_NAMES)
 
 
 def trainable_tokens(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
