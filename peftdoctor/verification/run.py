@@ -18,6 +18,7 @@ from ..adapter import UnusableInput
 from ..report import Finding, Severity
 from ..rules import rule
 from . import base as basemod
+from . import large
 from .facts import AdapterFacts, BaseFacts, BaseUnavailable, find_base, read_adapter
 from .merge import MergeNotFinite, merge, tied_and_adapted, untie
 from .probe import DEFAULT_TOLERANCE, compare, forward, probe_inputs
@@ -133,6 +134,10 @@ def _verify(run: _Run, facts: AdapterFacts, base_arg: Optional[str], out: Option
         if tolerance is None:
             tol = max(tol, QUANTIZED_TOLERANCE_FLOOR)
     _warn_pickles(run, facts, base)
+    if not base.bnb_quantized and facts.peft_type == "LORA":
+        reason = large.too_large(base)
+        if reason:
+            return _stream_instead(run, facts, base, out, dtype, reason, state)
 
     loaded = run.step("load base", f"loading base {base.display} ({dtype}, {device})",
                       lambda: _load(base, facts, dtype, device, trust_remote_code, quantized=True))
@@ -194,6 +199,28 @@ def _verify(run: _Run, facts: AdapterFacts, base_arg: Optional[str], out: Option
             f"the saved model, reloaded with {basemod.auto_class_name(facts.task_type)}, differs from base + "
             f"adapter by {again.max_rel:.3g} of the logit scale (tolerance {tol:.3g})",
             "a tied or resized layer is restored differently on reload: untie it in config.json"))
+
+
+def _stream_instead(run: _Run, facts: AdapterFacts, base: BaseFacts, out: Optional[Path], dtype: str,
+                    reason: str, state: dict[str, Any]) -> None:
+    """Too large to load: merge shard by shard with peft's per-layer code; parity cannot be probed."""
+    run.skip("load base", f"{reason}: the probe cannot run here")
+    if out is None:
+        run.skip("merge (streaming)", "pass --out DIR to stream-merge the adapter into the base")
+        return
+    from ..merge import stream_merge
+
+    if out.is_dir():
+        out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
+    def streamed() -> tuple[Any, str]:
+        report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype)
+        return report, (f"{report.tensors_merged} tensors merged with peft's per-layer merge, "
+                        f"{report.tensors_passed} copied; peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB")
+
+    run.step("merge (streaming)", "streaming the merge shard by shard", streamed)
+    state["out"] = str(out)
+    run.notes.append("the merge was streamed (bit-identical to merge_and_unload in float32 on CPU); logit parity "
+                     "was not measured because base + adapter do not fit in memory")
 
 
 def _resolve_base(facts: AdapterFacts, base_arg: Optional[str]) -> tuple[BaseFacts, str]:
