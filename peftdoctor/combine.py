@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .patterns import declared_ranks
 from .report import Finding, Report
 from .rules import rule
 
@@ -29,9 +30,8 @@ class Combination:
 
 
 def max_rank(config: dict[str, Any]) -> Optional[int]:
-    ranks = [config.get("r", 8), *(config.get("rank_pattern") or {}).values()]
-    ints = [r for r in ranks if isinstance(r, int) and not isinstance(r, bool)]
-    return max(ints) if ints else None
+    """The rank add_weighted_adapter sizes this adapter by: max(r, *rank_pattern.values())."""
+    return max(declared_ranks(config), default=None)
 
 
 def combine(reports: list[Report], configs: list[dict[str, Any]], combination_type: str) -> Combination:

@@ -52,6 +52,13 @@ def resolver(version: Version) -> Resolver:
     return next(resolve for since, resolve in _REGIMES if version >= since)
 
 
+def declared_ranks(config: dict[str, Any], default_r: Optional[int] = 8) -> list[int]:
+    """r (default_r when absent) and every rank_pattern value that is an int."""
+    pattern = config.get("rank_pattern") if isinstance(config.get("rank_pattern"), dict) else {}
+    ranks = (config.get("r", default_r), *pattern.values())
+    return [v for v in ranks if isinstance(v, int) and not isinstance(v, bool)]
+
+
 def module_values(config: dict[str, Any], modules: list[str], version: Version) -> dict[str, tuple[Any, Any]]:
     """{module: (rank, alpha)} as peft `version` would build each module from this config."""
     resolve = resolver(version)

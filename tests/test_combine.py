@@ -74,3 +74,14 @@ def test_unknown_combination_type(adapters: dict[str, Path]) -> None:
     done = subprocess.run([sys.executable, "-m", "peftdoctor", "check", str(adapters["r4"]), "--combine", "avg"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_a_rank_pattern_that_is_not_an_object_is_not_a_crash(tmp_path: Path) -> None:
+    target = tmp_path / "a"
+    shutil.copytree(ROOT / "fixtures" / "tiny-llama-lora", target)
+    config = json.loads((target / "adapter_config.json").read_text())
+    (target / "adapter_config.json").write_text(json.dumps(dict(config, rank_pattern=True)))
+    for extra in (["--combine", "linear", str(target)], ["--target", "vllm"]):
+        done = subprocess.run([sys.executable, "-m", "peftdoctor", "check", str(target), *extra],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert "internal error" not in done.stderr and done.returncode in (0, 1), done.stderr

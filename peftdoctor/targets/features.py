@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from .. import keys
+from ..patterns import declared_ranks
 from ..safetensors_header import Header
 
 Detector = Callable[[dict[str, Any], Optional[Header], Mapping[str, Any]], Optional[str]]
@@ -97,8 +98,7 @@ def bias(config: dict[str, Any], header: Optional[Header], params: Mapping[str, 
 
 def adapter_rank(config: dict[str, Any], header: Optional[Header]) -> Optional[int]:
     """The largest rank any module of the adapter has: config r, rank_pattern, and the real shapes."""
-    ranks = [v for v in [config.get("r"), *(config.get("rank_pattern") or {}).values()]
-             if isinstance(v, int) and not isinstance(v, bool)]
+    ranks = declared_ranks(config, default_r=None)
     for name, info in (header.tensors.items() if header is not None else ()):
         if name.endswith((".lora_A.weight", ".lora_A")) and len(info.shape) >= 2:
             ranks.append(info.shape[0])
