@@ -59,6 +59,17 @@ LOAD_REFUSALS = (
      "Alternatively, downgrade PEFT to version 0.13.0 to use the old adapter weights."),  # peft/tuners/oft/config.py: OFTConfig.check_kwargs
 )
 
+# The transformers Auto class PeftModel's task types load the base with (peft's
+# MODEL_TYPE_TO_PEFT_MODEL_MAPPING pairs each with a model class over this kind of base).
+AUTO_CLASS_BY_TASK = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+
 # Module names that are tied to each other in most decoder bases (input embedding <-> LM head).
 TIED_MODULE_NAMES = frozenset({"lm_head", "embed_tokens", "wte", "embed_out", "word_embeddings", "shared",
                                "embed_in", "tok_embeddings", "output"})

@@ -123,8 +123,3 @@ def size_problems(header: Header) -> list[str]:
         problems.append(f"tensors need {needed} bytes of data but the file holds {header.data_size}: "
                         "the file is truncated")
     return problems
-
-
-def rank_of(info: TensorInfo) -> Optional[int]:
-    """LoRA rank carried by a lora_A (rows) tensor; None for anything without a 2-D+ shape."""
-    return info.shape[0] if len(info.shape) >= 2 else None

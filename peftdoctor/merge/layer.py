@@ -15,12 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..keys import AUTO_CLASS_BY_TASK
+
 ADAPTER_NAME = "default"
-# The Auto class PeftModel's task types are loaded with (as verification/base.py has it); only the
-# module structure matters here, so a head the checkpoint lacks does no harm.
-_AUTO_CLASS_BY_TASK = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
-                       "TOKEN_CLS": "AutoModelForTokenClassification", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-                       "QUESTION_ANS": "AutoModelForQuestionAnswering", "FEATURE_EXTRACTION": "AutoModel"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +42,7 @@ def load_skeleton(base_dir: Path, task_type: Optional[str]) -> Skeleton:
     try:
         # No trust_remote_code: code from the hub never runs here; such bases fall back to shapes.
         config = transformers.AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
-        cls = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type or "", "AutoModel"))
+        cls = getattr(transformers, AUTO_CLASS_BY_TASK.get(task_type or "", "AutoModel"))
         with torch.device("meta"):
             model = cls.from_config(config)
     except Exception as exc:  # noqa: BLE001 - any failure means "no skeleton", never a crash

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..adapter import SAFETENSORS_NAME, UnusableInput
-from ..safetensors_header import HeaderError, TensorInfo, read_header, size_problems
+from ..safetensors_header import Header, HeaderError, TensorInfo, read_header, size_problems
 
 PREFIX = "base_model.model."
 INDEX_NAME = "model.safetensors.index.json"
@@ -103,14 +103,20 @@ def read_base(directory: Path, display: str) -> Base:
     return Base(directory, display, config, shards, sharded, locations)
 
 
-def _shard(path: Path, display: str) -> BaseShard:
+def _checked_header(path: Path, where: str) -> Header:
+    """The header of a file the merge will read whole: unreadable or short files are unusable input."""
     try:
         header = read_header(str(path))
     except HeaderError as exc:
-        raise UnusableInput(f"{display}: shard {path.name} {exc}") from None
+        raise UnusableInput(f"{where} {exc}") from None
     problems = size_problems(header)
     if problems:
-        raise UnusableInput(f"{display}: shard {path.name}: {problems[0]}")
+        raise UnusableInput(f"{where}: {problems[0]}")
+    return header
+
+
+def _shard(path: Path, display: str) -> BaseShard:
+    header = _checked_header(path, f"{display}: shard {path.name}")
     ordered = tuple(sorted(header.tensors.values(), key=lambda t: t.start))
     return BaseShard(path, ordered, header.file_size - header.data_size)
 
@@ -120,13 +126,7 @@ def read_adapter(directory: Path, config: dict[str, Any]) -> AdapterFiles:
     if not path.is_file():
         raise UnusableInput(f"{directory}: no {SAFETENSORS_NAME}; streaming merge reads safetensors adapters only "
                             "(a pickled adapter_model.bin is never unpickled)")
-    try:
-        header = read_header(str(path))
-    except HeaderError as exc:
-        raise UnusableInput(f"{directory}: {SAFETENSORS_NAME} {exc}") from None
-    problems = size_problems(header)
-    if problems:
-        raise UnusableInput(f"{directory}: {SAFETENSORS_NAME}: {problems[0]}")
+    header = _checked_header(path, f"{directory}: {SAFETENSORS_NAME}")
     return AdapterFiles(directory, config, header.tensors)
 
 

@@ -7,16 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..keys import AUTO_CLASS_BY_TASK
 from .facts import AdapterFacts, BaseFacts
 
-AUTO_CLASS_BY_TASK = {
-    "CAUSAL_LM": "AutoModelForCausalLM",
-    "SEQ_CLS": "AutoModelForSequenceClassification",
-    "TOKEN_CLS": "AutoModelForTokenClassification",
-    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering",
-    "FEATURE_EXTRACTION": "AutoModel",
-}
 # Heads that transformers creates fresh when a checkpoint lacks them; the adapter must carry them.
 _HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
 _HEAD_NAMES = ("classifier", "score", "qa_outputs", "classifier.out_proj")
