@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .errors import UnusableInput
+from .io.files import FileRefused, read_limited, refused_entries
+
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
@@ -23,10 +26,6 @@ _FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pyt
 _MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
-class UnusableInput(Exception):
-    """The input cannot be checked at all (exit 2); the message is one line for the user."""
-
-
 @dataclass(frozen=True)
 class Adapter:
     """An adapter directory as found on disk, read but not judged."""
@@ -36,12 +35,24 @@ class Adapter:
     kind: str  # "peft-adapter", "empty", "full-model", "medusa", "adapters-below", "unknown"
     config: Optional[dict[str, Any]] = None
     config_error: Optional[str] = None  # why the config could not be used, one line
-    escaping_links: tuple[str, ...] = ()  # files that are symlinks pointing outside the directory
+    refused: dict[str, str] = field(default_factory=dict)  # entries no command reads: name -> why (io.files)
     weight_files: tuple[str, ...] = ()
     nested: tuple[str, ...] = field(default=())  # adapter directories found below, for "adapters-below"
 
     def path_of(self, name: str) -> Path:
         return self.directory / name
+
+    @property
+    def escaping_links(self) -> tuple[str, ...]:
+        return tuple(n for n, why in self.refused.items() if why.startswith("is a symlink"))
+
+    def readable(self, name: str) -> bool:
+        """Whether `name` is present and passes the file rules (io.files): never a link out, a fifo, a device."""
+        return name in self.files and name not in self.refused
+
+    @property
+    def files(self) -> frozenset[str]:
+        return frozenset(self.weight_files) | ({CONFIG_NAME} if self.kind == "peft-adapter" else frozenset())
 
 
 def resolve(target: str) -> tuple[Path, str]:
@@ -82,24 +93,39 @@ def open_adapter(target: str) -> Adapter:
         names = sorted(os.listdir(directory))
     except OSError as exc:
         raise UnusableInput(f"{target}: cannot list directory: {exc.strerror}") from None
-    escaping = tuple(n for n in names if _escapes(directory, n))
+    refused = refused_entries(directory, names)
     weights = tuple(n for n in (SAFETENSORS_NAME, PICKLE_NAME) if n in names)
     if CONFIG_NAME not in names:
-        kind, nested = _what_else(directory, names)
-        return Adapter(directory, display, kind, weight_files=weights, nested=nested)
-    if CONFIG_NAME in escaping:
-        return Adapter(directory, display, "peft-adapter", escaping_links=escaping, weight_files=weights,
-                       config_error="is a symlink pointing outside the adapter directory; not followed")
+        kind, nested = _what_else(directory, names, refused)
+        return Adapter(directory, display, kind, weight_files=weights, nested=nested, refused=refused)
+    if CONFIG_NAME in refused:
+        return Adapter(directory, display, "peft-adapter", refused=refused, weight_files=weights,
+                       config_error=refused[CONFIG_NAME])
     config, error = read_config(directory / CONFIG_NAME)
-    return Adapter(directory, display, "peft-adapter", config, error, escaping, weights)
+    return Adapter(directory, display, "peft-adapter", config, error, refused, weights)
+
+
+def require_safe(directory: Path, display: str) -> None:
+    """UnusableInput unless every entry of `directory` passes the file rules (io.files): merge and
+    verify hand whole directories to code that reads whatever it finds (transformers, tokenizers)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise UnusableInput(f"{display}: cannot list directory: {exc.strerror}") from None
+    refused = refused_entries(directory, names)
+    if refused:
+        name, why = next(iter(refused.items()))
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise UnusableInput(f"{display}: {name} {why}{more}; replace it with the file itself "
+                            f"(`peftdoctor check` lists them)")
 
 
 def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """The parsed config, or None and a one-line reason. Unreadable files are unusable input."""
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            return None, f"is {path.stat().st_size} bytes, far too large for an adapter config"
-        raw = path.read_bytes()
+        raw = read_limited(path, MAX_CONFIG_BYTES)
+    except FileRefused as exc:
+        return None, str(exc).replace(str(path) + " ", "", 1)
     except OSError as exc:
         raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
@@ -115,28 +141,12 @@ def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     return data, None
 
 
-def _escapes(directory: Path, name: str) -> bool:
-    entry = directory / name
-    if not entry.is_symlink():
-        return False
-    target = os.path.realpath(entry)
-    return not any(os.path.commonpath([root, target]) == root for root in _own_roots(directory))
-
-
-def _own_roots(directory: Path) -> list[str]:
-    """Where the adapter's files may really live: its directory, and for a hub cache snapshot
-    (models--owner--name/snapshots/<sha>/, whose files link to ../../blobs/) that repo's blobs."""
-    roots = [os.path.realpath(directory)]
-    if directory.parent.name == "snapshots":
-        roots.append(os.path.realpath(directory.parent.parent / "blobs"))
-    return roots
-
-
-def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]:
+def _what_else(directory: Path, names: list[str], refused: dict[str, str]) -> tuple[str, tuple[str, ...]]:
     """Classify a directory without adapter_config.json, so the user hears what it is instead."""
     if not names:
         return "empty", ()
-    if any(n in names for n in _MEDUSA_FILES) or _config_mentions(directory, "medusa_num_heads"):
+    if any(n in names for n in _MEDUSA_FILES) or ("config.json" not in refused and
+                                                   _config_mentions(directory, "medusa_num_heads")):
         return "medusa", ()
     if "config.json" in names and any(n in names for n in _FULL_MODEL_WEIGHTS):
         return "full-model", ()
@@ -149,7 +159,7 @@ def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]
 
 def _config_mentions(directory: Path, key: str) -> bool:
     try:
-        data = json.loads((directory / "config.json").read_text("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        data = json.loads(read_limited(directory / "config.json", MAX_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(data, dict) and key in data

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .io.files import read_limited
+
+MAX_REWRITE_BYTES = 16 * 1024 * 1024  # the config size cap of adapter.py: nothing larger is ever rewritten
+
 
 class WriteRefused(Exception):
     """Nothing was written; the message says why in one line."""
@@ -27,7 +31,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, path: Path) -> "Snapshot":
-        data = path.read_bytes()
+        data = read_limited(path, MAX_REWRITE_BYTES)
         return cls(hashlib.sha256(data).hexdigest(), data.decode("utf-8-sig", errors="replace"))
 
 
@@ -69,7 +73,7 @@ def replace_text(path: Path, text: str, expected: Snapshot, backup_suffix: Optio
     if not os.access(path.parent, os.W_OK):
         raise WriteRefused(f"{path.parent} is not writable")
     try:
-        current = path.read_bytes()
+        current = read_limited(path, MAX_REWRITE_BYTES)
         mode = os.stat(path).st_mode & 0o7777
     except OSError as exc:
         raise WriteRefused(f"{path}: cannot read it again before writing: {exc.strerror}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import compat, releases
-from .adapter import CONFIG_NAME, UnusableInput, open_adapter
+from .adapter import CONFIG_NAME, Adapter, UnusableInput, open_adapter
 from .checks import Check, Context
 from .checks.kind import kind_findings
 from .checks.schema import peft_type_findings, value_findings
@@ -20,6 +20,16 @@ CONFIG_CHECKS: tuple[Check, ...] = (
     peft_type_findings, value_findings, unknown_key_findings, version_findings,
     base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
 )
+
+
+def refused_findings(adapter: Adapter) -> list[Finding]:
+    """PD006/PD007 for each entry the file rules (io.files) refuse: links out of the directory, fifos, devices."""
+    return [rule("PD006").finding(f"{name} is a symlink pointing outside the adapter directory; not read",
+                                  "replace the link with the file itself", file=name)
+            if why.startswith("is a symlink") else
+            rule("PD007").finding(f"{name} {why}", "replace it with the regular file saved by save_pretrained()",
+                                  file=name)
+            for name, why in adapter.refused.items()]
 
 
 def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
@@ -61,11 +71,9 @@ def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) 
     base = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
     if adapter.kind != "peft-adapter":
         return Report(**base, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
-    findings += [rule("PD006").finding(f"{name} is a symlink pointing outside the adapter directory; not read",
-                                       "replace the link with the file itself", file=name)
-                 for name in adapter.escaping_links]
+    findings += refused_findings(adapter)
     if adapter.config is None:
-        if adapter.config_error and CONFIG_NAME not in adapter.escaping_links:
+        if adapter.config_error and CONFIG_NAME not in adapter.refused:
             findings.append(rule("PD101").finding(f"{CONFIG_NAME} {adapter.config_error}",
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)

@@ -17,6 +17,8 @@ from .reporters import REPORTER_BY_NAME, combination_to_dict, render_combination
 from .rules import RULES, markdown_table
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
+# explain keeps the end of a longer log: the traceback that matters is printed last.
+EXPLAIN_MAX_BYTES = 32 * 1024 * 1024
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Diagnose and fix PEFT adapters before they fail to load or silently change meaning.")
@@ -209,12 +211,17 @@ def explain(
 ) -> None:
     """Map an error text from loading or merging an adapter to its finding code and fix."""
     from .explain import explain as run_explain
+    from .io.files import FileRefused, read_stream_tail
 
     try:
-        text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8", errors="replace").read()
+        raw, _cut = read_stream_tail(source, EXPLAIN_MAX_BYTES, stdin=sys.stdin.buffer)
+    except FileRefused as exc:
+        _fail(str(exc))
+        raise typer.Exit(EXIT_UNUSABLE)
     except OSError as exc:
         _fail(f"{source}: cannot read: {exc.strerror}")
         raise typer.Exit(EXIT_UNUSABLE)
+    text = raw.decode("utf-8", errors="replace")
     found = run_explain(text)
     if fmt is Format.json:
         typer.echo(json.dumps({"format_version": 1, "explanations": [

@@ -241,7 +241,7 @@ REWRITERS: tuple[Callable[[_Work], None], ...] = (
 
 
 def _module_names(adapter: Adapter) -> Optional[list[str]]:
-    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.escaping_links:
+    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.refused:
         return None
     try:
         return sorted(lora_modules(read_header(str(adapter.path_of(SAFETENSORS_NAME)))))

@@ -32,6 +32,7 @@ _TABLE = [
     ("PD003", "medusa-heads", E, "A Medusa heads checkpoint, not a PEFT adapter."),
     ("PD004", "no-adapter-config", E, "No adapter_config.json in the directory."),
     ("PD005", "adapters-in-subfolders", E, "The adapters are in subfolders of the directory given."),
+    ("PD007", "not-a-regular-file", E, "A file of the adapter is a fifo, device or socket: not read."),
     ("PD006", "symlink-escapes", E, "A file is a symlink pointing outside the adapter directory."),
     ("PD101", "config-unreadable", E, "adapter_config.json is not a JSON object."),
     ("PD102", "peft-type-missing", E, "adapter_config.json has no peft_type."),

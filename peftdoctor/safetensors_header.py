@@ -11,7 +11,10 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
+
+from .io.files import FileRefused, open_regular
 
 # Bytes per element of every dtype the safetensors format defines.
 DTYPE_SIZES: dict[str, float] = {
@@ -49,8 +52,8 @@ class HeaderError(ValueError):
 def read_header(path: str) -> Header:
     """Parse and validate the header of the safetensors file at `path`."""
     try:
-        file_size = os.path.getsize(path)
-        with open(path, "rb") as fh:
+        with open_regular(Path(path)) as fh:
+            file_size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
                 raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
@@ -64,6 +67,8 @@ def read_header(path: str) -> Header:
                     f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated"
                 )
             raw = fh.read(header_len)
+    except FileRefused as exc:
+        raise HeaderError(str(exc).replace(f"{path} ", "", 1)) from None
     except OSError as exc:
         raise HeaderError(f"cannot read: {exc.strerror or exc}") from None
     try:

@@ -47,8 +47,8 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
             "convert it to safetensors in a trusted environment and delete the .bin", file=PICKLE_NAME))
     if SAFETENSORS_NAME not in files:
         return findings, [f"{PICKLE_NAME} is never unpickled, so shapes were not checked"]
-    if SAFETENSORS_NAME in adapter.escaping_links:
-        return findings, [f"{SAFETENSORS_NAME} points outside the adapter directory; not read"]
+    if SAFETENSORS_NAME in adapter.refused:
+        return findings, [f"{SAFETENSORS_NAME} {adapter.refused[SAFETENSORS_NAME]}"]
     try:
         header = read_header(str(adapter.path_of(SAFETENSORS_NAME)))
     except HeaderError as exc:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..adapter import SAFETENSORS_NAME, UnusableInput
+from ..adapter import MAX_CONFIG_BYTES, SAFETENSORS_NAME, UnusableInput
+from ..io.files import read_limited
 from ..safetensors_header import Header, HeaderError, TensorInfo, read_header, size_problems
 
 PREFIX = "base_model.model."
@@ -83,13 +84,13 @@ class AdapterPlan:
 def read_base(directory: Path, display: str) -> Base:
     """The base's config and every shard's header; a damaged shard is unusable input (one line)."""
     try:
-        config = json.loads((directory / "config.json").read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+        config = json.loads(read_limited(directory / "config.json", MAX_CONFIG_BYTES))
+    except (OSError, ValueError, RecursionError) as exc:
         raise UnusableInput(f"{display}: no readable config.json, not a transformers model ({exc})") from None
     index = directory / INDEX_NAME
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
+            weight_map = json.loads(read_limited(index, MAX_CONFIG_BYTES))["weight_map"]
             names = list(dict.fromkeys(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UnusableInput(f"{display}: {INDEX_NAME} is unreadable ({exc})") from None
@@ -98,6 +99,9 @@ def read_base(directory: Path, display: str) -> Base:
         names, sharded = [SINGLE_NAME], False
     else:
         raise UnusableInput(f"{display}: no {SINGLE_NAME} or {INDEX_NAME}: only safetensors bases can be streamed")
+    odd = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")), None)
+    if odd is not None:
+        raise UnusableInput(f"{display}: {INDEX_NAME} names the shard {odd!r} outside the model directory; not read")
     shards = tuple(_shard(directory / n, display) for n in names)
     locations = {info.name: (shard, info) for shard in shards for info in shard.tensors}
     return Base(directory, display, config, shards, sharded, locations)

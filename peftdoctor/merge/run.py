@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..adapter import UnusableInput, open_adapter, resolve
+from ..adapter import UnusableInput, open_adapter, require_safe, resolve
 from . import plan as P
 from .layer import HEADERS_ONLY
 from .prefill import Prefill
@@ -57,6 +57,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
     if found.kind != "peft-adapter" or found.config is None:
         raise UnusableInput(f"{adapter}: not a usable PEFT adapter ({found.config_error or found.kind}); "
                             f"run `peftdoctor check {adapter}`")
+    require_safe(found.directory, found.display)
     config = found.config
     why = P.refusal(config)
     if why:
@@ -66,6 +67,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
         raise UnusableInput(f"{adapter}: names no base_model_name_or_path; pass --base PATH_OR_REPO_ID")
     out_path = check_out(out)
     base_dir, display = resolve(name)  # a directory, or the local hub cache (never downloads)
+    require_safe(base_dir, display)
     base_files = P.read_base(base_dir, display)
     adapter_files = P.read_adapter(found.directory, config)
     adapter_plan = P.adapter_plan(adapter_files)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from ..adapter import UnusableInput
+from ..errors import UnusableInput
+from ..io.files import open_regular
 from ..safetensors_header import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
@@ -94,7 +95,7 @@ def read_exact(path: Path, offset: int, nbytes: int) -> bytearray:
     buffer = bytearray(nbytes)
     view = memoryview(buffer)
     try:
-        with open(path, "rb", buffering=0) as fh:
+        with open_regular(path) as fh:
             fh.seek(offset)
             done = 0
             while done < nbytes:
@@ -112,7 +113,7 @@ def _copy_range(src: Path, offset: int, nbytes: int, dst: int, dst_offset: int) 
     """Copy nbytes of `src` from `offset` into the file descriptor `dst` at `dst_offset`, in the
     kernel where it can (copy_file_range also releases the GIL, so a prefill thread runs in parallel)."""
     try:
-        source = open(src, "rb", buffering=0)
+        source = open_regular(src)
     except OSError as exc:
         raise UnusableInput(f"{src}: cannot read: {exc.strerror or exc}") from None
     with source:
@@ -230,9 +231,12 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def copy_file(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-    with open(dst, "rb") as fh:
-        os.fsync(fh.fileno())
+    """Copy a side file (tokenizer, generation config) that the file rules already let through;
+    opened as a regular file again, so a swap for a fifo or device in between is refused too."""
+    with open_regular(src) as source, open(dst, "xb") as target:
+        shutil.copyfileobj(source, target)
+        target.flush()
+        os.fsync(target.fileno())
 
 
 def free_space_problem(parent: Path, needed: int) -> Optional[str]:

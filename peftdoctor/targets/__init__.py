@@ -112,7 +112,7 @@ def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
 
 def adapter_header(adapter: Adapter) -> Optional[Header]:
     """The adapter's safetensors header when it can be read; PD2xx already reports when it cannot."""
-    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.escaping_links:
+    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.refused:
         return None
     try:
         return read_header(str(adapter.path_of(SAFETENSORS_NAME)))

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, UnusableInput, open_adapter, resolve
+from ..adapter import (CONFIG_NAME, MAX_CONFIG_BYTES, PICKLE_NAME, SAFETENSORS_NAME, UnusableInput, open_adapter,
+                       require_safe, resolve)
+from ..io.files import read_limited
 from ..safetensors_header import HeaderError, read_header
 
 # Prompt-learning methods prepend learned tokens or key/value prefixes: there is no weight matrix
@@ -68,6 +70,7 @@ def read_adapter(target: str) -> AdapterFacts:
     adapter = open_adapter(target)
     if adapter.kind != "peft-adapter":
         raise UnusableInput(f"{target}: not a PEFT adapter ({adapter.kind}); run `peftdoctor check {target}`")
+    require_safe(adapter.directory, adapter.display)
     if adapter.config is None:
         raise UnusableInput(f"{target}: {CONFIG_NAME} {adapter.config_error or 'cannot be read'}")
     shapes: dict[str, tuple[int, ...]] = {}
@@ -123,9 +126,10 @@ def find_base(adapter: AdapterFacts, base: Optional[str]) -> BaseFacts:
         directory, display = resolve(name)
     except UnusableInput as exc:
         raise BaseUnavailable(str(exc)) from None
+    require_safe(directory, display)
     try:
-        config = json.loads((directory / "config.json").read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+        config = json.loads(read_limited(directory / "config.json", MAX_CONFIG_BYTES))
+    except (OSError, ValueError, RecursionError) as exc:
         raise BaseUnavailable(f"{name}: no readable config.json, not a transformers model ({exc})") from None
     if not isinstance(config, dict):
         raise BaseUnavailable(f"{name}: config.json is not a JSON object")

@@ -1,0 +1,126 @@
+"""The one rule for touching a file that came with an adapter or a base: what may be read, and how.
+
+Adapters and bases are downloaded from strangers (a git clone keeps symlinks), so every command
+applies the same two rules before it opens a file of theirs:
+- a symlink must resolve inside the directory's own roots (the directory itself, and for a hub
+  cache snapshot that repo's blobs): `tokenizer.json -> /etc/shadow` is never read or copied;
+- only regular files are opened: a fifo blocks the reader forever and a device (`/dev/zero`) never
+  ends, so both are refused before a byte is read, and the type is checked again on the opened
+  descriptor so that a file swapped for a fifo between the two looks is still refused.
+Reads are bounded: a caller names the most bytes it will take.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+class FileRefused(OSError):
+    """A file that must not be read; str() is one line saying why."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "refused"
+
+
+def own_roots(directory: Path) -> tuple[str, ...]:
+    """Where the files of `directory` may really live: the directory, and for a hub cache snapshot
+    (models--owner--name/snapshots/<sha>/, whose files link to ../../blobs/) that repo's blobs."""
+    roots = [os.path.realpath(directory)]
+    if directory.parent.name == "snapshots":
+        roots.append(os.path.realpath(directory.parent.parent / "blobs"))
+    return tuple(roots)
+
+
+def escapes(directory: Path, name: str) -> bool:
+    """Whether the entry `name` of `directory` is a symlink that resolves outside the directory's roots."""
+    entry = directory / name
+    if not entry.is_symlink():
+        return False
+    target = os.path.realpath(entry)
+    return not any(os.path.commonpath([root, target]) == root for root in own_roots(directory))
+
+
+def kind_of(mode: int) -> Optional[str]:
+    """'a fifo', 'a character device', ... for anything but a regular file; None for a regular file."""
+    return next((what for test, what in _NOT_REGULAR if test(mode)), None)
+
+
+def refusal(directory: Path, name: str, *, allow_directory: bool = False) -> Optional[str]:
+    """Why the entry `name` of `directory` must not be read, or None when it may be (or does not exist)."""
+    if escapes(directory, name):
+        return "is a symlink pointing outside the directory; not followed"
+    try:
+        mode = os.stat(directory / name).st_mode
+    except OSError:
+        return None  # missing or a dangling link: the caller says what is missing
+    what = kind_of(mode)
+    if what is None or (allow_directory and stat.S_ISDIR(mode)):
+        return None
+    return f"is {what}, not a regular file; not read"
+
+
+def refused_entries(directory: Path, names: list[str]) -> dict[str, str]:
+    """{name: why} for every entry of `directory` that no command may read: escaping links and
+    fifos, devices and sockets (directories are fine: nothing reads them as files)."""
+    found = {}
+    for name in names:
+        why = refusal(directory, name, allow_directory=True)
+        if why is not None:
+            found[name] = why
+    return found
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file: O_NONBLOCK so that opening a fifo
+    returns at once, then fstat on the descriptor itself (no window for a swap)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        what = kind_of(os.fstat(fd).st_mode)
+        if what is not None:
+            raise FileRefused(f"{path} is {what}, not a regular file; not read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """The whole regular file at `path`, or FileRefused when it holds more than `limit` bytes."""
+    with open_regular(path) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise FileRefused(f"{path} is larger than {limit} bytes; not read")
+    return data
+
+
+def read_stream_tail(path: str, limit: int, stdin: Optional[BinaryIO] = None) -> tuple[bytes, bool]:
+    """The last `limit` bytes of a log (a regular file, a pipe or fifo, or `stdin` for "-"), read in
+    bounded memory, and whether anything before them was cut. Devices are refused: `/dev/zero` never ends."""
+    if path == "-" and stdin is not None:
+        return _tail(stdin, limit)
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise FileRefused(f"{path} is {kind_of(mode)}, not a file or a pipe; not read")
+    with open(path, "rb") as fh:
+        return _tail(fh, limit)
+
+
+def _tail(stream: BinaryIO, limit: int) -> tuple[bytes, bool]:
+    kept = bytearray()
+    cut = False
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            return bytes(kept), cut
+        kept += chunk
+        if len(kept) > limit:
+            del kept[:len(kept) - limit]
+            cut = True
