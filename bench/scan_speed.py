@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dirs = build_tree(Path(tmp), args.adapters)
-        from peftdoctor.scanning import scan
+        from peftdoctor.ops.scan import scan
 
         start = time.perf_counter()
         result = scan(tmp)

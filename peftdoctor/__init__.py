@@ -11,20 +11,20 @@ from typing import TYPE_CHECKING, Any, Optional
 
 __version__ = "0.1.0"
 
-from .adapter import UnusableInput  # noqa: E402
-from .check import check  # noqa: E402
-from .report import Compatibility, Finding, Report, Severity  # noqa: E402
+from peftdoctor.io.adapter import UnusableInput  # noqa: E402
+from peftdoctor.model.findings import Compatibility, Finding, Report, Severity  # noqa: E402
+from peftdoctor.ops.check import check  # noqa: E402
 
 if TYPE_CHECKING:
-    from .rewrite import Change, Plan, Refusal
-    from .scanning import ScanReport
-    from .verification.result import VerifyReport
+    from peftdoctor.ops.fix import Change, Plan, Refusal
+    from peftdoctor.ops.scan import ScanReport
+    from peftdoctor.verification.result import VerifyReport
 
 # name -> (module, attribute), resolved on first access (PEP 562)
 _LAZY = {
-    "plan_fix": ("rewrite", "plan"), "apply_fix": ("rewrite", "apply"), "Plan": ("rewrite", "Plan"),
-    "Change": ("rewrite", "Change"), "Refusal": ("rewrite", "Refusal"), "scan": ("scanning", "scan"),
-    "ScanReport": ("scanning", "ScanReport"),
+    "plan_fix": ("ops.fix", "plan"), "apply_fix": ("ops.fix", "apply"), "Plan": ("ops.fix", "Plan"),
+    "Change": ("ops.fix", "Change"), "Refusal": ("ops.fix", "Refusal"), "scan": ("ops.scan", "scan"),
+    "ScanReport": ("ops.scan", "ScanReport"),
 }
 
 
@@ -39,7 +39,7 @@ def fix(path: str, peft: Optional[str] = None, *, write: bool = True, backup_suf
         force: bool = False, serve: Optional[str] = None) -> "Plan":
     """Plan the rewrite of `path` for `peft` (and serving engine `serve`); with write=True apply it
     unless refused."""
-    from .rewrite import apply, plan
+    from peftdoctor.ops.fix import apply, plan
 
     the_plan = plan(path, peft=peft, force=force, serve=serve)
     if write:
@@ -49,7 +49,7 @@ def fix(path: str, peft: Optional[str] = None, *, write: bool = True, backup_suf
 
 def verify(adapter: str, base: Optional[str] = None, **options: Any) -> "VerifyReport":
     """Load base + adapter, merge, compare and save (see peftdoctor.verification.run.verify)."""
-    from .verification.run import verify as run_verify
+    from peftdoctor.verification.run import verify as run_verify
 
     return run_verify(adapter, base, **options)
 

@@ -1,3 +1,3 @@
-from .cli import main
+from peftdoctor.cli.app import main
 
 main()

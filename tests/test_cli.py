@@ -120,7 +120,7 @@ def test_check_runs_without_peft_installed(tmp_path: Path) -> None:
     """A pre-commit hook environment has no peft: the installed version is None, the newest schema stands in."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     code = ("import sys; sys.modules['peft']=None\n"
-            "import peftdoctor.releases as r; r.installed_peft = lambda: None\n"
+            "import peftdoctor.peft.releases as r; r.installed_peft = lambda: None\n"
             "from peftdoctor import check; rep = check(%r)\n"
             "print(rep.peft_installed, rep.peft_target, [f.code for f in rep.findings])") % str(CLEAN)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout

@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import pytest
 
-from peftdoctor.explain import PATTERNS, Explanation, explain
-from peftdoctor.releases import all_releases
+from peftdoctor.ops.explain import PATTERNS, Explanation, explain
+from peftdoctor.peft.releases import all_releases
 from tests import adapters as A
 
 ROOT = Path(__file__).resolve().parent.parent

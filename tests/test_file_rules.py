@@ -170,7 +170,7 @@ def test_explain_refuses_a_device_and_reads_pipes() -> None:
 
 
 def test_explain_keeps_the_end_of_an_oversized_log(tmp_path: Path) -> None:
-    from peftdoctor.cli import EXPLAIN_MAX_BYTES
+    from peftdoctor.cli.app import EXPLAIN_MAX_BYTES
 
     log = tmp_path / "huge.log"
     with open(log, "w") as fh:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from peftdoctor import rewrite as fixing
-from peftdoctor.atomic import WriteRefused
+from peftdoctor.io.atomic import WriteRefused
+from peftdoctor.ops import fix as fixing
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"
@@ -154,7 +154,7 @@ def test_read_only_directory_as_root_is_reported_via_access(tmp_path: Path, monk
 
 KILLER = """
 import sys
-from peftdoctor.atomic import Snapshot, replace_text
+from peftdoctor.io.atomic import Snapshot, replace_text
 from pathlib import Path
 path = Path(sys.argv[1])
 big = Path(sys.argv[2]).read_text()

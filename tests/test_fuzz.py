@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from peftdoctor.cli import app
+from peftdoctor.cli.app import app
 from tests.adapters import DTYPE_SIZES, write_safetensors_header
 
 ROOT = Path(__file__).resolve().parent.parent

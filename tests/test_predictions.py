@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from peftdoctor import check
-from peftdoctor.releases import installed_peft
+from peftdoctor.peft.releases import installed_peft
 
 ROOT = Path(__file__).resolve().parent.parent
 ERA = Path(__file__).resolve().parent / "era"
@@ -85,7 +85,7 @@ def test_prediction_matches_real_load(written: dict[str, Path], real_outcomes: d
 
 def test_the_releases_cover_every_unknown_key_behaviour() -> None:
     """The comparison above means little unless the loaders raise, warn and ignore between them."""
-    from peftdoctor import releases
+    from peftdoctor.peft import releases
 
     modes = {releases.load(releases.parse_version(v)).unknown_keys
              for v in OLD_RELEASES + [installed_peft()]}

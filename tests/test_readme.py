@@ -1,7 +1,7 @@
 """The README's table of finding codes is generated from the rule registry and must match it."""
 from pathlib import Path
 
-from peftdoctor.rules import markdown_table
+from peftdoctor.rules.registry import markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftdoctor.scanning import scan
+from peftdoctor.ops.scan import scan
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

@@ -8,17 +8,36 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from adapters import (
+    make_dora_adapter,
+    make_gpt2_base,
+    make_ia3_adapter,
+    make_llama_base,
+    make_lora_adapter,
+    make_pattern_lora_adapter,
+    make_rslora_adapter,
+    save_adapter,
+)
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from peftdoctor.adapter import UnusableInput, open_adapter
-from peftdoctor.rules import RULES
-from peftdoctor.targets import (BEHAVIOURS, ENGINES, REWRITES, Entry, Target, adapter_header, applicable,
-                                load_table, parse_target, refusals_for, rewrites_for, target_findings)
-from peftdoctor.targets.features import DETECTORS, FEATURE_CODES
-
-from adapters import (make_dora_adapter, make_gpt2_base, make_ia3_adapter, make_llama_base, make_lora_adapter,
-                      make_pattern_lora_adapter, make_rslora_adapter, save_adapter)
+from peftdoctor.engines import (
+    BEHAVIOURS,
+    ENGINES,
+    REWRITES,
+    Entry,
+    Target,
+    adapter_header,
+    applicable,
+    load_table,
+    parse_target,
+    refusals_for,
+    rewrites_for,
+    target_findings,
+)
+from peftdoctor.engines.features import DETECTORS, FEATURE_CODES
+from peftdoctor.io.adapter import UnusableInput, open_adapter
+from peftdoctor.rules.registry import RULES
 
 
 def _llava_base(directory: Path) -> Path:
@@ -117,7 +136,7 @@ def test_entry_not_triggered(zoo: dict[str, Path], engine: str, entry: Entry) ->
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_table_is_valid(engine: str) -> None:
-    raw = json.loads(resources.files("peftdoctor.targets").joinpath(f"{engine}.json").read_text())
+    raw = json.loads(resources.files("peftdoctor.engines").joinpath(f"{engine}.json").read_text())
     ids = [e["id"] for e in raw["entries"]]
     assert len(ids) == len(set(ids))
     for e in raw["entries"]:

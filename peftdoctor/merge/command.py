@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from ..adapter import UnusableInput
-from .plan import MergeRefused
-from .result import one_line, render_json, render_text
-from .run import stream_merge
-from .stream import WriteFailed
+from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.merge.plan import MergeRefused
+from peftdoctor.merge.result import one_line, render_json, render_text
+from peftdoctor.merge.run import stream_merge
+from peftdoctor.merge.stream import WriteFailed
 
 EXIT_MERGED, EXIT_REFUSED, EXIT_UNUSABLE = 0, 1, 2
 

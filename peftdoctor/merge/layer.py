@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..keys import AUTO_CLASS_BY_TASK
+from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 
 ADAPTER_NAME = "default"
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..adapter import MAX_CONFIG_BYTES, SAFETENSORS_NAME, UnusableInput
-from ..io.files import read_limited
-from ..safetensors_header import Header, HeaderError, TensorInfo, read_header, size_problems
+from peftdoctor.io.adapter import MAX_CONFIG_BYTES, SAFETENSORS_NAME, UnusableInput
+from peftdoctor.io.files import read_limited
+from peftdoctor.io.safetensors import Header, HeaderError, TensorInfo, read_header, size_problems
 
 PREFIX = "base_model.model."
 INDEX_NAME = "model.safetensors.index.json"

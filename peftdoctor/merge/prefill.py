@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
-from .stream import OutShard, Raw, prefill_shard
+from peftdoctor.merge.stream import OutShard, Raw, prefill_shard
 
 
 class Prefill:

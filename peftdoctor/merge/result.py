@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from ..report import FORMAT_VERSION
+from peftdoctor.model.findings import FORMAT_VERSION
 
 # Why the output equals peft's: each changed tensor is produced by peft's own merge_and_unload on a
 # model holding just that module, from the same inputs in the same dtype on the same device, so the

@@ -7,20 +7,32 @@ adapter plus the largest tensor being merged, whatever the model's size.
 """
 from __future__ import annotations
 
-import errno
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..adapter import UnusableInput, open_adapter, require_safe, resolve
-from . import plan as P
-from .layer import HEADERS_ONLY
-from .prefill import Prefill
-from .result import MergeReport, equality_statement, peak_rss
-from .stream import (OutShard, OutTensor, Raw, WriteFailed, check_out, copy_file, free_space_problem,
-                     read_exact, staged, write_failure, write_index, write_json, write_shard)
+from peftdoctor.io.adapter import UnusableInput, open_adapter, require_safe, resolve
+from peftdoctor.merge import plan as P
+from peftdoctor.merge.layer import HEADERS_ONLY
+from peftdoctor.merge.prefill import Prefill
+from peftdoctor.merge.result import MergeReport, equality_statement, peak_rss
+from peftdoctor.merge.stream import (
+    OutShard,
+    OutTensor,
+    Raw,
+    WriteFailed,
+    check_out,
+    copy_file,
+    free_space_problem,
+    read_exact,
+    staged,
+    write_failure,
+    write_index,
+    write_json,
+    write_shard,
+)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
@@ -80,7 +92,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
             prefill = Prefill(staging, guess[0], _stand_ins(base_files)) if guess is not None else None
             try:
                 say("reading the base's structure")
-                from .layer import load_skeleton  # torch and transformers from here on
+                from peftdoctor.merge.layer import load_skeleton  # torch and transformers from here on
 
                 _check_device(device)
                 skeleton = load_skeleton(base_files.directory, config.get("task_type"))
@@ -254,7 +266,7 @@ class _Producer:
                  adapter_dir: Path, say: Progress) -> None:
         from safetensors.torch import load_file
 
-        from .layer import peft_config
+        from peftdoctor.merge.layer import peft_config
 
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
         try:  # an OSError here is a read failure, not one of the output's write failures
@@ -298,7 +310,7 @@ class _Producer:
             return {tensor.name: self.adapter_tensors[job.adapter_key].to(_torch_dtype(tensor.dtype))}
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
-        from .layer import merge_module
+        from peftdoctor.merge.layer import merge_module
 
         self.say(f"merging {job.module}")
         params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from ..errors import UnusableInput
-from ..io.files import open_regular
-from ..safetensors_header import DTYPE_SIZES
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.files import open_regular
+from peftdoctor.io.safetensors import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
 

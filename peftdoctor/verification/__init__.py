@@ -3,7 +3,7 @@
 Importing this package is cheap: torch, transformers and peft are imported inside the functions
 that need them, so the light install can import it and fail only when verify actually runs.
 """
-from .result import Parity, Step, VerifyReport, render_json, render_text, to_dict
-from .run import verify
+from peftdoctor.verification.result import Parity, Step, VerifyReport, render_json, render_text, to_dict
+from peftdoctor.verification.run import verify
 
 __all__ = ["Parity", "Step", "VerifyReport", "render_json", "render_text", "to_dict", "verify"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..keys import AUTO_CLASS_BY_TASK
-from .facts import AdapterFacts, BaseFacts
+from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
+from peftdoctor.verification.facts import AdapterFacts, BaseFacts
 
 # Heads that transformers creates fresh when a checkpoint lacks them; the adapter must carry them.
 _HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")

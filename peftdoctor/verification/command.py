@@ -9,9 +9,9 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Callable, Optional
 
-from ..adapter import UnusableInput
-from .result import VerifyReport, render_json, render_text
-from .run import verify
+from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.verification.result import VerifyReport, render_json, render_text
+from peftdoctor.verification.run import verify
 
 EXIT_VERIFIED, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 

@@ -9,10 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..adapter import (CONFIG_NAME, MAX_CONFIG_BYTES, PICKLE_NAME, SAFETENSORS_NAME, UnusableInput, open_adapter,
-                       require_safe, resolve)
-from ..io.files import read_limited
-from ..safetensors_header import HeaderError, read_header
+from peftdoctor.io.adapter import (
+    CONFIG_NAME,
+    MAX_CONFIG_BYTES,
+    PICKLE_NAME,
+    SAFETENSORS_NAME,
+    UnusableInput,
+    open_adapter,
+    require_safe,
+    resolve,
+)
+from peftdoctor.io.files import read_limited
+from peftdoctor.io.safetensors import HeaderError, read_header
 
 # Prompt-learning methods prepend learned tokens or key/value prefixes: there is no weight matrix
 # to fold them into, so they are deployed as PeftModel and only load + forward can be verified.

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .facts import BaseFacts
+from peftdoctor.verification.facts import BaseFacts
 
 # Bytes per element as saved, to scale the checkpoint's size to the float32 it is merged in.
 _SAVED_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .base import module_name
-from .facts import AdapterFacts
+from peftdoctor.verification.base import module_name
+from peftdoctor.verification.facts import AdapterFacts
 
 
 class MergeNotFinite(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .result import Parity
+from peftdoctor.verification.result import Parity
 
 PROBE_SEED, PROBE_BATCH, PROBE_LENGTH = 1234, 2, 12
 # Bound on max |difference| / max |reference|: float32 merges differ by summation order only;

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from ..report import FORMAT_VERSION, Finding, Severity
+from peftdoctor.model.findings import FORMAT_VERSION, Finding, Severity
 
 StepStatus = Literal["ok", "failed", "skipped"]
 # verified: every parity figure within tolerance and no error finding; failed: a parity figure or

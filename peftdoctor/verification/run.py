@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .. import releases
-from ..adapter import UnusableInput
-from ..report import Finding, Severity
-from ..rules import rule
-from . import base as basemod
-from . import large
-from .facts import AdapterFacts, BaseFacts, BaseUnavailable, find_base, read_adapter
-from .merge import MergeNotFinite, merge, tied_and_adapted, untie
-from .probe import DEFAULT_TOLERANCE, compare, forward, probe_inputs
-from .result import Parity, Step, Verdict, VerifyReport
-from .save import check_out, save_merged
+from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.model.findings import Finding, Severity
+from peftdoctor.peft import releases
+from peftdoctor.rules.registry import rule
+from peftdoctor.verification import base as basemod
+from peftdoctor.verification import large
+from peftdoctor.verification.facts import AdapterFacts, BaseFacts, BaseUnavailable, find_base, read_adapter
+from peftdoctor.verification.merge import MergeNotFinite, merge, tied_and_adapted, untie
+from peftdoctor.verification.probe import DEFAULT_TOLERANCE, compare, forward, probe_inputs
+from peftdoctor.verification.result import Parity, Step, Verdict, VerifyReport
+from peftdoctor.verification.save import check_out, save_merged
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -208,7 +208,7 @@ def _stream_instead(run: _Run, facts: AdapterFacts, base: BaseFacts, out: Option
     if out is None:
         run.skip("merge (streaming)", "pass --out DIR to stream-merge the adapter into the base")
         return
-    from ..merge import stream_merge
+    from peftdoctor.merge import stream_merge
 
     if out.is_dir():
         out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
@@ -311,7 +311,7 @@ def _load_adapter(run: _Run, model: Any, facts: AdapterFacts) -> tuple[Any, str]
 
 def _load_failure_findings(facts: AdapterFacts, exc: Exception) -> list[Finding]:
     """The failure itself (PD301), plus the findings of `check` that explain it."""
-    from ..check import check
+    from peftdoctor.ops.check import check
 
     explained: list[Finding] = []
     try:

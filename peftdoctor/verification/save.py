@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from ..adapter import UnusableInput
-from .facts import BaseFacts
+from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.verification.facts import BaseFacts
 
 
 def check_out(out: Optional[str]) -> Optional[Path]:

@@ -12,9 +12,8 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-from .io.files import FileRefused, open_regular
+from peftdoctor.io.files import FileRefused, open_regular
 
 # Bytes per element of every dtype the safetensors format defines.
 DTYPE_SIZES: dict[str, float] = {

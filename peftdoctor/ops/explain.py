@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from . import releases
-from .report import Finding
-from .rules import rule
+from peftdoctor.model.findings import Finding
+from peftdoctor.peft import releases
+from peftdoctor.rules.registry import rule
 
 
 @dataclass(frozen=True)

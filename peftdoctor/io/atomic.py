@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .io.files import read_limited
+from peftdoctor.io.files import read_limited
 
 MAX_REWRITE_BYTES = 16 * 1024 * 1024  # the config size cap of adapter.py: nothing larger is ever rewritten
 

@@ -5,10 +5,11 @@ import difflib
 import json
 from typing import Any
 
-from .. import compat, keys
-from ..report import Finding
-from ..rules import rule
-from . import Context
+from peftdoctor.model.findings import Finding
+from peftdoctor.peft import compat
+from peftdoctor.peft import semantics as keys
+from peftdoctor.rules import Context
+from peftdoctor.rules.registry import rule
 
 
 def unknown_key_findings(ctx: Context) -> list[Finding]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UnusableInput
-from .io.files import FileRefused, read_limited, refused_entries
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.files import FileRefused, read_limited, refused_entries
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"

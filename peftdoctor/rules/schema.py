@@ -4,11 +4,11 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import releases
-from ..releases import Release
-from ..report import Finding, Severity
-from ..rules import rule
-from . import Context
+from peftdoctor.model.findings import Finding, Severity
+from peftdoctor.peft import releases
+from peftdoctor.peft.releases import Release
+from peftdoctor.rules import Context
+from peftdoctor.rules.registry import rule
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator

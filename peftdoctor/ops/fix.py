@@ -16,15 +16,16 @@ from typing import Any, Callable, Optional
 
 from packaging.version import Version
 
-from . import compat, keys, patterns, releases
-from .atomic import Snapshot, WriteRefused, replace_text
-from .adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter, UnusableInput, open_adapter
-from .check import choose_target
-from .checks.schema import plainly_valid
-from .checks.weights import lora_modules
-from .releases import Release
-from .report import Finding
-from .safetensors_header import HeaderError, read_header
+from peftdoctor.io.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter, UnusableInput, open_adapter
+from peftdoctor.io.atomic import Snapshot, WriteRefused, replace_text
+from peftdoctor.io.safetensors import HeaderError, read_header
+from peftdoctor.model.findings import Finding
+from peftdoctor.ops.check import choose_target
+from peftdoctor.peft import compat, patterns, releases
+from peftdoctor.peft import semantics as keys
+from peftdoctor.peft.releases import Release
+from peftdoctor.rules.schema import plainly_valid
+from peftdoctor.rules.weights import lora_modules
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def plan(target: str, peft: Optional[str] = None, force: bool = False, serve: Op
     and, with `serve` ("vllm", "sglang==0.4.0", ...), compute the same under that engine."""
     engine = None
     if serve is not None:
-        from . import targets  # only when asked: its tables are not free to load
+        from peftdoctor import engines as targets  # only when asked: its tables are not free to load
 
         engine = targets.parse_target(serve)
     adapter = open_adapter(target)

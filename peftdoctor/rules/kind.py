@@ -1,9 +1,9 @@
 """Findings for directories that are not PEFT adapters: say what they are and what to do."""
 from __future__ import annotations
 
-from ..adapter import CONFIG_NAME, Adapter
-from ..report import Finding
-from ..rules import rule
+from peftdoctor.io.adapter import CONFIG_NAME, Adapter
+from peftdoctor.model.findings import Finding
+from peftdoctor.rules.registry import rule
 
 
 def kind_findings(adapter: Adapter) -> list[Finding]:

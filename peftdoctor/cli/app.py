@@ -8,13 +8,13 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__
-from .adapter import UnusableInput, open_adapter
-from .check import check as run_check
-from .combine import COMBINATIONS, Combination, combine
-from .report import Report, Severity
-from .reporters import REPORTER_BY_NAME, combination_to_dict, render_combination, to_dict
-from .rules import RULES, markdown_table
+from peftdoctor import __version__
+from peftdoctor.io.adapter import UnusableInput, open_adapter
+from peftdoctor.model.findings import Report, Severity
+from peftdoctor.ops.check import check as run_check
+from peftdoctor.ops.combine import COMBINATIONS, Combination, combine
+from peftdoctor.render.report import REPORTER_BY_NAME, combination_to_dict, render_combination, to_dict
+from peftdoctor.rules.registry import RULES, markdown_table
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
 # explain keeps the end of a longer log: the traceback that matters is printed last.
@@ -118,10 +118,10 @@ def fix(
 def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, check_only: bool,
              backup_suffix: str, force: bool, fmt: Format, serve: Optional[str]) -> int:
     # Imported here so that `check`, the hook that runs on every commit, does not pay for them.
-    from .atomic import WriteRefused
-    from .rewrite import apply, diff
-    from .rewrite import plan as make_plan
-    from .rewrite_report import plan_to_dict, render_plan
+    from peftdoctor.io.atomic import WriteRefused
+    from peftdoctor.ops.fix import apply, diff
+    from peftdoctor.ops.fix import plan as make_plan
+    from peftdoctor.render.fix import plan_to_dict, render_plan
 
     try:
         the_plan = make_plan(path, peft=peft, force=force, serve=serve)
@@ -161,7 +161,7 @@ def verify(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
 ) -> None:
     """Load base + adapter on the target device, merge, compare, and save a deployable merged model."""
-    from .verification.command import verify_command  # the heavy stack loads only here
+    from peftdoctor.verification.command import verify_command  # the heavy stack loads only here
 
     raise typer.Exit(verify_command(adapter, base, device, dtype, out, fmt, tolerance, trust_remote_code))
 
@@ -177,7 +177,7 @@ def merge(
     fmt: str = typer.Option("text", "--format", help="text or json."),
 ) -> None:
     """Merge a LoRA adapter into a base shard by shard, tensor by tensor: peak memory about one shard."""
-    from .merge.command import merge_command  # the heavy stack loads only here
+    from peftdoctor.merge.command import merge_command  # the heavy stack loads only here
 
     raise typer.Exit(merge_command(adapter, base, out, dtype, device, fmt))
 
@@ -190,7 +190,7 @@ def scan(
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
 ) -> None:
     """Check every adapter under a directory tree and summarise the findings, worst first."""
-    from . import scanning
+    from peftdoctor.ops import scan as scanning
 
     try:
         result = scanning.scan(root, peft=peft)
@@ -210,8 +210,8 @@ def explain(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
     """Map an error text from loading or merging an adapter to its finding code and fix."""
-    from .explain import explain as run_explain
-    from .io.files import FileRefused, read_stream_tail
+    from peftdoctor.io.files import FileRefused, read_stream_tail
+    from peftdoctor.ops.explain import explain as run_explain
 
     try:
         raw, _cut = read_stream_tail(source, EXPLAIN_MAX_BYTES, stdin=sys.stdin.buffer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .report import Finding, Severity
+from peftdoctor.model.findings import Finding, Severity
 
 E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..adapter import Adapter
-from ..releases import Release
-from ..report import Finding
+from peftdoctor.io.adapter import Adapter
+from peftdoctor.model.findings import Finding
+from peftdoctor.peft.releases import Release
 
 
 @dataclass(frozen=True)

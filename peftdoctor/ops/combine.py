@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .patterns import declared_ranks
-from .report import Finding, Report
-from .rules import rule
+from peftdoctor.model.findings import Finding, Report
+from peftdoctor.peft.patterns import declared_ranks
+from peftdoctor.rules.registry import rule
 
 # combination_type values add_weighted_adapter accepts, and how it sizes the new adapter's rank.
 SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")

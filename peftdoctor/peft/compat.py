@@ -7,9 +7,10 @@ from typing import Any, Optional
 
 from packaging.version import Version
 
-from . import keys, releases
-from .releases import Release
-from .report import Compatibility
+from peftdoctor.model.findings import Compatibility
+from peftdoctor.peft import releases
+from peftdoctor.peft import semantics as keys
+from peftdoctor.peft.releases import Release
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import compat, releases
-from .adapter import CONFIG_NAME, Adapter, UnusableInput, open_adapter
-from .checks import Check, Context
-from .checks.kind import kind_findings
-from .checks.schema import peft_type_findings, value_findings
-from .checks.traps import (base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
-                           version_findings)
-from .checks.unknown_keys import unknown_key_findings
-from .checks.weights import weight_findings
-from .releases import Release
-from .report import Finding, Report
-from .rules import rule
+from peftdoctor.io.adapter import CONFIG_NAME, Adapter, UnusableInput, open_adapter
+from peftdoctor.model.findings import Finding, Report
+from peftdoctor.peft import compat, releases
+from peftdoctor.peft.releases import Release
+from peftdoctor.rules import Check, Context
+from peftdoctor.rules.kind import kind_findings
+from peftdoctor.rules.registry import rule
+from peftdoctor.rules.schema import peft_type_findings, value_findings
+from peftdoctor.rules.traps import (
+    base_mutating_init,
+    base_not_portable,
+    oft_weights_changed,
+    tied_layer_adapted,
+    version_findings,
+)
+from peftdoctor.rules.unknown_keys import unknown_key_findings
+from peftdoctor.rules.weights import weight_findings
 
 CONFIG_CHECKS: tuple[Check, ...] = (
     peft_type_findings, value_findings, unknown_key_findings, version_findings,
@@ -63,7 +68,7 @@ def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) 
     """
     engine = None
     if serve is not None:
-        from .targets import parse_target  # only when asked: its tables are not free to load
+        from peftdoctor.engines import parse_target  # only when asked: its tables are not free to load
 
         engine = parse_target(serve)
     adapter = open_adapter(target)
@@ -83,7 +88,7 @@ def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) 
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)
     if engine is not None:
-        from .targets import target_findings
+        from peftdoctor.engines import target_findings
 
         weights += target_findings(adapter, adapter.config, engine)
     return Report(**base, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),

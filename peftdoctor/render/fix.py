@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .rewrite import Plan
-from .report import FORMAT_VERSION
+from peftdoctor.model.findings import FORMAT_VERSION
+from peftdoctor.ops.fix import Plan
 
 
 def _short(value: Any) -> str:

@@ -11,9 +11,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from .. import keys
-from ..patterns import declared_ranks
-from ..safetensors_header import Header
+from peftdoctor.io.safetensors import Header
+from peftdoctor.peft import semantics as keys
+from peftdoctor.peft.patterns import declared_ranks
 
 Detector = Callable[[dict[str, Any], Optional[Header], Mapping[str, Any]], Optional[str]]
 

@@ -6,11 +6,11 @@ imports peft. The installed peft is read from package metadata only.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
-from dataclasses import dataclass
 import os
 import sys
-import importlib.util
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from packaging.version import InvalidVersion, Version
@@ -62,12 +62,22 @@ def parse_version(text: object) -> Optional[Version]:
         return None
 
 
+# In a checkout (the repo on sys.path, nothing installed) the generated schemas sit at the top of
+# the repo; a wheel or an editable install ships them as the package peftdoctor.schemas.
+CHECKOUT_SCHEMAS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "schemas")
+
+
 @functools.lru_cache(maxsize=None)
 def schema_dir() -> str:
-    # The package's directory, found without importing importlib.resources (~8 ms of check's budget).
+    """Where the schemas are: the installed package, else the checkout's schemas/ folder.
+    Found without importing importlib.resources (~8 ms of check's budget)."""
     spec = importlib.util.find_spec(SCHEMA_PACKAGE)
-    assert spec is not None and spec.submodule_search_locations, "peftdoctor.schemas is not installed"
-    return list(spec.submodule_search_locations)[0]
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    if os.path.isfile(os.path.join(CHECKOUT_SCHEMAS, "__init__.py")):
+        return CHECKOUT_SCHEMAS
+    raise RuntimeError("peftdoctor's schemas are missing: reinstall peftdoctor")
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,9 +6,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .adapter import CONFIG_NAME, UnusableInput
-from .check import check
-from .report import FORMAT_VERSION, Report, Severity
+from peftdoctor.io.adapter import CONFIG_NAME, UnusableInput
+from peftdoctor.model.findings import FORMAT_VERSION, Report, Severity
+from peftdoctor.ops.check import check
 
 # Directories that never hold adapters worth checking, and can be huge.
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".tox", ".cache"})
@@ -60,7 +60,7 @@ def render_text(scan_report: ScanReport) -> str:
     counts = scan_report.counts()
     if counts:
         lines.append(f"  {'code':<6} {'severity':<8} {'adapters':>8}  meaning")
-        from .rules import RULES
+        from peftdoctor.rules.registry import RULES
 
         lines += [f"  {c:<6} {s.value:<8} {n:>8}  {RULES[c].summary}" for c, s, n in counts]
     worst = sorted((r for r in reports if r.findings), key=lambda r: (-(r.worst() or Severity.INFO).rank, r.path))
@@ -74,7 +74,7 @@ def render_text(scan_report: ScanReport) -> str:
 
 
 def to_dict(scan_report: ScanReport) -> dict[str, Any]:
-    from .reporters import to_dict as report_dict
+    from peftdoctor.render.report import to_dict as report_dict
 
     return {
         "format_version": FORMAT_VERSION,

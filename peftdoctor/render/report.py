@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import __version__
-from .report import FORMAT_VERSION, Compatibility, Report
-from .rules import RULES
+from peftdoctor import __version__
+from peftdoctor.model.findings import FORMAT_VERSION, Compatibility, Report
+from peftdoctor.rules.registry import RULES
 
 if TYPE_CHECKING:
-    from .combine import Combination
+    from peftdoctor.ops.combine import Combination
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"

@@ -5,11 +5,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .. import patterns, releases
-from ..adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
-from ..report import Finding
-from ..rules import rule
-from ..safetensors_header import Header, HeaderError, read_header, size_problems
+from peftdoctor.io.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
+from peftdoctor.io.safetensors import Header, HeaderError, read_header, size_problems
+from peftdoctor.model.findings import Finding
+from peftdoctor.peft import patterns, releases
+from peftdoctor.rules.registry import rule
 
 # Suffixes peft's state-dict keys carry after the module name, per LoRA-family tensor role.
 _LORA_ROLE = re.compile(r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"

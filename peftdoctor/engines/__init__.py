@@ -17,11 +17,11 @@ from typing import Any, Optional
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from ..adapter import SAFETENSORS_NAME, Adapter, UnusableInput
-from ..report import Finding
-from ..rules import rule
-from ..safetensors_header import Header, HeaderError, read_header
-from .features import DETECTORS, FEATURE_CODES, FEATURE_KEYS
+from peftdoctor.engines.features import DETECTORS, FEATURE_CODES, FEATURE_KEYS
+from peftdoctor.io.adapter import SAFETENSORS_NAME, Adapter, UnusableInput
+from peftdoctor.io.safetensors import Header, HeaderError, read_header
+from peftdoctor.model.findings import Finding
+from peftdoctor.rules.registry import rule
 
 ENGINES = ("vllm", "sglang", "tgi")
 BEHAVIOURS = ("refuses_at_load", "different_scale", "serves_base", "ignores", "ok")
@@ -32,7 +32,7 @@ _OUTCOME = {
     "serves_base": "silently serves the base model",
     "ignores": "silently ignores part of it, so it computes something else than peft",
 }
-# Rewrites `fix` knows how to apply (peftdoctor.rewrite); entries may name only these.
+# Rewrites `fix` knows how to apply (peftdoctor.ops.fix); entries may name only these.
 REWRITES = frozenset({"fold_rslora"})
 _TARGET = re.compile(r"^\s*(?P<engine>[A-Za-z]+)\s*(?:==\s*(?P<version>\S+))?\s*$")
 

@@ -8,10 +8,11 @@ from typing import Any, Optional
 
 from packaging.version import Version
 
-from .. import compat, keys, releases
-from ..report import Finding, Severity
-from ..rules import rule
-from . import Context
+from peftdoctor.model.findings import Finding, Severity
+from peftdoctor.peft import compat, releases
+from peftdoctor.peft import semantics as keys
+from peftdoctor.rules import Context
+from peftdoctor.rules.registry import rule
 
 
 def version_findings(ctx: Context) -> list[Finding]:
