@@ -27,7 +27,6 @@ from peftdoctor.engines import (
     REWRITES,
     Entry,
     Target,
-    adapter_header,
     applicable,
     load_table,
     parse_target,
@@ -274,6 +273,6 @@ def test_sglang_routes_vlm_key_prefixes_by_layer_index(zoo: dict[str, Path], tmp
     # Both layouts hold decoder-layer keys; only the new one is the tabulated feature.
     entry = next(e for e in sglang.entries if e.id == "sglang-vlm-key-prefix-ok")
     detect = DETECTORS[entry.feature]
-    assert detect({}, adapter_header(open_adapter(str(new_layout))), {}) is not None
-    assert detect({}, adapter_header(open_adapter(str(old_layout))), {}) is None
-    assert detect({}, adapter_header(open_adapter(str(zoo["plain"]))), {}) is None
+    assert detect({}, open_adapter(str(new_layout)).header, {}) is not None
+    assert detect({}, open_adapter(str(old_layout)).header, {}) is None
+    assert detect({}, open_adapter(str(zoo["plain"])).header, {}) is None

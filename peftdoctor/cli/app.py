@@ -10,6 +10,7 @@ import typer
 
 from peftdoctor import __version__
 from peftdoctor.io.adapter import UnusableInput, open_adapter
+from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.findings import Report, Severity
 from peftdoctor.ops.check import check as run_check
 from peftdoctor.ops.combine import COMBINATIONS, Combination, combine
@@ -56,14 +57,16 @@ def check(
         _fail(f"--combine {combine_as!r}: use one of {', '.join(COMBINATIONS)}")
         raise typer.Exit(EXIT_UNUSABLE)
     reports: list[Report] = []
+    adapters: list[Adapter] = []
     unusable = False
     for path in paths:
         try:
-            reports.append(run_check(path, peft=peft, serve=serve))
+            adapters.append(open_adapter(path))  # read once: check and --combine both judge this object
+            reports.append(run_check(adapters[-1], peft=peft, serve=serve))
         except UnusableInput as exc:
             _fail(str(exc))
             unusable = True
-    combination = _combination(paths, reports, combine_as) if combine_as and not unusable else None
+    combination = _combination(adapters, reports, combine_as) if combine_as and not unusable else None
     if reports:
         typer.echo(_render(reports, fmt, combination), nl=False)
     threshold = Severity(fail_on.value)
@@ -73,8 +76,8 @@ def check(
     raise typer.Exit(EXIT_FINDINGS if failed else EXIT_CLEAN)
 
 
-def _combination(paths: list[str], reports: list[Report], combine_as: str) -> Optional[Combination]:
-    configs = [open_adapter(p).config for p in paths]
+def _combination(adapters: list[Adapter], reports: list[Report], combine_as: str) -> Optional[Combination]:
+    configs = [a.config for a in adapters]
     if any(c is None for c in configs):
         return None  # an unreadable config is already a finding of its own report
     return combine(reports, [c for c in configs if c is not None], combine_as)

@@ -18,8 +18,9 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from peftdoctor.engines.features import DETECTORS, FEATURE_CODES, FEATURE_KEYS
-from peftdoctor.io.adapter import SAFETENSORS_NAME, Adapter, UnusableInput
-from peftdoctor.io.safetensors import Header, HeaderError, read_header
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.safetensors import Header
+from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.rules.registry import rule
 
@@ -110,16 +111,6 @@ def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
     return table, version, [e for e in table.entries if e.releases.contains(version, prereleases=True)]
 
 
-def adapter_header(adapter: Adapter) -> Optional[Header]:
-    """The adapter's safetensors header when it can be read; PD2xx already reports when it cannot."""
-    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.refused:
-        return None
-    try:
-        return read_header(str(adapter.path_of(SAFETENSORS_NAME)))
-    except HeaderError:
-        return None
-
-
 def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]) -> list[tuple[Entry, str]]:
     found = []
     for entry in entries:
@@ -136,7 +127,7 @@ def target_findings(adapter: Adapter, config: dict[str, Any], target: Target) ->
     table, version, entries = applicable(target)
     label = f"{table.name} {version}" + ("" if target.version else " (newest release checked)")
     findings = []
-    for entry, detail in _hits(entries, config, adapter_header(adapter)):
+    for entry, detail in _hits(entries, config, adapter.header):
         if entry.behaviour == "ok":
             continue
         findings.append(rule(FEATURE_CODES[entry.feature]).finding(

@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from peftdoctor.io.safetensors import Header
+from peftdoctor.io.base import find_base_config
 from peftdoctor.peft import semantics as keys
+from peftdoctor.peft import tensor_names
 from peftdoctor.peft.patterns import declared_ranks
 
 Detector = Callable[[dict[str, Any], Optional[Header], Mapping[str, Any]], Optional[str]]
 
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$")
 # The layout that engines which map weights by layer index expect (TGI: base_model.model.{weight_name}
 # with weight_name "model.layers.{i}.self_attn.q_proj", server/text_generation_server/utils/adapter.py).
 _DECODER_LAYER = re.compile(r"^base_model\.model\.model\.layers\.\d+\.")
@@ -29,10 +30,10 @@ _HEADS_FOR_CLASSIFICATION = ("classifier", "score")
 def _lora_modules(header: Optional[Header]) -> dict[str, str]:
     """Module path (with the saved prefix) -> its last name, for every LoRA A/B tensor."""
     found: dict[str, str] = {}
-    for name in header.tensors if header is not None else ():
-        match = _LORA_KEY.match(name)
-        if match:
-            found[match["module"]] = match["module"].rsplit(".", 1)[-1]
+    for key in header.tensors if header is not None else ():
+        name = tensor_names.parse(key)
+        if name.is_lora:
+            found[name.saved_module] = name.module.rsplit(".", 1)[-1]
     return found
 
 
@@ -200,23 +201,10 @@ def target_modules_unsupported(config: dict[str, Any], header: Optional[Header],
 
 
 def base_architecture(config: dict[str, Any]) -> Optional[str]:
-    """The base's architecture when the adapter can name it for sure: base_model_name_or_path is a local
-    directory holding the base's config.json. A hub id alone is never resolved (no network, no guessing)."""
-    import json
-    import os
-
-    base = config.get("base_model_name_or_path")
-    path = os.path.join(base, "config.json") if isinstance(base, str) and base else None
-    if path is None or not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            architectures = json.load(handle).get("architectures")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(architectures, list) and len(architectures) == 1 and isinstance(architectures[0], str):
-        return architectures[0]
-    return None
+    """The base's architecture when the adapter can name it for sure: base_model_name_or_path's config.json,
+    from a local directory or the local hub cache (io/base.py; never downloads, never guesses)."""
+    base = find_base_config(config.get("base_model_name_or_path"))
+    return base.architecture if base is not None else None
 
 
 def architecture_modules_unsupported(config: dict[str, Any], header: Optional[Header],

@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.files import FileRefused, read_limited, refused_entries
+from peftdoctor.io.safetensors import Header, HeaderError, read_header
+from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 
-CONFIG_NAME = "adapter_config.json"
-SAFETENSORS_NAME = "adapter_model.safetensors"
-PICKLE_NAME = "adapter_model.bin"
+__all__ = ["CONFIG_NAME", "PICKLE_NAME", "SAFETENSORS_NAME", "Adapter", "MAX_CONFIG_BYTES", "UnusableInput",
+           "open_adapter", "read_config", "require_safe", "resolve"]
+
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # real configs are a few KB; refuse to slurp a mislabelled blob
 
 # owner/name, the form huggingface_hub accepts for repo ids (validated again by it).
@@ -24,35 +26,6 @@ _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 _FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                        "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 _MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """An adapter directory as found on disk, read but not judged."""
-
-    directory: Path
-    display: str  # what the user typed, for messages
-    kind: str  # "peft-adapter", "empty", "full-model", "medusa", "adapters-below", "unknown"
-    config: Optional[dict[str, Any]] = None
-    config_error: Optional[str] = None  # why the config could not be used, one line
-    refused: dict[str, str] = field(default_factory=dict)  # entries no command reads: name -> why (io.files)
-    weight_files: tuple[str, ...] = ()
-    nested: tuple[str, ...] = field(default=())  # adapter directories found below, for "adapters-below"
-
-    def path_of(self, name: str) -> Path:
-        return self.directory / name
-
-    @property
-    def escaping_links(self) -> tuple[str, ...]:
-        return tuple(n for n, why in self.refused.items() if why.startswith("is a symlink"))
-
-    def readable(self, name: str) -> bool:
-        """Whether `name` is present and passes the file rules (io.files): never a link out, a fifo, a device."""
-        return name in self.files and name not in self.refused
-
-    @property
-    def files(self) -> frozenset[str]:
-        return frozenset(self.weight_files) | ({CONFIG_NAME} if self.kind == "peft-adapter" else frozenset())
 
 
 def resolve(target: str) -> tuple[Path, str]:
@@ -87,22 +60,36 @@ def _from_hub_cache(repo_id: str) -> Path:
 
 
 def open_adapter(target: str) -> Adapter:
-    """Locate and read the adapter at `target` (directory, config file path, or repo id)."""
+    """Locate and read the adapter at `target` (directory, config file path, or repo id): its entries
+    under the file rules, its config, and its safetensors header, each read exactly once."""
     directory, display = resolve(target)
+    origin = "directory" if Path(target).exists() else "hub-cache"
     try:
         names = sorted(os.listdir(directory))
     except OSError as exc:
         raise UnusableInput(f"{target}: cannot list directory: {exc.strerror}") from None
     refused = refused_entries(directory, names)
     weights = tuple(n for n in (SAFETENSORS_NAME, PICKLE_NAME) if n in names)
+    found = dict(directory=directory, display=display, origin=origin, refused=refused, weight_files=weights)
     if CONFIG_NAME not in names:
         kind, nested = _what_else(directory, names, refused)
-        return Adapter(directory, display, kind, weight_files=weights, nested=nested, refused=refused)
+        return Adapter(kind=kind, nested=nested, **found)
+    header, header_error = _read_header(directory, refused) if SAFETENSORS_NAME in weights else (None, None)
+    found.update(header=header, header_error=header_error)
     if CONFIG_NAME in refused:
-        return Adapter(directory, display, "peft-adapter", refused=refused, weight_files=weights,
-                       config_error=refused[CONFIG_NAME])
-    config, error = read_config(directory / CONFIG_NAME)
-    return Adapter(directory, display, "peft-adapter", config, error, refused, weights)
+        return Adapter(kind="peft-adapter", config_error=refused[CONFIG_NAME], **found)
+    config, text, digest, error = _read_config(directory / CONFIG_NAME)
+    return Adapter(kind="peft-adapter", config=config, config_text=text, config_digest=digest, config_error=error,
+                   **found)
+
+
+def _read_header(directory: Path, refused: dict[str, str]) -> tuple[Optional[Header], Optional[str]]:
+    if SAFETENSORS_NAME in refused:
+        return None, refused[SAFETENSORS_NAME]
+    try:
+        return read_header(str(directory / SAFETENSORS_NAME)), None
+    except HeaderError as exc:
+        return None, str(exc)
 
 
 def require_safe(directory: Path, display: str) -> None:
@@ -122,23 +109,32 @@ def require_safe(directory: Path, display: str) -> None:
 
 def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """The parsed config, or None and a one-line reason. Unreadable files are unusable input."""
+    config, _text, _digest, error = _read_config(path)
+    return config, error
+
+
+def _read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str], Optional[str]]:
+    """(config, text, sha256 of the bytes, None), or (None, text-or-None, digest-or-None, one-line reason)."""
     try:
         raw = read_limited(path, MAX_CONFIG_BYTES)
     except FileRefused as exc:
-        return None, str(exc).replace(str(path) + " ", "", 1)
+        return None, None, None, str(exc).replace(str(path) + " ", "", 1)
     except OSError as exc:
         raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(raw).hexdigest()
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return None, "is not UTF-8 text"
+        return None, None, digest, "is not UTF-8 text"
+    try:
+        data = json.loads(text)
     except ValueError as exc:
-        return None, f"is not valid JSON ({exc})"
+        return None, text, digest, f"is not valid JSON ({exc})"
     except RecursionError:
-        return None, "is nested too deeply to be an adapter config"
+        return None, text, digest, "is nested too deeply to be an adapter config"
     if not isinstance(data, dict):
-        return None, f"is JSON but not an object (it is {type(data).__name__})"
-    return data, None
+        return None, text, digest, f"is JSON but not an object (it is {type(data).__name__})"
+    return data, text, digest, None
 
 
 def _what_else(directory: Path, names: list[str], refused: dict[str, str]) -> tuple[str, tuple[str, ...]]:

@@ -9,23 +9,17 @@ dtype and shape of every tensor of the output (a safetensors header must precede
 """
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from peftdoctor.io.adapter import MAX_CONFIG_BYTES, SAFETENSORS_NAME, UnusableInput
-from peftdoctor.io.files import read_limited
+from peftdoctor.errors import UnusableInput
 from peftdoctor.io.safetensors import Header, HeaderError, TensorInfo, read_header, size_problems
+from peftdoctor.model.adapter import SAFETENSORS_NAME, Adapter
+from peftdoctor.model.base import INDEX_NAME, SINGLE_NAME, Base
+from peftdoctor.peft import tensor_names
 
-PREFIX = "base_model.model."
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
-_LORA_PART = re.compile(r"^(?P<module>.+?)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
-                        r"lora_magnitude_vector|base_layer)(\..+)?$")
-# Older peft releases saved modules_to_save copies under their wrapper's name.
-_SAVED_COPY = re.compile(r"\.modules_to_save(\.[^.]+)?(?=\.[^.]+$)")
+PREFIX = tensor_names.PREFIX
 # Config options of LoRA that this stream cannot reproduce layer by layer, and why.
 _UNSTREAMABLE = {
     "target_parameters": "LoRA on bare nn.Parameters (MoE experts) needs the whole model's parameter wrappers",
@@ -48,23 +42,32 @@ class BaseShard:
 
 
 @dataclass(frozen=True)
-class Base:
-    directory: Path
-    display: str
-    config: dict[str, Any]
+class BaseLayout:
+    """The base (model/base.py) with every shard's header: where each tensor's bytes are."""
+
+    model: Base
     shards: tuple[BaseShard, ...]
-    sharded: bool  # an index file names the shards (else one model.safetensors)
     locations: dict[str, tuple[BaseShard, TensorInfo]] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        assert self.model.directory is not None  # open_base always has one; only check's config-only Base lacks it
+        return self.model.directory
+
+    @property
+    def display(self) -> str:
+        return self.model.display
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.model.config
+
+    @property
+    def sharded(self) -> bool:
+        return self.model.sharded
 
     def find(self, name: str) -> Optional[tuple[BaseShard, TensorInfo]]:
         return self.locations.get(name)
-
-
-@dataclass(frozen=True)
-class AdapterFiles:
-    directory: Path
-    config: dict[str, Any]
-    tensors: dict[str, TensorInfo]  # saved names, with the base_model.model. prefix
 
 
 @dataclass(frozen=True)
@@ -81,30 +84,14 @@ class AdapterPlan:
     copies: dict[str, str] = field(default_factory=dict)  # model parameter name -> saved adapter key
 
 
-def read_base(directory: Path, display: str) -> Base:
-    """The base's config and every shard's header; a damaged shard is unusable input (one line)."""
-    try:
-        config = json.loads(read_limited(directory / "config.json", MAX_CONFIG_BYTES))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise UnusableInput(f"{display}: no readable config.json, not a transformers model ({exc})") from None
-    index = directory / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(read_limited(index, MAX_CONFIG_BYTES))["weight_map"]
-            names = list(dict.fromkeys(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UnusableInput(f"{display}: {INDEX_NAME} is unreadable ({exc})") from None
-        sharded = True
-    elif (directory / SINGLE_NAME).is_file():
-        names, sharded = [SINGLE_NAME], False
-    else:
-        raise UnusableInput(f"{display}: no {SINGLE_NAME} or {INDEX_NAME}: only safetensors bases can be streamed")
-    odd = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")), None)
-    if odd is not None:
-        raise UnusableInput(f"{display}: {INDEX_NAME} names the shard {odd!r} outside the model directory; not read")
-    shards = tuple(_shard(directory / n, display) for n in names)
+def read_layout(base: Base) -> BaseLayout:
+    """Every shard's header; a damaged shard, or a base without safetensors shards, is unusable input."""
+    names = base.safetensors_files
+    if not names:
+        raise UnusableInput(f"{base.display}: no {SINGLE_NAME} or {INDEX_NAME}: only safetensors bases can be streamed")
+    shards = tuple(_shard(base.directory / n, base.display) for n in names)  # type: ignore[operator]
     locations = {info.name: (shard, info) for shard in shards for info in shard.tensors}
-    return Base(directory, display, config, shards, sharded, locations)
+    return BaseLayout(base, shards, locations)
 
 
 def _checked_header(path: Path, where: str) -> Header:
@@ -125,13 +112,16 @@ def _shard(path: Path, display: str) -> BaseShard:
     return BaseShard(path, ordered, header.file_size - header.data_size)
 
 
-def read_adapter(directory: Path, config: dict[str, Any]) -> AdapterFiles:
-    path = directory / SAFETENSORS_NAME
-    if not path.is_file():
-        raise UnusableInput(f"{directory}: no {SAFETENSORS_NAME}; streaming merge reads safetensors adapters only "
-                            "(a pickled adapter_model.bin is never unpickled)")
-    header = _checked_header(path, f"{directory}: {SAFETENSORS_NAME}")
-    return AdapterFiles(directory, config, header.tensors)
+def require_weights(adapter: Adapter) -> None:
+    """The stream reads adapter_model.safetensors only, and only a complete one."""
+    if SAFETENSORS_NAME not in adapter.weight_files:
+        raise UnusableInput(f"{adapter.display}: no {SAFETENSORS_NAME}; streaming merge reads safetensors adapters "
+                            "only (a pickled adapter_model.bin is never unpickled)")
+    if adapter.header is None:
+        raise UnusableInput(f"{adapter.display}: {SAFETENSORS_NAME} {adapter.header_error}")
+    problems = size_problems(adapter.header)
+    if problems:
+        raise UnusableInput(f"{adapter.display}: {SAFETENSORS_NAME}: {problems[0]}")
 
 
 def refusal(config: dict[str, Any]) -> Optional[str]:
@@ -148,20 +138,20 @@ def refusal(config: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def adapter_plan(adapter: AdapterFiles) -> AdapterPlan:
+def adapter_plan(adapter: Adapter) -> AdapterPlan:
+    """The adapter's tensors as the stream uses them (tensor_names' grammar): per-module LoRA groups
+    (A, B, DoRA magnitudes, a layer saved whole), and full copies of base parameters (modules_to_save)."""
     lora: dict[str, list[str]] = {}
     copies: dict[str, str] = {}
-    for key in adapter.tensors:
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-        match = _LORA_PART.match(name)
-        if match:
-            lora.setdefault(match["module"], []).append(key)
+    for key, name in adapter.tensors.items():
+        if name.family in ("lora", "dora", "whole"):
+            lora.setdefault(name.module, []).append(key)
         else:
-            copies[_SAVED_COPY.sub("", name)] = key
+            copies[name.base_parameter] = key
     return AdapterPlan({m: ModuleDelta(m, tuple(sorted(k))) for m, k in sorted(lora.items())}, copies)
 
 
-def checkpoint_name(base: Base, model_name: str, prefix: Optional[str]) -> Optional[str]:
+def checkpoint_name(base: BaseLayout, model_name: str, prefix: Optional[str]) -> Optional[str]:
     """The base checkpoint's name for a model parameter: the same, or without the base model prefix
     (old checkpoints such as gpt2's were saved from the bare transformer)."""
     if base.find(model_name) is not None:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.adapter import UnusableInput, open_adapter, require_safe, resolve
+from peftdoctor.io.adapter import UnusableInput, open_adapter, require_safe
+from peftdoctor.io.base import open_base
+from peftdoctor.model.adapter import Adapter
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
 from peftdoctor.merge.prefill import Prefill
@@ -78,10 +80,10 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
     if not isinstance(name, str) or not name:
         raise UnusableInput(f"{adapter}: names no base_model_name_or_path; pass --base PATH_OR_REPO_ID")
     out_path = check_out(out)
-    base_dir, display = resolve(name)  # a directory, or the local hub cache (never downloads)
-    require_safe(base_dir, display)
-    base_files = P.read_base(base_dir, display)
-    adapter_files = P.read_adapter(found.directory, config)
+    base_files = P.read_layout(open_base(name))  # a directory, or the local hub cache (never downloads)
+    display = base_files.display
+    P.require_weights(found)
+    adapter_files = found
     adapter_plan = P.adapter_plan(adapter_files)
     guess = _header_layout(base_files, adapter_plan, adapter_files, dtype)
     if guess is not None:
@@ -140,7 +142,7 @@ def _check_device(device: str) -> None:
         raise UnusableInput(f"--device {device}: no CUDA device is available here; use --device cpu")
 
 
-def _header_layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles,
+def _header_layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapter,
                    dtype: str) -> Optional[_Layout]:
     """The layout as far as the safetensors headers tell it, or None where a cast needs torch.
 
@@ -156,7 +158,7 @@ def _header_layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles,
         return None
 
 
-def _stand_ins(base: P.Base) -> dict[str, Raw]:
+def _stand_ins(base: P.BaseLayoutLayout) -> dict[str, Raw]:
     """Each base tensor's bytes by name: what a merged tensor's range holds until it is computed."""
     return {name: Raw(shard.path, shard.data_start + info.start, info.end - info.start)
             for name, (shard, info) in base.locations.items()}
@@ -173,7 +175,7 @@ def _out_dtype(code: str, dtype: str) -> str:
     return P.DTYPE_CODES[dtype] if dtype != "auto" and code in P.FLOAT_DTYPES else code
 
 
-def _layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles, skeleton: Any, dtype: str) -> _Layout:
+def _layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton: Any, dtype: str) -> _Layout:
     """Every output tensor (name, dtype, shape, where its bytes come from), shard by shard."""
     jobs: dict[str, _Job] = {}
     for module, delta in plan.lora.items():
@@ -214,7 +216,7 @@ def _layout(base: P.Base, plan: P.AdapterPlan, adapter: P.AdapterFiles, skeleton
     return tuple(shards), jobs, untied
 
 
-def _out_tensor(name: str, info: Any, shard: P.BaseShard, jobs: dict[str, _Job], adapter: P.AdapterFiles,
+def _out_tensor(name: str, info: Any, shard: P.BaseShard, jobs: dict[str, _Job], adapter: Adapter,
                 dtype: str) -> OutTensor:
     code = _out_dtype(info.dtype, dtype)
     job = jobs.get(name)
@@ -226,19 +228,19 @@ def _out_tensor(name: str, info: Any, shard: P.BaseShard, jobs: dict[str, _Job],
     if job.kind == "copy":
         return _copy_tensor(name, job, adapter, code, dtype)
     shape = info.shape
-    saved = adapter.tensors.get(f"{P.PREFIX}{job.module}.base_layer.weight")
+    saved = adapter.header.tensors.get(f"{P.PREFIX}{job.module}.base_layer.weight")
     if job.kind == "lora" and saved is not None and job.outputs.get(name) == "weight":
         shape = saved.shape  # an embedding saved whole (resized vocabulary) replaces the base's
     return OutTensor(name, code, shape, name)
 
 
-def _copy_tensor(name: str, job: _Job, adapter: P.AdapterFiles, code: Optional[str], dtype: str) -> OutTensor:
-    info = adapter.tensors[job.adapter_key]
+def _copy_tensor(name: str, job: _Job, adapter: Adapter, code: Optional[str], dtype: str) -> OutTensor:
+    info = adapter.header.tensors[job.adapter_key]
     # peft loads a modules_to_save copy into a clone of the base module: it takes the base's dtype.
     return OutTensor(name, code or _out_dtype(info.dtype, dtype), info.shape, name)
 
 
-def _tied_source(base: P.Base, skeleton: Any, name: str) -> Optional[str]:
+def _tied_source(base: P.BaseLayoutLayout, skeleton: Any, name: str) -> Optional[str]:
     for group in skeleton.tied:
         if name in group:
             present = [n for n in group if base.find(n) is not None]
@@ -247,7 +249,7 @@ def _tied_source(base: P.Base, skeleton: Any, name: str) -> Optional[str]:
     return None
 
 
-def _untied_partners(name: str, base: P.Base, skeleton: Any, jobs: dict[str, _Job],
+def _untied_partners(name: str, base: P.BaseLayoutLayout, skeleton: Any, jobs: dict[str, _Job],
                      plan: P.AdapterPlan) -> list[str]:
     """Tied names the checkpoint does not hold, to be written because the adapter changes the group."""
     for group in skeleton.tied:
@@ -262,7 +264,7 @@ def _untied_partners(name: str, base: P.Base, skeleton: Any, jobs: dict[str, _Jo
 class _Producer:
     """Produces changed tensors on demand, in stream order; holds at most one job's results."""
 
-    def __init__(self, base: P.Base, adapter: P.AdapterFiles, skeleton: Any, jobs: dict[str, _Job], device: str,
+    def __init__(self, base: P.BaseLayoutLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job], device: str,
                  adapter_dir: Path, say: Progress) -> None:
         from safetensors.torch import load_file
 
@@ -359,7 +361,7 @@ def _torch_dtype(code: str) -> Any:
             "BOOL": torch.bool}[code]
 
 
-def _copy_side_files(base: P.Base, adapter_dir: Path, staging: Path, dtype: str, untied: bool) -> None:
+def _copy_side_files(base: P.BaseLayoutLayout, adapter_dir: Path, staging: Path, dtype: str, untied: bool) -> None:
     """config.json (untied and re-typed when needed), generation config, and the tokenizer: the
     adapter's own when it ships one (it may carry added tokens), else the base's."""
     config = json.loads(json.dumps(base.config))

@@ -1,7 +1,7 @@
 """`check`: read an adapter, judge it for one peft release, predict every release's load result."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from peftdoctor.io.adapter import CONFIG_NAME, Adapter, UnusableInput, open_adapter
 from peftdoctor.model.findings import Finding, Report
@@ -25,6 +25,10 @@ CONFIG_CHECKS: tuple[Check, ...] = (
     peft_type_findings, value_findings, unknown_key_findings, version_findings,
     base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
 )
+
+
+def _shown(value: object) -> Optional[str]:
+    return str(value) if value is not None else None
 
 
 def refused_findings(adapter: Adapter) -> list[Finding]:
@@ -60,8 +64,9 @@ def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
     return releases.load(stand_in), notes
 
 
-def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) -> Report:
-    """Check the adapter at `target` (directory, adapter_config.json path, or cached repo id) for the
+def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None) -> Report:
+    """Check the adapter at `target` (directory, adapter_config.json path, cached repo id, or an Adapter
+    already read by io.adapter.open_adapter) for the
     peft release `peft` and, with `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine.
 
     Raises UnusableInput when there is nothing to check at all.
@@ -71,7 +76,7 @@ def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) 
         from peftdoctor.engines import parse_target  # only when asked: its tables are not free to load
 
         engine = parse_target(serve)
-    adapter = open_adapter(target)
+    adapter = target if isinstance(target, Adapter) else open_adapter(target)
     release, findings = choose_target(peft)
     base = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
     if adapter.kind != "peft-adapter":
@@ -92,4 +97,4 @@ def check(target: str, peft: Optional[str] = None, serve: Optional[str] = None) 
 
         weights += target_findings(adapter, adapter.config, engine)
     return Report(**base, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
-                  written_by=compat.written_by(adapter.config), skipped=tuple(skipped))
+                  written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))

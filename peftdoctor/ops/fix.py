@@ -12,13 +12,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from packaging.version import Version
 
-from peftdoctor.io.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter, UnusableInput, open_adapter
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.adapter import open_adapter
+from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.io.atomic import Snapshot, WriteRefused, replace_text
-from peftdoctor.io.safetensors import HeaderError, read_header
 from peftdoctor.model.findings import Finding
 from peftdoctor.ops.check import choose_target
 from peftdoctor.peft import compat, patterns, releases
@@ -242,35 +243,31 @@ REWRITERS: tuple[Callable[[_Work], None], ...] = (
 
 
 def _module_names(adapter: Adapter) -> Optional[list[str]]:
-    if SAFETENSORS_NAME not in adapter.weight_files or SAFETENSORS_NAME in adapter.refused:
-        return None
-    try:
-        return sorted(lora_modules(read_header(str(adapter.path_of(SAFETENSORS_NAME)))))
-    except HeaderError:
-        return None
+    return sorted(lora_modules(adapter)) if adapter.header is not None else None
 
 
-def plan(target: str, peft: Optional[str] = None, force: bool = False, serve: Optional[str] = None) -> Plan:
-    """The rewrite that makes the adapter at `target` load under `peft` (default: the installed one)
-    and, with `serve` ("vllm", "sglang==0.4.0", ...), compute the same under that engine."""
+def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = False,
+         serve: Optional[str] = None) -> Plan:
+    """The rewrite that makes the adapter at `target` (a path, a cached repo id, or an Adapter already
+    read) load under `peft` (default: the installed one) and, with `serve` ("vllm", "sglang==0.4.0",
+    ...), compute the same under that engine."""
     engine = None
     if serve is not None:
         from peftdoctor import engines as targets  # only when asked: its tables are not free to load
 
         engine = targets.parse_target(serve)
-    adapter = open_adapter(target)
+    adapter = target if isinstance(target, Adapter) else open_adapter(target)
     if adapter.kind != "peft-adapter" or adapter.config is None:
         why = adapter.config_error or f"is not a PEFT adapter ({adapter.kind})"
-        raise UnusableInput(f"{target}: {CONFIG_NAME} {why}" if adapter.config_error else f"{target} {why}")
+        shown = adapter.display
+        raise UnusableInput(f"{shown}: {CONFIG_NAME} {why}" if adapter.config_error else f"{shown} {why}")
     release, notes = choose_target(peft)
     config = adapter.config
-    snapshot = Snapshot.of(adapter.path_of(CONFIG_NAME))
-    if json.loads(snapshot.text) != config:
-        raise UnusableInput(f"{adapter.path_of(CONFIG_NAME)} changed while it was being read; run fix again")
-    written = releases.parse_version(compat.written_by(config) or "")
-    work = _Work(dict(config), release, written or releases.known_versions()[-1], _module_names(adapter), force)
+    snapshot = Snapshot(adapter.config_digest or "", adapter.config_text or "")
+    written = compat.written_by(config)
+    work = _Work(dict(config), release, written.exact if written and written.exact else releases.known_versions()[-1], _module_names(adapter), force)
     if engine is not None:
-        header = targets.adapter_header(adapter)
+        header = adapter.header
         work.fold_rslora = "fold_rslora" in targets.rewrites_for(engine, config, header)
         for key, reason in targets.refusals_for(engine, config, header):
             work.refuse(key, reason)
@@ -279,7 +276,7 @@ def plan(target: str, peft: Optional[str] = None, force: bool = False, serve: Op
     else:
         for rewrite in REWRITERS:
             rewrite(work)
-    return Plan(adapter.display, str(adapter.path_of(CONFIG_NAME)), release.name, compat.written_by(config),
+    return Plan(adapter.display, str(adapter.path_of(CONFIG_NAME)), release.name, str(written) if written else None,
                 config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes), snapshot)
 
 

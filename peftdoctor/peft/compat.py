@@ -137,16 +137,31 @@ def compatibility(config: dict[str, Any]) -> tuple[Compatibility, ...]:
     return tuple(predict(r, config, noops) for r in releases.all_releases())
 
 
-def written_by(config: dict[str, Any]) -> Optional[str]:
+@dataclass(frozen=True)
+class WrittenBy:
+    """Which peft wrote a config: its peft_version exactly, or the range its keys imply (a value,
+    parsed once; str() is the form reports show: "0.13.2", ">=0.9.0", ">=0.1.0,<=0.2.0")."""
+
+    exact: Optional[Version] = None
+    at_least: Optional[Version] = None  # the newest first release among its keys
+    at_most: Optional[Version] = None  # the oldest last release among its legacy keys
+
+    def __str__(self) -> str:
+        if self.exact is not None:
+            return str(self.exact)
+        bound = f">={self.at_least}"
+        return f"{bound},<={self.at_most}" if self.at_most is not None else bound
+
+
+def written_by(config: dict[str, Any]) -> Optional[WrittenBy]:
     """The release that wrote the config: its peft_version, else the range its keys imply."""
     version = releases.parse_version(config.get("peft_version"))
     if version is not None:
-        return str(version)
+        return WrittenBy(exact=version)
     peft_type = config.get("peft_type")
     spans = [history(peft_type, k) for k in config]
     firsts = [h.first for h in spans if h.first is not None]
     lasts = [h.last for h in spans if h.legacy and h.last is not None]
     if not firsts:
         return None
-    bound = f">={max(firsts)}"
-    return f"{bound},<={min(lasts)}" if lasts else bound
+    return WrittenBy(at_least=max(firsts), at_most=min(lasts) if lasts else None)

@@ -1,13 +1,12 @@
 """Meaning-bearing traps that loading does not catch (PD110-PD115)."""
 from __future__ import annotations
 
-import json
-import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 from packaging.version import Version
 
+from peftdoctor.io.base import REPO_ID, find_base_config
 from peftdoctor.model.findings import Finding, Severity
 from peftdoctor.peft import compat, releases
 from peftdoctor.peft import semantics as keys
@@ -21,7 +20,7 @@ def version_findings(ctx: Context) -> list[Finding]:
         return [rule("PD111").finding(f"peft_version {raw!r} is not a version", "remove peft_version or set it to "
                                       "the peft release that saved the adapter", key="peft_version")]
     written = compat.written_by(ctx.config)
-    exact = releases.parse_version(written) if written and written[0].isdigit() else None
+    exact = written.exact if written is not None else None
     if exact is not None and exact > ctx.target.version:
         return [rule("PD110").finding(f"written by peft {written}, newer than the target peft {ctx.target.name}",
                                       f"install peft>={exact.base_version}, or run `peftdoctor fix "
@@ -40,8 +39,6 @@ def base_mutating_init(ctx: Context) -> list[Finding]:
         "that applies to the original base", key="init_lora_weights")]
 
 
-# A repo id is "name" or "owner/name"; anything else in base_model_name_or_path is a path.
-_REPO_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 
 
 def base_not_portable(ctx: Context) -> list[Finding]:
@@ -53,7 +50,7 @@ def base_not_portable(ctx: Context) -> list[Finding]:
     if not isinstance(value, str):
         return []
     if value.startswith(("/", "~", "./", "../", "\\")) or re.match(r"^[A-Za-z]:[\\/]", value) \
-            or not _REPO_ID.match(value):
+            or not REPO_ID.match(value):
         return [rule("PD113").finding(f"base_model_name_or_path {value!r} is a machine-local path, "
                                       "so the adapter does not load elsewhere", fix, key="base_model_name_or_path")]
     return []
@@ -78,8 +75,8 @@ def tied_layer_adapted(ctx: Context) -> list[Finding]:
     tied = sorted(adapted & keys.TIED_MODULE_NAMES)
     if not tied:
         return []
-    base = base_config(ctx.config.get("base_model_name_or_path"))
-    if base is not None and base.get("tie_word_embeddings", True) is False:
+    base = find_base_config(ctx.config.get("base_model_name_or_path"))
+    if base is not None and base.tie_word_embeddings is False:
         return []
     known = "the base sets tie_word_embeddings" if base is not None else "if the base ties them (most do),"
     return [rule("PD115").finding(
@@ -87,25 +84,6 @@ def tied_layer_adapted(ctx: Context) -> list[Finding]:
         "model re-tied on reload throws one trained copy away",
         "set tie_word_embeddings false in the merged model's config (peftdoctor verify does), or train with "
         "ensure_weight_tying=true", key="target_modules")]
-
-
-def base_config(name: Any) -> Optional[dict[str, Any]]:
-    """The base model's config.json from a local directory or the local hub cache, if either has it."""
-    if not isinstance(name, str) or not name:
-        return None
-    path: Optional[str] = os.path.join(name, "config.json")
-    if not os.path.isfile(path):
-        path = None
-        if _REPO_ID.match(name):
-            from huggingface_hub import try_to_load_from_cache  # only here: rare, and not free to import
-
-            cached = try_to_load_from_cache(name, "config.json")
-            path = cached if isinstance(cached, str) else None
-    try:
-        data = json.loads(open(path, encoding="utf-8").read()) if path else None
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _names(value: Any) -> set[str]:

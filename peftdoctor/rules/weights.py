@@ -5,16 +5,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from peftdoctor.io.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
-from peftdoctor.io.safetensors import Header, HeaderError, read_header, size_problems
+from peftdoctor.io.safetensors import size_problems
+from peftdoctor.model.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
-from peftdoctor.peft import patterns, releases
+from peftdoctor.peft import patterns, releases, tensor_names
 from peftdoctor.rules.registry import rule
 
-# Suffixes peft's state-dict keys carry after the module name, per LoRA-family tensor role.
-_LORA_ROLE = re.compile(r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
-                        r"lora_magnitude_vector)(\.weight)?$")
-_PREFIX = "base_model.model."
 LORA_TYPES = ("LORA",)
 # Heads peft adds to modules_to_save on its own for these task types; a base has one or the other.
 AUTO_MODULES_TO_SAVE = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
@@ -49,46 +45,39 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
         return findings, [f"{PICKLE_NAME} is never unpickled, so shapes were not checked"]
     if SAFETENSORS_NAME in adapter.refused:
         return findings, [f"{SAFETENSORS_NAME} {adapter.refused[SAFETENSORS_NAME]}"]
-    try:
-        header = read_header(str(adapter.path_of(SAFETENSORS_NAME)))
-    except HeaderError as exc:
-        return findings + [rule("PD204").finding(f"{SAFETENSORS_NAME}: {exc}",
+    header = adapter.header
+    if header is None:
+        return findings + [rule("PD204").finding(f"{SAFETENSORS_NAME}: {adapter.header_error}",
                                                  "re-save the adapter; the file is damaged",
                                                  file=SAFETENSORS_NAME)], []
     findings += [rule("PD205").finding(f"{SAFETENSORS_NAME}: {p}", "re-copy or re-save the weights; "
                                        "the file is incomplete", file=SAFETENSORS_NAME)
                  for p in size_problems(header)]
     if config is not None and config.get("peft_type") in LORA_TYPES:
-        findings += lora_findings(config, header)
+        findings += lora_findings(config, adapter)
     return findings, []
 
 
-def lora_modules(header: Header) -> dict[str, LoraModule]:
+def lora_modules(adapter: Adapter) -> dict[str, LoraModule]:
+    """Each module with LoRA (or DoRA) tensors, with the ranks its A and B hold (tensor_names' grammar)."""
     parts: dict[str, dict[str, Any]] = {}
-    for name, info in header.tensors.items():
-        match = _LORA_ROLE.match(name)
-        if not match:
+    for key, name in adapter.tensors.items():
+        if name.family not in ("lora", "dora"):
             continue
-        entry = parts.setdefault(_strip(match["module"]), {})
-        role = match["role"]
-        if role in ("lora_A", "lora_embedding_A") and info.shape:
-            entry["a"] = info.shape[0]
-        elif role in ("lora_B", "lora_embedding_B") and len(info.shape) >= 2:
-            entry["b"] = info.shape[1]
-        elif role == "lora_magnitude_vector":
+        entry = parts.setdefault(name.module, {})
+        rank = tensor_names.lora_rank(name, adapter.shape_of(key))
+        if rank is not None:
+            entry["a" if name.role in tensor_names.A_ROLES else "b"] = rank
+        elif name.family == "dora":
             entry["m"] = True
     return {n: LoraModule(n, p.get("a"), p.get("b"), p.get("m", False)) for n, p in parts.items()}
 
 
-def _strip(module: str) -> str:
-    return module[len(_PREFIX):] if module.startswith(_PREFIX) else module
-
-
-def lora_findings(config: dict[str, Any], header: Header) -> list[Finding]:
-    modules = lora_modules(header)
+def lora_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
+    modules = lora_modules(adapter)
     findings = _rank_findings(config, modules)
     findings += _target_findings(config, modules)
-    findings += _modules_to_save_findings(config, header)
+    findings += _modules_to_save_findings(config, adapter)
     findings += _dora_findings(config, modules)
     return findings
 
@@ -153,11 +142,11 @@ def _targeted(module: str, targets: Any) -> bool:
     return any(_matches_target(module, t) for t in targets if isinstance(t, str))
 
 
-def _modules_to_save_findings(config: dict[str, Any], header: Header) -> list[Finding]:
+def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
     wanted = config.get("modules_to_save")
     if not isinstance(wanted, list) or not wanted:
         return []
-    saved = {_strip(n).rsplit(".", 1)[0] for n in header.tensors if not _LORA_ROLE.match(n)}
+    saved = {name.module for name in adapter.tensors.values() if name.family in ("other", "copy", "whole")}
     present = {w for w in wanted if isinstance(w, str) and any(_matches_target(s, w) or
                                                               _matches_target(s, w + ".modules_to_save")
                                                               for s in saved)}

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
-from peftdoctor.verification.facts import AdapterFacts, BaseFacts
+from peftdoctor.model.adapter import Adapter
+from peftdoctor.model.base import Base
+from peftdoctor.verification import facts as adapter_facts
 
 # Heads that transformers creates fresh when a checkpoint lacks them; the adapter must carry them.
 _HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
@@ -31,19 +33,19 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def head_labels(adapter: AdapterFacts) -> Optional[int]:
+def head_labels(adapter: Adapter) -> Optional[int]:
     """num_labels of a classifier head the adapter saves, so that a base without that head (or with
     another label count) is built with the head the adapter will fill."""
     if adapter.task_type not in _HEAD_TASKS:
         return None
     for name in _HEAD_NAMES:
-        rows = adapter.rows_of(name)
+        rows = adapter_facts.rows_of(adapter, name)
         if rows is not None:
             return rows
     return None
 
 
-def load_base(base: BaseFacts, adapter: AdapterFacts, *, dtype: str, device: str, trust_remote_code: bool,
+def load_base(base: Base, adapter: Adapter, *, dtype: str, device: str, trust_remote_code: bool,
               quantized: bool) -> LoadedBase:
     """The base as the adapter expects it. `quantized`: keep a bitsandbytes checkpoint quantized
     (else such a checkpoint is dequantized and cast to `dtype`)."""
@@ -73,11 +75,11 @@ def _mismatched(info: dict[str, Any]) -> list[str]:
     return [entry[0] if isinstance(entry, (tuple, list)) else str(entry) for entry in info.get("mismatched_keys") or ()]
 
 
-def untrained_head(missing: tuple[str, ...], adapter: AdapterFacts) -> list[str]:
+def untrained_head(missing: tuple[str, ...], adapter: Adapter) -> list[str]:
     """Parameters initialised at random that the adapter does not replace: different on every load."""
     saved = [str(m) for m in adapter.config.get("modules_to_save") or ()]
     return [key for key in missing
-            if not any(f".{m}." in f".{key}" for m in saved) and not adapter.mentions(key.rsplit(".", 1)[0])]
+            if not any(f".{m}." in f".{key}" for m in saved) and not adapter_facts.mentions(adapter, key.rsplit(".", 1)[0])]
 
 
 def module_name(model: Any, module: Any) -> Optional[str]:
@@ -88,7 +90,7 @@ def module_name(model: Any, module: Any) -> Optional[str]:
     return None
 
 
-def resize_for_adapter(model: Any, adapter: AdapterFacts) -> Optional[tuple[int, int]]:
+def resize_for_adapter(model: Any, adapter: Adapter) -> Optional[tuple[int, int]]:
     """Resize the base's token embeddings to the vocabulary the adapter was saved with, as the
     training script did after adding tokens; returns (old, new) rows when it did."""
     embeddings = model.get_input_embeddings()
@@ -99,19 +101,19 @@ def resize_for_adapter(model: Any, adapter: AdapterFacts) -> Optional[tuple[int,
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None:
         names.append(module_name(model, head))
-    wanted = next((r for r in (adapter.rows_of(n) for n in names if n) if r is not None and r != old), None)
+    wanted = next((r for r in (adapter_facts.rows_of(adapter, n) for n in names if n) if r is not None and r != old), None)
     if wanted is None:
         return None
     model.resize_token_embeddings(wanted)
     return old, wanted
 
 
-def load_tokenizer(adapter: AdapterFacts, base: BaseFacts, trust_remote_code: bool) -> tuple[Any, Optional[str]]:
+def load_tokenizer(adapter: Adapter, base: Base, trust_remote_code: bool) -> tuple[Any, Optional[str]]:
     """The adapter's own tokenizer when it ships one (it holds tokens added in training), else the
     base's; (None, None) when neither loads."""
     from transformers import AutoTokenizer
 
-    sources = ([adapter.directory] if adapter.has_tokenizer else []) + [base.directory]
+    sources = ([adapter.directory] if adapter_facts.has_tokenizer(adapter) else []) + [base.directory]
     for source in sources:
         try:
             return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code), str(source)

@@ -1,26 +1,14 @@
-"""What verify needs to know before importing torch: the adapter's config and weight shapes, the
-base's directory and config. Read from files only (the safetensors header, JSON), never judged here.
-"""
+"""What verify needs to know before importing torch, read from the one Adapter and Base models
+(io/adapter.py, io/base.py): which adapter and base, and what the adapter's saved shapes say."""
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from peftdoctor.io.adapter import (
-    CONFIG_NAME,
-    MAX_CONFIG_BYTES,
-    PICKLE_NAME,
-    SAFETENSORS_NAME,
-    UnusableInput,
-    open_adapter,
-    require_safe,
-    resolve,
-)
-from peftdoctor.io.files import read_limited
-from peftdoctor.io.safetensors import HeaderError, read_header
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.adapter import open_adapter, require_safe, resolve
+from peftdoctor.io.base import open_base
+from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
+from peftdoctor.model.base import Base
 
 # Prompt-learning methods prepend learned tokens or key/value prefixes: there is no weight matrix
 # to fold them into, so they are deployed as PeftModel and only load + forward can be verified.
@@ -29,51 +17,44 @@ NOT_MERGEABLE = frozenset({"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTIT
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt")
 
 
-@dataclass(frozen=True)
-class AdapterFacts:
-    directory: Path
-    display: str
-    config: dict[str, Any]
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # weight key -> shape (safetensors only)
-    pickle_only: bool = False  # adapter_model.bin without a safetensors file beside it
-
-    @property
-    def peft_type(self) -> Optional[str]:
-        value = self.config.get("peft_type")
-        return str(value) if value else None
-
-    @property
-    def task_type(self) -> Optional[str]:
-        value = self.config.get("task_type")
-        return str(value) if value else None
-
-    @property
-    def mergeable(self) -> bool:
-        return self.peft_type not in NOT_MERGEABLE
-
-    @property
-    def has_tokenizer(self) -> bool:
-        return any((self.directory / name).is_file() for name in TOKENIZER_FILES)
-
-    def rows_of(self, module: str) -> Optional[int]:
-        """Rows of a full weight the adapter saved for `module` (modules_to_save, saved embedding
-        layers), or the vocabulary a LoRA embedding adapter was trained for; None when absent."""
-        pattern = re.compile(rf"(^|\.){re.escape(module)}(\.modules_to_save\.[^.]+)?\.weight$")
-        for key, shape in sorted(self.shapes.items()):
-            if pattern.search(key) and len(shape) == 2:
-                return shape[0]
-        embedding_a = re.compile(rf"(^|\.){re.escape(module)}\.lora_embedding_A(\.[^.]+)?$")
-        for key, shape in sorted(self.shapes.items()):
-            if embedding_a.search(key) and len(shape) == 2:
-                return shape[1]
-        return None
-
-    def mentions(self, module: str) -> bool:
-        """Whether any saved weight belongs to `module` (a dotted module path of the base)."""
-        return any(re.search(rf"(^|\.){re.escape(module)}\.", key) for key in self.shapes)
+class BaseUnavailable(Exception):
+    """The base cannot be found here: verification is skipped (not unusable input), with this reason."""
 
 
-def read_adapter(target: str) -> AdapterFacts:
+def mergeable(adapter: Adapter) -> bool:
+    return adapter.peft_type not in NOT_MERGEABLE
+
+
+def has_tokenizer(adapter: Adapter) -> bool:
+    return any((adapter.directory / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _within(module: str, saved: str) -> bool:
+    return saved == module or saved.endswith("." + module)
+
+
+def rows_of(adapter: Adapter, module: str) -> Optional[int]:
+    """Rows of a full weight the adapter saved for `module` (modules_to_save, saved embedding layers),
+    or the vocabulary a LoRA embedding adapter was trained for; None when absent."""
+    for key, name in sorted(adapter.tensors.items()):
+        shape = adapter.shape_of(key)
+        if name.family in ("other", "copy", "whole") and name.param == "weight" and len(shape) == 2 \
+                and _within(module, name.module):
+            return shape[0]
+    for key, name in sorted(adapter.tensors.items()):
+        shape = adapter.shape_of(key)
+        if name.role == "lora_embedding_A" and len(shape) == 2 and _within(module, name.module):
+            return shape[1]
+    return None
+
+
+def mentions(adapter: Adapter, module: str) -> bool:
+    """Whether any saved weight belongs to `module` (a dotted module path of the base)."""
+    return any(_within(module, name.module) or f".{module}." in f".{name.module}."
+               for name in adapter.tensors.values())
+
+
+def read_adapter(target: str) -> Adapter:
     """The adapter at `target`, or UnusableInput with one line when it is not a usable PEFT adapter."""
     adapter = open_adapter(target)
     if adapter.kind != "peft-adapter":
@@ -81,64 +62,21 @@ def read_adapter(target: str) -> AdapterFacts:
     require_safe(adapter.directory, adapter.display)
     if adapter.config is None:
         raise UnusableInput(f"{target}: {CONFIG_NAME} {adapter.config_error or 'cannot be read'}")
-    shapes: dict[str, tuple[int, ...]] = {}
-    if SAFETENSORS_NAME in adapter.weight_files:
-        try:
-            header = read_header(str(adapter.path_of(SAFETENSORS_NAME)))
-        except (HeaderError, OSError) as exc:
-            raise UnusableInput(f"{target}: {SAFETENSORS_NAME} is unreadable ({exc}); run `peftdoctor check`") from None
-        shapes = {name: info.shape for name, info in header.tensors.items()}
-    elif PICKLE_NAME not in adapter.weight_files:
+    if SAFETENSORS_NAME in adapter.weight_files and adapter.header is None:
+        raise UnusableInput(f"{target}: {SAFETENSORS_NAME} is unreadable ({adapter.header_error}); "
+                            "run `peftdoctor check`")
+    if not adapter.weight_files:
         raise UnusableInput(f"{target}: no {SAFETENSORS_NAME} or {PICKLE_NAME}: there are no weights to verify")
-    return AdapterFacts(adapter.directory, adapter.display, adapter.config, shapes,
-                        pickle_only=SAFETENSORS_NAME not in adapter.weight_files)
+    return adapter
 
 
-@dataclass(frozen=True)
-class BaseFacts:
-    directory: Path
-    display: str
-    config: dict[str, Any]
-
-    @property
-    def quantization(self) -> Optional[dict[str, Any]]:
-        q = self.config.get("quantization_config")
-        return q if isinstance(q, dict) else None
-
-    @property
-    def bnb_quantized(self) -> bool:
-        return bool(self.quantization and self.quantization.get("quant_method") == "bitsandbytes")
-
-    @property
-    def saved_dtype(self) -> Optional[str]:
-        value = self.config.get("dtype") or self.config.get("torch_dtype")
-        return str(value) if value else None
-
-    @property
-    def pickle_only(self) -> bool:
-        names = {p.name for p in self.directory.iterdir()}
-        return not any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names) and \
-            any(n.endswith(".bin") or n.endswith(".bin.index.json") for n in names)
-
-
-class BaseUnavailable(Exception):
-    """The base cannot be found here: verification is skipped (not unusable input), with this reason."""
-
-
-def find_base(adapter: AdapterFacts, base: Optional[str]) -> BaseFacts:
-    name = base or adapter.config.get("base_model_name_or_path")
+def find_base(adapter: Adapter, base: Optional[str]) -> Base:
+    name = base or (adapter.config or {}).get("base_model_name_or_path")
     if not isinstance(name, str) or not name:
         raise BaseUnavailable("the adapter names no base_model_name_or_path; pass --base PATH_OR_REPO_ID")
     try:
         # resolve() reads the hub cache with local_files_only=True: verify never downloads.
-        directory, display = resolve(name)
+        resolve(name)
     except UnusableInput as exc:
         raise BaseUnavailable(str(exc)) from None
-    require_safe(directory, display)
-    try:
-        config = json.loads(read_limited(directory / "config.json", MAX_CONFIG_BYTES))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise BaseUnavailable(f"{name}: no readable config.json, not a transformers model ({exc})") from None
-    if not isinstance(config, dict):
-        raise BaseUnavailable(f"{name}: config.json is not a JSON object")
-    return BaseFacts(directory, display, config)
+    return open_base(name)  # a base that breaks the file rules or has no config.json is unusable input

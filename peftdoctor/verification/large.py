@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from peftdoctor.verification.facts import BaseFacts
+from peftdoctor.model.base import Base
 
 # Bytes per element as saved, to scale the checkpoint's size to the float32 it is merged in.
 _SAVED_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -32,12 +32,12 @@ def memory_available() -> Optional[int]:
     return None
 
 
-def float32_bytes(base: BaseFacts) -> int:
+def float32_bytes(base: Base) -> int:
     on_disk = sum(p.stat().st_size for p in Path(base.directory).glob("*.safetensors"))
     return on_disk * 4 // _SAVED_BYTES.get(str(base.saved_dtype), 4)
 
 
-def too_large(base: BaseFacts) -> Optional[str]:
+def too_large(base: Base) -> Optional[str]:
     """Why the base cannot be loaded for the probe here, or None when it fits (or memory is unknown)."""
     available, needed = memory_available(), float32_bytes(base)
     if available is None or needed <= available:

@@ -10,21 +10,22 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from peftdoctor.verification.base import module_name
-from peftdoctor.verification.facts import AdapterFacts
+from peftdoctor.model.adapter import Adapter
+from peftdoctor.verification import facts as adapter_facts
 
 
 class MergeNotFinite(Exception):
     """peft's safe_merge found NaN or infinite values in a merged weight."""
 
 
-def tied_and_adapted(model: Any, adapter: AdapterFacts) -> Optional[tuple[str, str]]:
+def tied_and_adapted(model: Any, adapter: Adapter) -> Optional[tuple[str, str]]:
     """(input, output) embedding module names when they share weights and the adapter touches one."""
     inputs = model.get_input_embeddings()
     outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if inputs is None or outputs is None or getattr(outputs, "weight", None) is not inputs.weight:
         return None
     names = (module_name(model, inputs), module_name(model, outputs))
-    if names[0] is None or names[1] is None or not any(adapter.mentions(n) for n in names):
+    if names[0] is None or names[1] is None or not any(adapter_facts.mentions(adapter, n) for n in names):
         return None
     return names[0], names[1]
 

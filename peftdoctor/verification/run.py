@@ -19,7 +19,10 @@ from peftdoctor.peft import releases
 from peftdoctor.rules.registry import rule
 from peftdoctor.verification import base as basemod
 from peftdoctor.verification import large
-from peftdoctor.verification.facts import AdapterFacts, BaseFacts, BaseUnavailable, find_base, read_adapter
+from peftdoctor.model.adapter import Adapter
+from peftdoctor.model.base import Base
+from peftdoctor.verification import facts as adapter_facts
+from peftdoctor.verification.facts import BaseUnavailable, find_base, read_adapter
 from peftdoctor.verification.merge import MergeNotFinite, merge, tied_and_adapted, untie
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE, compare, forward, probe_inputs
 from peftdoctor.verification.result import Parity, Step, Verdict, VerifyReport
@@ -107,12 +110,12 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
     return VerifyReport(
         adapter=facts.display, base=state["base"], peft_type=facts.peft_type, task_type=facts.task_type,
         device=state["device"], dtype=state["dtype"], peft_installed=releases.installed_peft(),
-        mergeable=facts.mergeable, verdict=_verdict(run, facts), steps=tuple(run.steps),
+        mergeable=adapter_facts.mergeable(facts), verdict=_verdict(run, facts), steps=tuple(run.steps),
         parity=tuple(run.parity), findings=tuple(run.findings), merge_base=state["merge_base"],
         out=state["out"], notes=tuple(run.notes))
 
 
-def _verdict(run: _Run, facts: AdapterFacts) -> Verdict:
+def _verdict(run: _Run, facts: Adapter) -> Verdict:
     if any(s.status == "failed" for s in run.steps) or any(p.passed is False for p in run.parity) \
             or any(f.severity is Severity.ERROR for f in run.findings):
         return "failed"
@@ -121,7 +124,7 @@ def _verdict(run: _Run, facts: AdapterFacts) -> Verdict:
     return "verified"
 
 
-def _verify(run: _Run, facts: AdapterFacts, base_arg: Optional[str], out: Optional[Path],
+def _verify(run: _Run, facts: Adapter, base_arg: Optional[str], out: Optional[Path],
             tolerance: Optional[float], trust_remote_code: bool, merge_dtype: Optional[str],
             state: dict[str, Any]) -> None:
     base = run.step("resolve base", "finding the base model", lambda: _resolve_base(facts, base_arg))
@@ -157,7 +160,7 @@ def _verify(run: _Run, facts: AdapterFacts, base_arg: Optional[str], out: Option
                                  lambda: _probe_adapted(run, peft_model, facts, device, tol))
     del peft_model, loaded
     _free(device)
-    if not facts.mergeable:
+    if not adapter_facts.mergeable(facts):
         run.findings.append(rule("PD308").finding(
             f"{facts.peft_type} adds virtual tokens or prefixes, not weight deltas: there is nothing to merge",
             "deploy base + adapter with PeftModel.from_pretrained"))
@@ -201,7 +204,7 @@ def _verify(run: _Run, facts: AdapterFacts, base_arg: Optional[str], out: Option
             "a tied or resized layer is restored differently on reload: untie it in config.json"))
 
 
-def _stream_instead(run: _Run, facts: AdapterFacts, base: BaseFacts, out: Optional[Path], dtype: str,
+def _stream_instead(run: _Run, facts: Adapter, base: Base, out: Optional[Path], dtype: str,
                     reason: str, state: dict[str, Any]) -> None:
     """Too large to load: merge shard by shard with peft's per-layer code; parity cannot be probed."""
     run.skip("load base", f"{reason}: the probe cannot run here")
@@ -223,7 +226,7 @@ def _stream_instead(run: _Run, facts: AdapterFacts, base: BaseFacts, out: Option
                      "was not measured because base + adapter do not fit in memory")
 
 
-def _resolve_base(facts: AdapterFacts, base_arg: Optional[str]) -> tuple[BaseFacts, str]:
+def _resolve_base(facts: Adapter, base_arg: Optional[str]) -> tuple[Base, str]:
     try:
         found = find_base(facts, base_arg)
     except BaseUnavailable as exc:
@@ -247,7 +250,7 @@ def _device(requested: str) -> tuple[str, str]:
     return requested, ""
 
 
-def _dtype(requested: str, base: BaseFacts, device: str) -> str:
+def _dtype(requested: str, base: Base, device: str) -> str:
     if requested != "auto":
         return requested
     # The precision the base was published in is the one it is deployed in.
@@ -271,7 +274,7 @@ def _bitsandbytes(device: str) -> tuple[None, str]:
     return None, f"bitsandbytes {getattr(bitsandbytes, '__version__', '?')} runs on {device}"
 
 
-def _warn_pickles(run: _Run, facts: AdapterFacts, base: BaseFacts) -> None:
+def _warn_pickles(run: _Run, facts: Adapter, base: Base) -> None:
     if facts.pickle_only:
         run.say("warning: adapter_model.bin is a pickle; loading it with torch.load(weights_only=True)")
         run.findings.append(rule("PD203").finding(
@@ -282,7 +285,7 @@ def _warn_pickles(run: _Run, facts: AdapterFacts, base: BaseFacts) -> None:
         run.notes.append("the base's weights are pickle files: loaded with weights_only=True")
 
 
-def _load(base: BaseFacts, facts: AdapterFacts, dtype: str, device: str, trust_remote_code: bool,
+def _load(base: Base, facts: Adapter, dtype: str, device: str, trust_remote_code: bool,
           quantized: bool) -> tuple[basemod.LoadedBase, str]:
     try:
         loaded = basemod.load_base(base, facts, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
@@ -297,7 +300,7 @@ def _load(base: BaseFacts, facts: AdapterFacts, dtype: str, device: str, trust_r
     return loaded, f"{type(loaded.model).__name__} ({basemod.auto_class_name(facts.task_type)}), {kind}"
 
 
-def _load_adapter(run: _Run, model: Any, facts: AdapterFacts) -> tuple[Any, str]:
+def _load_adapter(run: _Run, model: Any, facts: Adapter) -> tuple[Any, str]:
     from peft import PeftModel
 
     try:
@@ -309,7 +312,7 @@ def _load_adapter(run: _Run, model: Any, facts: AdapterFacts) -> tuple[Any, str]
     return peft_model, type(peft_model).__name__
 
 
-def _load_failure_findings(facts: AdapterFacts, exc: Exception) -> list[Finding]:
+def _load_failure_findings(facts: Adapter, exc: Exception) -> list[Finding]:
     """The failure itself (PD301), plus the findings of `check` that explain it."""
     from peftdoctor.ops.check import check
 
@@ -324,7 +327,7 @@ def _load_failure_findings(facts: AdapterFacts, exc: Exception) -> list[Finding]
     return [rule("PD301").finding(f"PeftModel.from_pretrained failed: {_one_line(exc)}", hint), *explained]
 
 
-def _probe_adapted(run: _Run, peft_model: Any, facts: AdapterFacts, device: str, tol: float) -> tuple[Any, str]:
+def _probe_adapted(run: _Run, peft_model: Any, facts: Adapter, device: str, tol: float) -> tuple[Any, str]:
     inputs = probe_inputs(peft_model, facts.task_type, device)
     adapted = forward(peft_model, inputs)
     with peft_model.disable_adapter():
@@ -341,7 +344,7 @@ def _probe_adapted(run: _Run, peft_model: Any, facts: AdapterFacts, device: str,
     return (inputs, adapted), f"adapter changes the output by {effect.max_rel:.3g} of its scale"
 
 
-def _merge(run: _Run, base: BaseFacts, facts: AdapterFacts, dtype: str, merge_dtype: str, device: str,
+def _merge(run: _Run, base: Base, facts: Adapter, dtype: str, merge_dtype: str, device: str,
            trust_remote_code: bool, state: dict[str, Any]) -> tuple[Any, str]:
     from peft import PeftModel
 
@@ -373,7 +376,7 @@ def _merge(run: _Run, base: BaseFacts, facts: AdapterFacts, dtype: str, merge_dt
         (", safe_merge NaN check passed")
 
 
-def _reload(directory: Path, facts: AdapterFacts, dtype: str, device: str, trust_remote_code: bool,
+def _reload(directory: Path, facts: Adapter, dtype: str, device: str, trust_remote_code: bool,
             inputs: dict[str, Any]) -> tuple[Any, str]:
     import transformers
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.io.adapter import UnusableInput
-from peftdoctor.verification.facts import BaseFacts
+from peftdoctor.model.base import Base
 
 
 def check_out(out: Optional[str]) -> Optional[Path]:
@@ -30,7 +30,7 @@ def check_out(out: Optional[str]) -> Optional[Path]:
     return path
 
 
-def save_merged(model: Any, tokenizer: Any, base: BaseFacts, out: Path) -> Path:
+def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         # safetensors only: a merged model must not need pickle to load.
