@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 __version__ = "0.1.0"
 
-from peftdoctor.io.adapter import UnusableInput  # noqa: E402
+from peftdoctor.errors import UnusableInput  # noqa: E402
 from peftdoctor.model.findings import Compatibility, Finding, Report, Severity  # noqa: E402
 from peftdoctor.ops.check import check  # noqa: E402
 

@@ -6,7 +6,6 @@ hook for "open", which every file open in the process raises (builtins.open and 
 """
 from __future__ import annotations
 
-
 import subprocess
 import sys
 from pathlib import Path

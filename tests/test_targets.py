@@ -16,7 +16,6 @@ from adapters import (
     make_lora_adapter,
     make_pattern_lora_adapter,
     make_rslora_adapter,
-    save_adapter,
 )
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -35,7 +34,8 @@ from peftdoctor.engines import (
     target_findings,
 )
 from peftdoctor.engines.features import DETECTORS, FEATURE_CODES
-from peftdoctor.io.adapter import UnusableInput, open_adapter
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.adapter import open_adapter
 from peftdoctor.rules.registry import RULES
 
 

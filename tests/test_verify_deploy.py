@@ -14,7 +14,7 @@ pytest.importorskip("peft", reason="verify needs the verify extra (torch, transf
 
 import torch  # noqa: E402
 
-from peftdoctor.io.adapter import UnusableInput  # noqa: E402
+from peftdoctor.errors import UnusableInput  # noqa: E402
 from peftdoctor.verification import render_text, verify  # noqa: E402
 from peftdoctor.verification.command import verify_command  # noqa: E402
 from peftdoctor.verification.save import save_merged  # noqa: E402

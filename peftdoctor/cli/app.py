@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from peftdoctor import __version__
-from peftdoctor.io.adapter import UnusableInput, open_adapter
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.adapter import open_adapter
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.findings import Report, Severity
 from peftdoctor.ops.check import check as run_check

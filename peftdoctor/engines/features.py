@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.safetensors import Header
 from peftdoctor.io.base import find_base_config
+from peftdoctor.io.safetensors import Header
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft import tensor_names
 from peftdoctor.peft.patterns import declared_ranks

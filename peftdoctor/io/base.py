@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
-from peftdoctor.io.adapter import MAX_CONFIG_BYTES, require_safe, resolve
-from peftdoctor.io.files import read_limited
+from peftdoctor.io.files import MAX_JSON_BYTES, read_limited, require_safe
+from peftdoctor.io.locate import resolve
 from peftdoctor.model.base import INDEX_NAME, Base
 
 # A repo id is "name" or "owner/name"; anything else is a path.
@@ -59,7 +59,7 @@ def find_base_config(name: Any) -> Optional[Base]:
 
 def _config_or_none(path: Path) -> Optional[dict[str, Any]]:
     try:
-        data = json.loads(read_limited(path, MAX_CONFIG_BYTES))
+        data = json.loads(read_limited(path, MAX_JSON_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
@@ -67,7 +67,7 @@ def _config_or_none(path: Path) -> Optional[dict[str, Any]]:
 
 def _json(path: Path, display: str, meaning: str) -> dict[str, Any]:
     try:
-        data = json.loads(read_limited(path, MAX_CONFIG_BYTES))
+        data = json.loads(read_limited(path, MAX_JSON_BYTES))
     except (OSError, ValueError, RecursionError) as exc:
         raise UnusableInput(f"{display}: {path.name} is missing or unreadable, {meaning} ({exc})") from None
     if not isinstance(data, dict):

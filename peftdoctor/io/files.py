@@ -16,6 +16,10 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Optional
 
+from peftdoctor.errors import UnusableInput
+
+# Real adapter configs, base configs and shard indexes are a few KB to a few MB; refuse to slurp a mislabelled blob.
+MAX_JSON_BYTES = 16 * 1024 * 1024
 _NOT_REGULAR = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                 (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
 
@@ -124,3 +128,18 @@ def _tail(stream: BinaryIO, limit: int) -> tuple[bytes, bool]:
         if len(kept) > limit:
             del kept[:len(kept) - limit]
             cut = True
+
+
+def require_safe(directory: Path, display: str) -> None:
+    """UnusableInput unless every entry of `directory` passes the file rules (io.files): merge and
+    verify hand whole directories to code that reads whatever it finds (transformers, tokenizers)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise UnusableInput(f"{display}: cannot list directory: {exc.strerror}") from None
+    refused = refused_entries(directory, names)
+    if refused:
+        name, why = next(iter(refused.items()))
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise UnusableInput(f"{display}: {name} {why}{more}; replace it with the file itself "
+                            f"(`peftdoctor check` lists them)")

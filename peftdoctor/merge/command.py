@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.errors import UnusableInput
 from peftdoctor.merge.plan import MergeRefused
 from peftdoctor.merge.result import one_line, render_json, render_text
 from peftdoctor.merge.run import stream_merge

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.adapter import UnusableInput, open_adapter, require_safe
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
-from peftdoctor.model.adapter import Adapter
+from peftdoctor.io.files import require_safe
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
 from peftdoctor.merge.prefill import Prefill
@@ -35,6 +36,7 @@ from peftdoctor.merge.stream import (
     write_json,
     write_shard,
 )
+from peftdoctor.model.adapter import Adapter
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",

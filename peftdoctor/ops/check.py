@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from peftdoctor.io.adapter import CONFIG_NAME, Adapter, UnusableInput, open_adapter
+from peftdoctor.errors import UnusableInput
+from peftdoctor.io.adapter import open_adapter
+from peftdoctor.model.adapter import CONFIG_NAME, Adapter
 from peftdoctor.model.findings import Finding, Report
 from peftdoctor.peft import compat, releases
 from peftdoctor.peft.releases import Release

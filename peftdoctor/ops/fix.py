@@ -18,8 +18,8 @@ from packaging.version import Version
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
-from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.io.atomic import Snapshot, WriteRefused, replace_text
+from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.ops.check import choose_target
 from peftdoctor.peft import compat, patterns, releases

@@ -6,7 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from peftdoctor.io.adapter import CONFIG_NAME, UnusableInput
+from peftdoctor.errors import UnusableInput
+from peftdoctor.model.adapter import CONFIG_NAME
 from peftdoctor.model.findings import FORMAT_VERSION, Report, Severity
 from peftdoctor.ops.check import check
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.adapter import Adapter
+from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.peft.releases import Release
 

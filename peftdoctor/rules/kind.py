@@ -1,7 +1,7 @@
 """Findings for directories that are not PEFT adapters: say what they are and what to do."""
 from __future__ import annotations
 
-from peftdoctor.io.adapter import CONFIG_NAME, Adapter
+from peftdoctor.model.adapter import CONFIG_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.rules.registry import rule
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
+from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 from peftdoctor.verification import facts as adapter_facts
 
 # Heads that transformers creates fresh when a checkpoint lacks them; the adapter must carry them.

@@ -9,7 +9,7 @@ import sys
 from contextlib import nullcontext
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.errors import UnusableInput
 from peftdoctor.verification.result import VerifyReport, render_json, render_text
 from peftdoctor.verification.run import verify
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 from peftdoctor.errors import UnusableInput
-from peftdoctor.io.adapter import open_adapter, require_safe, resolve
+from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
+from peftdoctor.io.files import require_safe
+from peftdoctor.io.locate import resolve
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.base import Base
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from peftdoctor.verification.base import module_name
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.verification import facts as adapter_facts
+from peftdoctor.verification.base import module_name
 
 
 class MergeNotFinite(Exception):

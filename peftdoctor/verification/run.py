@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.errors import UnusableInput
+from peftdoctor.model.adapter import Adapter
+from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Severity
 from peftdoctor.peft import releases
 from peftdoctor.rules.registry import rule
 from peftdoctor.verification import base as basemod
-from peftdoctor.verification import large
-from peftdoctor.model.adapter import Adapter
-from peftdoctor.model.base import Base
 from peftdoctor.verification import facts as adapter_facts
+from peftdoctor.verification import large
 from peftdoctor.verification.facts import BaseUnavailable, find_base, read_adapter
 from peftdoctor.verification.merge import MergeNotFinite, merge, tied_and_adapted, untie
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE, compare, forward, probe_inputs

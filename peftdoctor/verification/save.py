@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from peftdoctor.io.adapter import UnusableInput
+from peftdoctor.errors import UnusableInput
 from peftdoctor.model.base import Base
 
 

@@ -1,0 +1,43 @@
+"""Where the thing a user named lives: a directory, a file inside one, or a repo in the local Hugging
+Face cache (never downloaded here). Shared by the adapter and the base readers."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from peftdoctor.errors import UnusableInput
+from peftdoctor.model.adapter import CONFIG_NAME
+
+# owner/name, the form huggingface_hub accepts for repo ids (validated again by it).
+_REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+
+
+def resolve(target: str) -> tuple[Path, str]:
+    """Turn a path, a path to adapter_config.json, or a cached hub repo id into a directory."""
+    path = Path(target)
+    if path.is_dir():
+        return path, target
+    if path.name == CONFIG_NAME and (path.is_file() or path.is_symlink()):
+        return path.parent, target
+    if path.exists():
+        raise UnusableInput(f"{target}: not a directory or an {CONFIG_NAME}")
+    if _REPO_ID.match(target) and not target.startswith("."):
+        return _from_hub_cache(target), target
+    raise UnusableInput(f"{target}: no such directory")
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    # Imported here: only repo ids need huggingface_hub, and `check DIR` should not pay for it.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        # local_files_only explicitly: HF_HUB_OFFLINE is read once at import and may not be set.
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except HFValidationError as exc:
+        raise UnusableInput(f"{repo_id}: not a directory, nor a valid repo id ({exc})") from None
+    except (LocalEntryNotFoundError, OSError):
+        raise UnusableInput(
+            f"{repo_id}: no such directory, and that repo id is not in the local Hugging Face cache "
+            f"(download it first: `hf download {repo_id}`)"
+        ) from None
