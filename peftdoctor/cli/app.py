@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 from typing import Any, List, Optional, Sequence
 
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover
 from peftdoctor import __version__
 from peftdoctor import errors
 from peftdoctor.errors import EXIT_CLEAN, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_UNUSABLE, UsageError
-from peftdoctor.io.adapter import UnusableInput, open_adapter
+from peftdoctor.io.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, UnusableInput, open_adapter
 from peftdoctor.model.findings import Report, Severity
 from peftdoctor.model.results import Checks
 from peftdoctor.ops.check import check as run_check
@@ -29,6 +30,7 @@ from peftdoctor.ops.combine import COMBINATIONS, Combination, combine
 from peftdoctor.render import CHECK, CHECKS, EXPLAINED, FIXES, MERGE, PLAN, SCAN, VERIFY, formats, render, require_format
 from peftdoctor.rules.registry import RULES, markdown_table
 
+WEIGHT_NAMES = (SAFETENSORS_NAME, PICKLE_NAME)
 # explain keeps the end of a longer log: the traceback that matters is printed last.
 EXPLAIN_MAX_BYTES = 32 * 1024 * 1024
 
@@ -69,6 +71,18 @@ def _fail(message: str) -> None:
     typer.echo(f"peftdoctor: {message}", err=True)
 
 
+def _adapters(paths: List[str]) -> List[str]:
+    """The adapters named by `paths`, each once: a weights file names its directory, because pre-commit
+    passes the files that changed and a commit may change only the weights (or weights and config)."""
+    chosen: dict[str, str] = {}
+    for path in paths:
+        name = os.path.basename(path)
+        target = (os.path.dirname(path) or ".") if name in WEIGHT_NAMES and os.path.isfile(path) else path
+        key = os.path.realpath(os.path.dirname(target) if name == CONFIG_NAME else target)
+        chosen.setdefault(key if os.path.exists(target) else target, target)
+    return list(chosen.values())
+
+
 def _format(result_type: str) -> Any:
     """--format, offering what the registry can write for this command's result (others: exit 2)."""
     return typer.Option("text", "--format", help=" or ".join(formats(result_type)) + ".")
@@ -91,13 +105,13 @@ def check(
         raise UsageError(f"--combine {combine_as!r}: use one of {', '.join(COMBINATIONS)}")
     reports: list[Report] = []
     unusable = False
-    for path in paths:
+    for path in _adapters(paths):
         try:
             reports.append(run_check(path, peft=peft, serve=serve))
         except UnusableInput as exc:
             _fail(errors.one_line(exc))
             unusable = True
-    combination = _combination(paths, reports, combine_as) if combine_as and not unusable else None
+    combination = _combination(_adapters(paths), reports, combine_as) if combine_as and not unusable else None
     if reports:
         single = len(reports) == 1 and not combination
         typer.echo(render(reports[0] if single else Checks(tuple(reports), combination), fmt), nl=False)
@@ -138,7 +152,7 @@ def fix(
     from peftdoctor.render.fix import written
 
     plans, codes = [], [EXIT_CLEAN]
-    for path in paths:
+    for path in _adapters(paths):
         try:
             plans.append(make_plan(path, peft=peft, force=force, serve=serve))
         except UnusableInput as exc:
