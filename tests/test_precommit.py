@@ -129,3 +129,14 @@ def test_a_commit_that_changes_only_the_weights_runs_the_hooks(adapter_repo: Pat
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "PD210" in out, out
     assert git(adapter_repo, "log", "--oneline").stdout.count("\n") == 1  # the bad weights were not committed
+
+
+def test_readme_snippet_uses_the_hooks_and_a_rev_that_can_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("### pre-commit", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    repo = yaml.safe_load(snippet)["repos"][0]
+    hooks = {h["id"] for h in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    assert {h["id"] for h in repo["hooks"]} <= hooks
+    tags = subprocess.run(["git", "tag", "--list"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    # A tag only if this repository has it (v0.1.0 never existed); otherwise a commit sha's form.
+    assert str(repo["rev"]) in tags or re.fullmatch(r"[0-9a-f]{40}", str(repo["rev"])), repo["rev"]

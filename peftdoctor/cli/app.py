@@ -1,7 +1,8 @@
 """The command line: parse options, call the core, render, pick the exit code. Nothing else lives here.
 
-Operations return frozen values and raise the exceptions of peftdoctor.errors; main() is the one
-place that turns an exception into its one line on stderr and its exit code (errors.EXIT_CODES).
+Operations return frozen values and raise the exceptions of peftdoctor.errors; _Commands.invoke is
+the one place that turns an exception into its one line on stderr and its exit code (errors.EXIT_CODES),
+and render/ the one place that turns a result into text.
 """
 from __future__ import annotations
 
@@ -19,15 +20,26 @@ try:  # typer 0.28 carries its own click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
-from peftdoctor import __version__
-from peftdoctor import errors
-from peftdoctor.errors import EXIT_CLEAN, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_UNUSABLE, UsageError
-from peftdoctor.io.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, UnusableInput, open_adapter
+from peftdoctor import __version__, errors
+from peftdoctor.errors import EXIT_CLEAN, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_UNUSABLE, UnusableInput, UsageError
+from peftdoctor.io.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, open_adapter
 from peftdoctor.model.findings import Report, Severity
 from peftdoctor.model.results import Checks
 from peftdoctor.ops.check import check as run_check
 from peftdoctor.ops.combine import COMBINATIONS, Combination, combine
-from peftdoctor.render import CHECK, CHECKS, EXPLAINED, FIXES, MERGE, PLAN, SCAN, VERIFY, formats, render, require_format
+from peftdoctor.render import (
+    CHECK,
+    CHECKS,
+    EXPLAINED,
+    FIXES,
+    MERGE,
+    PLAN,
+    SCAN,
+    VERIFY,
+    formats,
+    render,
+    require_format,
+)
 from peftdoctor.rules.registry import RULES, markdown_table
 
 WEIGHT_NAMES = (SAFETENSORS_NAME, PICKLE_NAME)
