@@ -47,7 +47,6 @@ WEIGHT_NAMES = (SAFETENSORS_NAME, PICKLE_NAME)
 EXPLAIN_MAX_BYTES = 32 * 1024 * 1024
 
 
-
 class _Commands(TyperGroup):
     """Every command runs through here: the one place an exception becomes its line and exit code
     (errors.EXIT_CODES), so `python -m peftdoctor`, the console script and typer's test runner agree."""
