@@ -1,6 +1,80 @@
-"""The exceptions that end a command, each with its one-line message; the CLI maps them to exit codes."""
+"""The exceptions that end a command, and the one table that maps each to an exit code.
+
+Every message is one line for the user. Operations raise these; only the CLI (cli/app.py main)
+catches them, prints `peftdoctor: <message>` on stderr and exits with the code below.
+"""
 from __future__ import annotations
 
+from typing import Optional
 
-class UnusableInput(Exception):
+
+class PeftdoctorError(Exception):
+    """A condition the user can act on; str() is one line."""
+
+
+class UsageError(PeftdoctorError):
+    """The command line asks for something the command cannot do (a format it cannot write, ...)."""
+
+
+class UnusableInput(PeftdoctorError):
     """The input cannot be checked at all (exit 2); the message is one line for the user."""
+
+
+class WriteRefused(PeftdoctorError):
+    """Nothing was written; the message says why in one line."""
+
+
+class WriteFailed(PeftdoctorError):
+    """Writing the output failed (disk full, permissions); nothing was left at --out. One line."""
+
+
+class MergeRefused(PeftdoctorError):
+    """The adapter is valid but cannot be stream-merged (exit 1); the message is one line."""
+
+
+class MissingExtra(PeftdoctorError):
+    """The command needs packages the light install lacks (torch, transformers, peft)."""
+
+    def __init__(self, missing: tuple[str, ...], extra: str = "verify") -> None:
+        self.missing, self.extra = missing, extra
+        super().__init__(f"needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+                         f'pip install "peftdoctor[{extra}]"')
+
+
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# exception type -> (exit code, what the one line starts with). Looked up along the exception's MRO,
+# so a subclass (io.files.FileRefused is an OSError) takes its nearest entry.
+EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
+    MergeRefused: (EXIT_FINDINGS, "merge refused: "),
+    UsageError: (EXIT_UNUSABLE, ""),
+    UnusableInput: (EXIT_UNUSABLE, ""),
+    WriteRefused: (EXIT_UNUSABLE, ""),
+    WriteFailed: (EXIT_UNUSABLE, ""),
+    MissingExtra: (EXIT_UNUSABLE, ""),
+    OSError: (EXIT_UNUSABLE, ""),  # a read the operation did not foresee failing (EIO, EACCES, ...)
+    KeyboardInterrupt: (EXIT_INTERRUPTED, ""),
+}
+
+
+def exit_code(exc: BaseException) -> Optional[int]:
+    """The exit code for `exc`, or None for an exception no table entry covers (a bug of ours)."""
+    entry = _entry(exc)
+    return entry[0] if entry else None
+
+
+def one_line(exc: BaseException) -> str:
+    """What to print after `peftdoctor: ` for `exc`: its table prefix and the first line of its message."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    entry = _entry(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, PeftdoctorError) and exc.strerror and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"  # str(OSError) reads "[Errno 5] ..."
+    else:
+        text = str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "") or type(exc).__name__
+    return (entry[1] if entry else "") + first
+
+
+def _entry(exc: BaseException) -> Optional[tuple[int, str]]:
+    return next((EXIT_CODES[kind] for kind in type(exc).__mro__ if kind in EXIT_CODES), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,13 @@ def test_hooks_file_names_both_hooks() -> None:
     hooks = {h["id"]: h for h in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
     assert set(hooks) == {"peftdoctor-check", "peftdoctor-fix"}
     for hook in hooks.values():
-        assert hook["entry"].split()[0] == "peftdoctor" and "adapter_config" in hook["files"]
+        assert hook["entry"].split()[0] == "peftdoctor"
+        files = re.compile(hook["files"])
+        for name in ("adapter_config.json", "a/b/adapter_config.json", "x/adapter_model.safetensors",
+                     "adapter_model.bin"):
+            assert files.search(name), name
+        for name in ("config.json", "model.safetensors", "adapter_config.json.orig", "my_adapter_model.bin"):
+            assert not files.search(name), name
 
 
 def test_clean_adapter_commits(adapter_repo: Path, cache: Path) -> None:
@@ -108,3 +115,28 @@ def test_bad_adapter_fails_the_commit_with_the_finding(adapter_repo: Path, cache
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "PD206" in out  # rank mismatch: no rewrite can fix weights
     assert git(adapter_repo, "log", "--oneline").returncode != 0  # nothing was committed
+
+
+def test_a_commit_that_changes_only_the_weights_runs_the_hooks(adapter_repo: Path, cache: Path) -> None:
+    shutil.copytree(FIXTURES / "tiny-llama-lora", adapter_repo / "adapter")
+    subprocess.run([sys.executable, "-m", "peftdoctor", "fix", str(adapter_repo / "adapter"), "--peft", "0.13.2",
+                    "--backup-suffix", ""], check=True, capture_output=True)
+    assert commit(adapter_repo, cache).returncode == 0
+    # Weights trained with DoRA under a config that says plain LoRA: only adapter_model.safetensors changes.
+    shutil.copy(FIXTURES / "broken-adapter" / "adapter_model.safetensors", adapter_repo / "adapter")
+    assert git(adapter_repo, "status", "--porcelain").stdout.split() == ["M", "adapter/adapter_model.safetensors"]
+    done = commit(adapter_repo, cache)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "PD210" in out, out
+    assert git(adapter_repo, "log", "--oneline").stdout.count("\n") == 1  # the bad weights were not committed
+
+
+def test_readme_snippet_uses_the_hooks_and_a_rev_that_can_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("### pre-commit", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    repo = yaml.safe_load(snippet)["repos"][0]
+    hooks = {h["id"] for h in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    assert {h["id"] for h in repo["hooks"]} <= hooks
+    tags = subprocess.run(["git", "tag", "--list"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    # A tag only if this repository has it (v0.1.0 never existed); otherwise a commit sha's form.
+    assert str(repo["rev"]) in tags or re.fullmatch(r"[0-9a-f]{40}", str(repo["rev"])), repo["rev"]

@@ -1,35 +1,76 @@
-"""The command line: parse options, call the core, print, exit. Nothing else lives here."""
+"""The command line: parse options, call the core, render, pick the exit code. Nothing else lives here.
+
+Operations return frozen values and raise the exceptions of peftdoctor.errors; _Commands.invoke is
+the one place that turns an exception into its one line on stderr and its exit code (errors.EXIT_CODES),
+and render/ the one place that turns a result into text.
+"""
 from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional, Sequence
 
 import typer
+from typer.core import TyperGroup
 
-from peftdoctor import __version__
-from peftdoctor.errors import UnusableInput
+try:  # typer 0.28 carries its own click; older releases use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+from peftdoctor import __version__, errors
+from peftdoctor.errors import EXIT_CLEAN, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_UNUSABLE, UnusableInput, UsageError
 from peftdoctor.io.adapter import open_adapter
-from peftdoctor.model.adapter import Adapter
+from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Report, Severity
+from peftdoctor.model.results import Checks
 from peftdoctor.ops.check import check as run_check
 from peftdoctor.ops.combine import COMBINATIONS, Combination, combine
-from peftdoctor.render.report import REPORTER_BY_NAME, combination_to_dict, render_combination, to_dict
+from peftdoctor.render import (
+    CHECK,
+    CHECKS,
+    EXPLAINED,
+    FIXES,
+    MERGE,
+    PLAN,
+    SCAN,
+    VERIFY,
+    formats,
+    render,
+    require_format,
+)
 from peftdoctor.rules.registry import RULES, markdown_table
 
-EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE = 0, 1, 2
+WEIGHT_NAMES = (SAFETENSORS_NAME, PICKLE_NAME)
 # explain keeps the end of a longer log: the traceback that matters is printed last.
 EXPLAIN_MAX_BYTES = 32 * 1024 * 1024
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+
+class _Commands(TyperGroup):
+    """Every command runs through here: the one place an exception becomes its line and exit code
+    (errors.EXIT_CODES), so `python -m peftdoctor`, the console script and typer's test runner agree."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:  # noqa: BLE001
+            known = errors.exit_code(exc)
+            if known is None:  # a bug of ours must still end in one line and exit 2, not a traceback
+                _fail(f"internal error: {type(exc).__name__}: {errors.one_line(exc)} (please report this)")
+                raise typer.Exit(EXIT_UNUSABLE) from None
+            _fail(errors.one_line(exc))
+            raise typer.Exit(known) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Diagnose and fix PEFT adapters before they fail to load or silently change meaning.")
-
-
-class Format(str, enum.Enum):
-    text = "text"
-    json = "json"
-    sarif = "sarif"
 
 
 class FailOn(str, enum.Enum):
@@ -42,11 +83,28 @@ def _fail(message: str) -> None:
     typer.echo(f"peftdoctor: {message}", err=True)
 
 
+def _adapters(paths: List[str]) -> List[str]:
+    """The adapters named by `paths`, each once: a weights file names its directory, because pre-commit
+    passes the files that changed and a commit may change only the weights (or weights and config)."""
+    chosen: dict[str, str] = {}
+    for path in paths:
+        name = os.path.basename(path)
+        target = (os.path.dirname(path) or ".") if name in WEIGHT_NAMES and os.path.isfile(path) else path
+        key = os.path.realpath(os.path.dirname(target) if name == CONFIG_NAME else target)
+        chosen.setdefault(key if os.path.exists(target) else target, target)
+    return list(chosen.values())
+
+
+def _format(result_type: str) -> Any:
+    """--format, offering what the registry can write for this command's result (others: exit 2)."""
+    return typer.Option("text", "--format", help=" or ".join(formats(result_type)) + ".")
+
+
 @app.command()
 def check(
     paths: List[str] = typer.Argument(..., help="Adapter directories, adapter_config.json files, or cached hub repo ids."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
-    fmt: Format = typer.Option(Format.text, "--format", help="Output format."),
+    fmt: str = _format(CHECK),
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
     combine_as: Optional[str] = typer.Option(None, "--combine", help="Also say whether these adapters can be "
                                              "combined by add_weighted_adapter: linear, ties, svd, cat, ..."),
@@ -54,22 +112,23 @@ def check(
                                         "tgi, optionally ==VERSION."),
 ) -> None:
     """Check adapters against the schemas of every peft release."""
+    require_format((CHECK, CHECKS), fmt)
     if combine_as is not None and combine_as not in COMBINATIONS:
-        _fail(f"--combine {combine_as!r}: use one of {', '.join(COMBINATIONS)}")
-        raise typer.Exit(EXIT_UNUSABLE)
+        raise UsageError(f"--combine {combine_as!r}: use one of {', '.join(COMBINATIONS)}")
     reports: list[Report] = []
     adapters: list[Adapter] = []
     unusable = False
-    for path in paths:
+    for path in _adapters(paths):
         try:
             adapters.append(open_adapter(path))  # read once: check and --combine both judge this object
             reports.append(run_check(adapters[-1], peft=peft, serve=serve))
         except UnusableInput as exc:
-            _fail(str(exc))
+            _fail(errors.one_line(exc))
             unusable = True
     combination = _combination(adapters, reports, combine_as) if combine_as and not unusable else None
     if reports:
-        typer.echo(_render(reports, fmt, combination), nl=False)
+        single = len(reports) == 1 and not combination
+        typer.echo(render(reports[0] if single else Checks(tuple(reports), combination), fmt), nl=False)
     threshold = Severity(fail_on.value)
     if unusable or any(r.kind != "peft-adapter" for r in reports):
         raise typer.Exit(EXIT_UNUSABLE)
@@ -84,72 +143,56 @@ def _combination(adapters: list[Adapter], reports: list[Report], combine_as: str
     return combine(reports, [c for c in configs if c is not None], combine_as)
 
 
-def _render(reports: list[Report], fmt: Format, combination: Optional[Combination] = None) -> str:
-    if fmt is Format.text:
-        text = "".join(REPORTER_BY_NAME[fmt.value](r) for r in reports)
-        return text + (render_combination(combination) if combination else "")
-    if fmt is Format.json and (len(reports) > 1 or combination):
-        body: dict = {"format_version": 1, "reports": [to_dict(r) for r in reports]}
-        if combination:
-            body["combination"] = combination_to_dict(combination)
-        return json.dumps(body, indent=2, sort_keys=True) + "\n"
-    if len(reports) == 1:
-        return REPORTER_BY_NAME[fmt.value](reports[0])
-    runs = [json.loads(REPORTER_BY_NAME["sarif"](r)) for r in reports]
-    merged = runs[0]
-    merged["runs"] = [run for sarif in runs for run in sarif["runs"]]
-    return json.dumps(merged, indent=2, sort_keys=True) + "\n"
-
-
 @app.command()
 def fix(
     paths: List[str] = typer.Argument(..., help="Adapter directories or their adapter_config.json files."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Rewrite for this peft release instead of the installed one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; write nothing."),
-    show_diff: bool = typer.Option(False, "--diff", help="Print a unified diff of the rewrite."),
+    show_diff: bool = typer.Option(False, "--diff", help="Print a unified diff of the rewrite (patch -p1 applies it "
+                                   "in the adapter directory); write nothing."),
     check_only: bool = typer.Option(False, "--check", help="Exit 1 if a fix would change a file; write nothing."),
     backup_suffix: str = typer.Option(".orig", "--backup-suffix", help="Keep the original as FILE+SUFFIX ('' for none)."),
     force: bool = typer.Option(False, "--force", help="Also drop meaning-bearing keys the target cannot express."),
-    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+    fmt: str = _format(PLAN),
     serve: Optional[str] = typer.Option(None, "--target", help="Also rewrite for a serving engine (vllm, sglang, "
                                         "tgi[==VERSION]) so that it computes what peft computes."),
 ) -> None:
     """Rewrite adapter_config.json so it loads under a peft release and computes the same thing."""
-    codes = [_fix_one(p, peft, dry_run, show_diff, check_only, backup_suffix, force, fmt, serve) for p in paths]
-    raise typer.Exit(max(codes))
-
-
-def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, check_only: bool,
-             backup_suffix: str, force: bool, fmt: Format, serve: Optional[str]) -> int:
+    require_format((PLAN, FIXES), fmt)
     # Imported here so that `check`, the hook that runs on every commit, does not pay for them.
-    from peftdoctor.io.atomic import WriteRefused
+    from peftdoctor.model.results import Fixes
     from peftdoctor.ops.fix import apply, diff
     from peftdoctor.ops.fix import plan as make_plan
-    from peftdoctor.render.fix import plan_to_dict, render_plan
+    from peftdoctor.render.fix import written
 
-    try:
-        the_plan = make_plan(path, peft=peft, force=force, serve=serve)
-    except UnusableInput as exc:
-        _fail(str(exc))
-        return EXIT_UNUSABLE
-    if fmt is Format.json:
-        typer.echo(json.dumps(plan_to_dict(the_plan), indent=2, sort_keys=True))
-    else:
-        typer.echo(render_plan(the_plan), nl=False, err=check_only)
-    if show_diff:
-        typer.echo(diff(the_plan), nl=False)
-    if the_plan.refused:
-        return EXIT_FINDINGS
-    if check_only or dry_run:
-        return EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN
-    try:
-        backup = apply(the_plan, backup_suffix or None)
-    except WriteRefused as exc:
-        _fail(str(exc))
-        return EXIT_UNUSABLE
-    if the_plan.changed and fmt is Format.text:
-        typer.echo(f"wrote {the_plan.config_path}" + (f" (original kept as {backup})" if backup else ""), err=True)
-    return EXIT_CLEAN
+    plans, codes = [], [EXIT_CLEAN]
+    for path in _adapters(paths):
+        try:
+            plans.append(make_plan(path, peft=peft, force=force, serve=serve))
+        except UnusableInput as exc:
+            _fail(errors.one_line(exc))
+            codes.append(EXIT_UNUSABLE)
+    if plans:
+        # With --check (a hook) or --diff (for patch), stdout is kept for the verdict or the diff alone.
+        aside = fmt == "text" and (check_only or show_diff)
+        typer.echo(render(plans[0] if len(plans) == 1 else Fixes(tuple(plans)), fmt), nl=False, err=aside)
+    for the_plan in plans:
+        if show_diff:
+            typer.echo(diff(the_plan), nl=False)
+        if the_plan.refused:
+            codes.append(EXIT_FINDINGS)
+        elif check_only or dry_run or show_diff:
+            codes.append(EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN)
+        else:
+            try:
+                backup = apply(the_plan, backup_suffix or None)
+            except errors.WriteRefused as exc:
+                _fail(errors.one_line(exc))
+                codes.append(EXIT_UNUSABLE)
+                continue
+            if the_plan.changed and fmt == "text":
+                typer.echo(written(the_plan, str(backup) if backup else None), err=True)
+    raise typer.Exit(max(codes))
 
 
 @app.command()
@@ -160,14 +203,24 @@ def verify(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     out: Optional[str] = typer.Option(None, "--out", help="Save the merged model here (must not exist or be empty)."),
-    fmt: str = typer.Option("text", "--format", help="text or json."),
+    fmt: str = _format(VERIFY),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Largest relative logit difference allowed."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
 ) -> None:
     """Load base + adapter on the target device, merge, compare, and save a deployable merged model."""
-    from peftdoctor.verification.command import verify_command  # the heavy stack loads only here
+    from peftdoctor.cli.heavy import library_output_to_stderr, progress, require_extra
 
-    raise typer.Exit(verify_command(adapter, base, device, dtype, out, fmt, tolerance, trust_remote_code))
+    require_format((VERIFY,), fmt)
+    require_extra("verify")
+    from peftdoctor.verification.run import verify as run_verify  # the heavy stack loads only here
+
+    display, say = progress(fmt == "text")
+    with library_output_to_stderr(), display:
+        report = run_verify(adapter, base=base, device=device, dtype=dtype, out=out, tolerance=tolerance,
+                            trust_remote_code=trust_remote_code, progress=say)
+    typer.echo(render(report, fmt), nl=False)
+    # 0 only when verified: a run that could not verify (skipped) must not pass a CI gate.
+    raise typer.Exit(EXIT_CLEAN if report.verdict == "verified" else EXIT_FINDINGS)
 
 
 @app.command()
@@ -178,64 +231,57 @@ def merge(
     out: str = typer.Option(..., "--out", help="Directory to write the merged model to (must not exist)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where each layer's delta is computed."),
-    fmt: str = typer.Option("text", "--format", help="text or json."),
+    fmt: str = _format(MERGE),
 ) -> None:
-    """Merge a LoRA adapter into a base shard by shard, tensor by tensor: peak memory about one shard."""
-    from peftdoctor.merge.command import merge_command  # the heavy stack loads only here
+    """Merge a LoRA adapter into a base shard by shard, tensor by tensor: peak memory about one shard.
 
-    raise typer.Exit(merge_command(adapter, base, out, dtype, device, fmt))
+    Exit codes: 0 merged; 1 refused (a valid adapter this command cannot merge exactly); 2 unusable
+    input or a failed write (missing or damaged base/adapter, --out exists, disk full)."""
+    from peftdoctor.cli.heavy import library_output_to_stderr, require_extra, say
+
+    require_format((MERGE,), fmt)
+    require_extra("verify")
+    from peftdoctor.merge.run import stream_merge  # imports torch only once the inputs have been read
+
+    with library_output_to_stderr():
+        report = stream_merge(adapter, base, out, dtype=dtype, device=device,
+                              progress=say if fmt == "text" else None)
+    typer.echo(render(report, fmt), nl=False)
+    raise typer.Exit(EXIT_CLEAN)
 
 
 @app.command()
 def scan(
     root: str = typer.Argument(..., help="A tree to search for adapters (training output, a monorepo)."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
-    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+    fmt: str = _format(SCAN),
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
 ) -> None:
     """Check every adapter under a directory tree and summarise the findings, worst first."""
+    require_format((SCAN,), fmt)
     from peftdoctor.ops import scan as scanning
 
-    try:
-        result = scanning.scan(root, peft=peft)
-    except UnusableInput as exc:
-        _fail(str(exc))
-        raise typer.Exit(EXIT_UNUSABLE)
-    if fmt is Format.json:
-        typer.echo(json.dumps(scanning.to_dict(result), indent=2, sort_keys=True))
-    else:
-        typer.echo(scanning.render_text(result), nl=False)
+    result = scanning.scan(root, peft=peft)
+    typer.echo(render(result, fmt), nl=False)
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
 
 @app.command()
 def explain(
     source: str = typer.Argument("-", help="A file holding the error text or traceback, or - for standard input."),
-    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+    fmt: str = _format(EXPLAINED),
 ) -> None:
     """Map an error text from loading or merging an adapter to its finding code and fix."""
-    from peftdoctor.io.files import FileRefused, read_stream_tail
-    from peftdoctor.ops.explain import explain as run_explain
+    require_format((EXPLAINED,), fmt)
+    from peftdoctor.io.files import read_stream_tail
+    from peftdoctor.ops.explain import explain_source
 
-    try:
-        raw, _cut = read_stream_tail(source, EXPLAIN_MAX_BYTES, stdin=sys.stdin.buffer)
-    except FileRefused as exc:
-        _fail(str(exc))
-        raise typer.Exit(EXIT_UNUSABLE)
-    except OSError as exc:
-        _fail(f"{source}: cannot read: {exc.strerror}")
-        raise typer.Exit(EXIT_UNUSABLE)
-    text = raw.decode("utf-8", errors="replace")
-    found = run_explain(text)
-    if fmt is Format.json:
-        typer.echo(json.dumps({"format_version": 1, "explanations": [
-            {**e.finding.to_dict(), "matched": e.matched} for e in found]}, indent=2, sort_keys=True))
-    else:
-        for e in found:
-            typer.echo(f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}\n      fix: {e.finding.fix}")
-        if not found:
-            typer.echo("no known peft/transformers/safetensors failure recognised in the text", err=True)
-    raise typer.Exit(EXIT_CLEAN if found else EXIT_FINDINGS)
+    raw, _cut = read_stream_tail(source, EXPLAIN_MAX_BYTES, stdin=sys.stdin.buffer)
+    found = explain_source(raw.decode("utf-8", errors="replace"), source)
+    typer.echo(render(found, fmt), nl=False)
+    if not found.explanations:
+        _fail("no known peft/transformers/safetensors failure recognised in the text")
+    raise typer.Exit(EXIT_CLEAN if found.explanations else EXIT_FINDINGS)
 
 
 @app.command()
@@ -245,8 +291,7 @@ def rules(fmt: str = typer.Option("text", "--format", help="text, json or markdo
         typer.echo(markdown_table(), nl=False)
         return
     if fmt not in ("text", "json"):
-        _fail(f"--format {fmt!r}: use text, json or markdown")
-        raise typer.Exit(EXIT_UNUSABLE)
+        raise UsageError(f"--format {fmt!r}: use text, json or markdown")
     if fmt == "text":
         for r in RULES.values():
             typer.echo(f"{r.code}  {r.severity.value:<7}  {r.name:<26}  {r.summary}")
@@ -262,12 +307,22 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         raise typer.Exit(EXIT_CLEAN)
 
 
+def run(argv: Sequence[str]) -> int:
+    """Run the command line `argv` in this process and return its exit code (merge_command, verify_command)."""
+    try:
+        code = app(args=list(argv), prog_name="peftdoctor", standalone_mode=False)
+    except ClickException as exc:  # a usage error of click's own: it prints as the CLI would
+        exc.show()
+        return exc.exit_code
+    except typer.Abort:
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else EXIT_CLEAN
+
+
 def main() -> None:
     try:
-        app()
-    except KeyboardInterrupt:
+        app(prog_name="peftdoctor")
+    except KeyboardInterrupt:  # while starting up, before a command runs (then _Commands has it)
         _fail("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # a bug of ours must still end in one line and exit 2, not a traceback
-        _fail(f"internal error: {type(exc).__name__}: {exc} (please report this)")
-        sys.exit(EXIT_UNUSABLE)
+        sys.exit(EXIT_INTERRUPTED)

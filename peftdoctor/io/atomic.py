@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from peftdoctor.errors import WriteRefused
 from peftdoctor.io.files import read_limited
 
 MAX_REWRITE_BYTES = 16 * 1024 * 1024  # the config size cap of adapter.py: nothing larger is ever rewritten
-
-
-class WriteRefused(Exception):
-    """Nothing was written; the message says why in one line."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import (
+    MergeRefused,  # noqa: F401  (run.py raises it as plan.MergeRefused)
+    UnusableInput,
+)
 from peftdoctor.io.safetensors import Header, HeaderError, TensorInfo, read_header, size_problems
 from peftdoctor.model.adapter import SAFETENSORS_NAME, Adapter
 from peftdoctor.model.base import INDEX_NAME, SINGLE_NAME, Base
@@ -28,10 +31,6 @@ _UNSTREAMABLE = {
 }
 FLOAT_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-
-
-class MergeRefused(Exception):
-    """The adapter is valid but cannot be stream-merged (exit 1); the message is one line."""
 
 
 @dataclass(frozen=True)

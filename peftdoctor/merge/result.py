@@ -1,11 +1,7 @@
-"""The result of a streaming merge: plain frozen data, rendered as text or JSON (no torch here)."""
+"""The result of a streaming merge: plain frozen data (no torch here); render/merge.py renders it."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Optional
-
-from peftdoctor.model.findings import FORMAT_VERSION
+from dataclasses import dataclass, field
 
 # Why the output equals peft's: each changed tensor is produced by peft's own merge_and_unload on a
 # model holding just that module, from the same inputs in the same dtype on the same device, so the
@@ -35,27 +31,6 @@ class MergeReport:
     notes: tuple[str, ...] = field(default=())
 
 
-def render_text(report: MergeReport) -> str:
-    lines = [
-        f"merged {report.adapter} into {report.base} -> {report.out}",
-        f"  {report.tensors_merged} tensors merged, {report.tensors_replaced} replaced (modules_to_save), "
-        f"{report.tensors_passed} passed through; {report.shards} shard(s), {report.bytes_written / 1e9:.2f} GB",
-        f"  {report.seconds:.1f} s, peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB, dtype {report.dtype}, "
-        f"device {report.device}",
-        f"  equality: {report.equality}",
-    ]
-    if report.untied:
-        lines.append(f"  untied: {', '.join(report.untied)} written separately; tie_word_embeddings set false "
-                     "in config.json (a re-tied model would lose one trained matrix)")
-    lines += [f"  note: {n}" for n in report.notes]
-    return "\n".join(lines) + "\n"
-
-
-def render_json(report: MergeReport) -> str:
-    data = {"format_version": FORMAT_VERSION, "kind": "merge", **asdict(report)}
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
 def peak_rss() -> int:
     """This process's peak resident set size in bytes (Linux reports KiB, macOS bytes)."""
     import resource
@@ -68,7 +43,3 @@ def peak_rss() -> int:
 def equality_statement(device: str, dtype: str) -> str:
     template = EQUALITY_CPU if device == "cpu" else EQUALITY_CUDA
     return template.format(device=device, dtype=dtype)
-
-
-def one_line(message: Optional[str]) -> str:
-    return (message or "").strip().splitlines()[0] if message and message.strip() else "unknown error"

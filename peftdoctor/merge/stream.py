@@ -20,15 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, WriteFailed
 from peftdoctor.io.files import open_regular
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
-
-
-class WriteFailed(Exception):
-    """Writing the output failed (disk full, permissions); nothing was left at --out. One line."""
 
 
 @dataclass(frozen=True)

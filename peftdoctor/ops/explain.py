@@ -186,3 +186,15 @@ def explain(text: str) -> tuple[Explanation, ...]:
         message, fix = _fill(pattern, match)
         found.append(Explanation(rule(pattern.code).finding(message, fix), match.group(0)))
     return tuple(found)
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What `explain` found in one text, and where the text came from ("-" for standard input)."""
+
+    source: str
+    explanations: tuple[Explanation, ...]
+
+
+def explain_source(text: str, source: str = "-") -> Explained:
+    return Explained(source, explain(text))

@@ -291,9 +291,12 @@ def new_text(plan: Plan) -> str:
 
 
 def diff(plan: Plan) -> str:
+    """A unified diff that `patch -p1` (or `git apply`) applies in the adapter directory."""
     original = plan.snapshot.text if plan.snapshot else ""
-    return "".join(difflib.unified_diff(original.splitlines(keepends=True), new_text(plan).splitlines(keepends=True),
-                                        f"a/{CONFIG_NAME}", f"b/{CONFIG_NAME}"))
+    lines = difflib.unified_diff(original.splitlines(keepends=True), new_text(plan).splitlines(keepends=True),
+                                 f"a/{CONFIG_NAME}", f"b/{CONFIG_NAME}")
+    # A last line without its newline must say so, or patch rejects the hunk (difflib does not mark it).
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
 
 def apply(plan: Plan, backup_suffix: Optional[str] = ".orig") -> Optional[Path]:

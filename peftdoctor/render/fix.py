@@ -1,11 +1,15 @@
-"""Render a fix Plan: one line per key for people, a stable JSON object for machines."""
+"""Render what `fix` returns (a Plan, or Fixes of several): one line per key for people, a stable
+JSON object and SARIF (refusals, rewrites, and the notes the plan leaves) for machines."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
-from peftdoctor.model.findings import FORMAT_VERSION
+from peftdoctor.model.findings import FORMAT_VERSION, Finding, Severity
+from peftdoctor.model.results import Fixes
 from peftdoctor.ops.fix import Plan
+from peftdoctor.render.sarif import sarif_log
+from peftdoctor.rules.registry import rule
 
 
 def _short(value: Any) -> str:
@@ -44,3 +48,43 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "refusals": [{"key": r.key, "reason": r.reason} for r in plan.refusals],
         "result": plan.result,
     }
+
+
+def render_plan_json(plan: Plan) -> str:
+    return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True) + "\n"
+
+
+def plan_findings(plan: Plan) -> list[Finding]:
+    """The plan as findings: each refusal (PD190), each rewrite (PD191), then the plan's own notes."""
+    refused = [rule("PD190").finding(f"{r.key}: {r.reason}", "nothing was written; keep a peft that knows the key, "
+                                     "or run fix --force to drop it (the meaning changes)", key=r.key)
+               for r in plan.refusals]
+    rewrites = [rule("PD191").finding(
+        f"{c.key}: {c.action} for peft {plan.target} ({c.reason})"
+        + ("; forced: what the adapter computes changes" if c.forced else ""),
+        f"`peftdoctor fix --peft {plan.target}` makes this change" + (" once the refusals are resolved"
+                                                                     if plan.refused else ""),
+        key=c.key, severity=Severity.WARNING if c.forced else None) for c in plan.changes]
+    return refused + rewrites + list(plan.notes)
+
+
+def render_plan_sarif(plan: Plan) -> str:
+    return sarif_log((plan.config_path, f) for f in plan_findings(plan))
+
+
+def render_fixes_text(fixes: Fixes) -> str:
+    return "".join(render_plan(p) for p in fixes.plans)
+
+
+def render_fixes_json(fixes: Fixes) -> str:
+    body = {"format_version": FORMAT_VERSION, "plans": [plan_to_dict(p) for p in fixes.plans]}
+    return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+
+def render_fixes_sarif(fixes: Fixes) -> str:
+    return sarif_log((p.config_path, f) for p in fixes.plans for f in plan_findings(p))
+
+
+def written(plan: Plan, backup: Optional[str]) -> str:
+    """The line said on stderr after a write."""
+    return f"wrote {plan.config_path}" + (f" (original kept as {backup})" if backup else "")

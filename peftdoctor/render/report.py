@@ -1,19 +1,15 @@
-"""Render a finished Report: text for people, JSON and SARIF for machines (byte-stable)."""
+"""Render what `check` returns (a Report, or Checks of several): text for people, JSON and SARIF for machines."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from peftdoctor import __version__
 from peftdoctor.model.findings import FORMAT_VERSION, Compatibility, Report
-from peftdoctor.rules.registry import RULES
+from peftdoctor.model.results import Checks
+from peftdoctor.render.sarif import artifact, sarif_log
 
 if TYPE_CHECKING:
     from peftdoctor.ops.combine import Combination
-
-_SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
-SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-
 
 def to_dict(report: Report) -> dict[str, Any]:
     return {
@@ -73,25 +69,7 @@ def _losses(entries: tuple[Compatibility, ...]) -> list[str]:
 
 
 def render_sarif(report: Report) -> str:
-    used = sorted({f.code for f in report.findings})
-    rules = [{"id": c, "name": RULES[c].name, "shortDescription": {"text": RULES[c].summary},
-              "defaultConfiguration": {"level": _SARIF_LEVEL[RULES[c].severity.value]}} for c in used]
-    results = []
-    for f in report.findings:
-        artifact = f.file or "adapter_config.json"
-        location = f"{report.path.rstrip('/')}/{artifact}" if not report.path.endswith(".json") else report.path
-        result: dict[str, Any] = {
-            "ruleId": f.code, "ruleIndex": used.index(f.code), "level": _SARIF_LEVEL[f.severity.value],
-            "message": {"text": f"{f.message}. Fix: {f.fix}"},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": location}}}],
-        }
-        if f.key:
-            result["properties"] = {"key": f.key}
-        results.append(result)
-    sarif = {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [{
-        "tool": {"driver": {"name": "peftdoctor", "version": __version__, "rules": rules}},
-        "results": results}]}
-    return json.dumps(sarif, indent=2, sort_keys=True) + "\n"
+    return sarif_log((artifact(report.path, f.file), f) for f in report.findings)
 
 
 def combination_to_dict(combination: "Combination") -> dict[str, Any]:
@@ -109,6 +87,24 @@ def render_combination(combination: "Combination") -> str:
     return "\n".join(lines) + "\n"
 
 
-REPORTER_BY_NAME: dict[str, Callable[[Report], str]] = {
-    "text": render_text, "json": render_json, "sarif": render_sarif,
-}
+def checks_to_dict(checks: Checks) -> dict[str, Any]:
+    body: dict[str, Any] = {"format_version": FORMAT_VERSION, "reports": [to_dict(r) for r in checks.reports]}
+    if checks.combination:
+        body["combination"] = combination_to_dict(checks.combination)
+    return body
+
+
+def render_checks_text(checks: Checks) -> str:
+    text = "".join(render_text(r) for r in checks.reports)
+    return text + (render_combination(checks.combination) if checks.combination else "")
+
+
+def render_checks_json(checks: Checks) -> str:
+    return json.dumps(checks_to_dict(checks), indent=2, sort_keys=True) + "\n"
+
+
+def render_checks_sarif(checks: Checks) -> str:
+    # A combination's findings concern the adapters together: they are listed without a location.
+    located = [(artifact(r.path, f.file), f) for r in checks.reports for f in r.findings]
+    combined = [(None, f) for f in checks.combination.findings] if checks.combination else []
+    return sarif_log(located + combined)
