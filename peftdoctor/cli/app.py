@@ -232,6 +232,8 @@ def merge(
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where each layer's delta is computed."),
     fmt: str = _format(MERGE),
+    allow_noop: bool = typer.Option(False, "--allow-noop", help="Merge even an adapter whose every lora_B is "
+                                    "zero (the result equals the base)."),
 ) -> None:
     """Merge a LoRA adapter into a base shard by shard, tensor by tensor: peak memory about one shard.
 
@@ -245,7 +247,7 @@ def merge(
 
     with library_output_to_stderr():
         report = stream_merge(adapter, base, out, dtype=dtype, device=device,
-                              progress=say if fmt == "text" else None)
+                              progress=say if fmt == "text" else None, allow_noop=allow_noop)
     typer.echo(render(report, fmt), nl=False)
     raise typer.Exit(EXIT_CLEAN)
 

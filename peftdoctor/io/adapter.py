@@ -12,10 +12,13 @@ from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.base import find_base_config
-from peftdoctor.io.files import MAX_JSON_BYTES, FileRefused, read_limited, refused_entries
+from peftdoctor.io.files import MAX_JSON_BYTES, FileRefused, open_regular, read_limited, refused_entries
 from peftdoctor.io.locate import resolve
-from peftdoctor.io.safetensors import Header, HeaderError, read_header
+from peftdoctor.io.safetensors import Header, HeaderError, header_of, read_header, size_problems
+from peftdoctor.io.values import ValueScan
+from peftdoctor.io.values import scan as values_scan
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
+from peftdoctor.model.formats import OTHER_FORMATS
 
 __all__ = ["open_adapter", "read_config"]
 
@@ -39,22 +42,43 @@ def open_adapter(target: str) -> Adapter:
     if CONFIG_NAME not in names:
         kind, nested = _what_else(directory, names)
         return Adapter(kind=kind, nested=nested, **found)
-    header, header_error = _read_header(directory, refused) if SAFETENSORS_NAME in weights else (None, None)
-    found.update(header=header, header_error=header_error)
+    if SAFETENSORS_NAME in weights:
+        header, header_error, values = _read_weights(directory, refused)
+        found.update(header=header, header_error=header_error, values=values)
     if CONFIG_NAME in refused:
         return Adapter(kind="peft-adapter", config_error=refused[CONFIG_NAME], **found)
     config, text, digest, error = _read_config(directory / CONFIG_NAME)
-    return Adapter(kind="peft-adapter", config=config, config_text=text, config_digest=digest, config_error=error,
-                   **found)
+    kind = _other_format(config, names) or "peft-adapter"
+    return Adapter(kind=kind, config=config, config_text=text, config_digest=digest, config_error=error, **found)
 
 
-def _read_header(directory: Path, refused: dict[str, str]) -> tuple[Optional[Header], Optional[str]]:
+def _other_format(config: Optional[dict[str, Any]], names: list[str]) -> Optional[str]:
+    """Another tool's format that also writes adapter_config.json (model/formats.py), or None."""
+    if config is None or "peft_type" in config:
+        return None
+    for other in OTHER_FORMATS:
+        if any(k in config for k in other.config_keys) or any(f in names for f in other.files):
+            return other.kind
+    return None
+
+
+def _read_weights(directory: Path, refused: dict[str, str]
+                  ) -> tuple[Optional[Header], Optional[str], Optional[ValueScan]]:
+    """The header, and (when the header fits the file) the values, in one open of the weights file."""
     if SAFETENSORS_NAME in refused:
-        return None, refused[SAFETENSORS_NAME]
+        return None, refused[SAFETENSORS_NAME], None
+    path = directory / SAFETENSORS_NAME
     try:
-        return read_header(str(directory / SAFETENSORS_NAME)), None
+        with open_regular(path) as fh:
+            header = header_of(fh)
+            values = values_scan(fh, header) if not size_problems(header) else None
     except HeaderError as exc:
-        return None, str(exc)
+        return None, str(exc), None
+    except FileRefused as exc:
+        return None, str(exc).replace(f"{path} ", "", 1), None
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}", None
+    return header, None, values
 
 
 def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
@@ -99,7 +123,28 @@ def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]
                           for p in directory.glob(f"*/{CONFIG_NAME}")))
     if nested:
         return "adapters-below", nested
+    by_files = next((f.kind for f in OTHER_FORMATS if any(n in names for n in f.files)), None)
+    if by_files:
+        return by_files, ()
+    if _kohya_lora(directory, names):
+        return "kohya-lora", ()
     return "unknown", ()
+
+
+def _kohya_lora(directory: Path, names: list[str]) -> bool:
+    """A lone LoRA .safetensors whose metadata carries kohya-ss sd-scripts' training keys (ss_*)."""
+    files = [n for n in names if n.endswith(".safetensors")][:4]
+    for name in files:
+        if name in refused_entries(directory, [name]):
+            continue
+        try:
+            header = read_header(str(directory / name))
+        except HeaderError:
+            continue
+        if any(key.startswith("ss_") for key in header.metadata) or \
+                any(key.startswith(("lora_unet_", "lora_te_")) for key in header.tensors):
+            return True
+    return False
 
 
 def _config_mentions(directory: Path, key: str) -> bool:

@@ -12,6 +12,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from peftdoctor.io.files import FileRefused, open_regular
 
@@ -52,27 +53,30 @@ def read_header(path: str) -> Header:
     """Parse and validate the header of the safetensors file at `path`."""
     try:
         with open_regular(Path(path)) as fh:
-            file_size = os.fstat(fh.fileno()).st_size
-            prefix = fh.read(8)
-            if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
-                raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
-            if len(prefix) < 8:
-                raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES:
-                raise HeaderError(f"declared header length {header_len} bytes is implausible (corrupt file)")
-            if 8 + header_len > file_size:
-                raise HeaderError(
-                    f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated"
-                )
-            raw = fh.read(header_len)
+            return header_of(fh)
     except FileRefused as exc:
         raise HeaderError(str(exc).replace(f"{path} ", "", 1)) from None
     except OSError as exc:
         raise HeaderError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def header_of(fh: BinaryIO) -> Header:
+    """Parse and validate the header of the safetensors file open as `fh` (left after the header)."""
+    file_size = os.fstat(fh.fileno()).st_size
+    prefix = fh.read(8)
+    if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
+        raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
+    if len(prefix) < 8:
+        raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES:
+        raise HeaderError(f"declared header length {header_len} bytes is implausible (corrupt file)")
+    if 8 + header_len > file_size:
+        raise HeaderError(f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated")
+    raw = fh.read(header_len)
     try:
         parsed = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise HeaderError("header is not valid JSON (corrupt or not a safetensors file)") from None
     if not isinstance(parsed, dict):
         raise HeaderError("header is not a JSON object")
@@ -127,3 +131,10 @@ def size_problems(header: Header) -> list[str]:
         problems.append(f"tensors need {needed} bytes of data but the file holds {header.data_size}: "
                         "the file is truncated")
     return problems
+
+
+def undeclared_bytes(header: Header) -> int:
+    """Bytes after the last tensor's data that the header does not declare. safetensors refuses such a
+    file ("incomplete metadata, file not fully covered"): a longer file is as broken as a shorter one."""
+    needed = max((t.end for t in header.tensors.values()), default=0)
+    return max(header.data_size - needed, 0)

@@ -137,6 +137,22 @@ def refusal(config: dict[str, Any]) -> Optional[str]:
     return None
 
 
+# Value findings (rules/values.py) that make a merge dishonest: NaN weights poison the model, and an
+# untrained adapter "merges" into a copy of the base. --allow-noop lets the second through, never the first.
+_REFUSED_VALUES = ("PD211", "PD212")
+
+
+def value_refusal(adapter: Adapter, allow_noop: bool) -> Optional[str]:
+    """Why the adapter's values forbid an honest merge (one line), or None."""
+    from peftdoctor.rules.values import value_findings
+
+    for finding in value_findings(adapter):
+        if finding.code in _REFUSED_VALUES and not (finding.code == "PD212" and allow_noop):
+            extra = "; pass --allow-noop to write a copy of the base anyway" if finding.code == "PD212" else ""
+            return f"{finding.code}: {finding.message} ({finding.fix}){extra}"
+    return None
+
+
 def adapter_plan(adapter: Adapter) -> AdapterPlan:
     """The adapter's tensors as the stream uses them (tensor_names' grammar): per-module LoRA groups
     (A, B, DoRA magnitudes, a layer saved whole), and full copies of base parameters (modules_to_save)."""

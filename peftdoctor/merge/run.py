@@ -60,7 +60,7 @@ _Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[str]]
 
 
 def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "auto", device: str = "cpu",
-                 progress: Optional[Progress] = None) -> MergeReport:
+                 progress: Optional[Progress] = None, allow_noop: bool = False) -> MergeReport:
     """Merge `adapter` into `base` (a directory or cached repo id) and write the result to `out`.
 
     Raises UnusableInput (exit 2), P.MergeRefused (exit 1) or WriteFailed (exit 2), each one line.
@@ -75,7 +75,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                             f"run `peftdoctor check {adapter}`")
     require_safe(found.directory, found.display)
     config = found.config
-    why = P.refusal(config)
+    why = P.refusal(config) or P.value_refusal(found, allow_noop)
     if why:
         raise P.MergeRefused(why)
     name = base or config.get("base_model_name_or_path")

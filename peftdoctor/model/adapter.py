@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.io.safetensors import Header
+from peftdoctor.io.values import ValueScan
 from peftdoctor.peft import tensor_names
 from peftdoctor.peft.tensor_names import TensorName
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
-KINDS = ("peft-adapter", "empty", "full-model", "medusa", "adapters-below", "unknown")
+KINDS = ("peft-adapter", "empty", "full-model", "medusa", "adapters-below", "unknown", "mlx-lm", "adapterhub",
+         "model-config", "diffusers-lora", "kohya-lora")  # the last five: model/formats.py
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Adapter:
     weight_files: tuple[str, ...] = ()
     header: Optional[Header] = None  # adapter_model.safetensors' header, when it could be read
     header_error: Optional[str] = None  # why it could not, one line (None when there is no such file)
+    values: Optional[ValueScan] = None  # what the tensors' values are like (None when the data was not read)
     nested: tuple[str, ...] = ()  # adapter directories found below, for "adapters-below"
 
     def path_of(self, name: str) -> Path:

@@ -83,7 +83,10 @@ def parse(key: str) -> TensorName:
 
 def lora_rank(name: TensorName, shape: tuple[int, ...]) -> Optional[int]:
     """The rank a LoRA A/B tensor of this shape holds: A is [r, in] (embedding A: [r, vocab]), B is [out, r]
-    (embedding B: [dim, r]); None for other roles or shapes that carry no rank."""
+    (embedding B: [dim, r]); None for other roles, and for empty tensors (ZeRO-3 saves without gathering hold
+    shape [0]: they carry no rank at all)."""
+    if 0 in shape:
+        return None
     if name.role in A_ROLES and name.param in ("weight", "") and len(shape) >= 1:
         return shape[0]
     if name.role in B_ROLES and name.param in ("weight", "") and len(shape) >= 2:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from peftdoctor.model.adapter import CONFIG_NAME, Adapter
 from peftdoctor.model.findings import Finding
+from peftdoctor.model.formats import FORMAT_BY_KIND
 from peftdoctor.rules.registry import rule
 
 
@@ -19,6 +20,9 @@ def kind_findings(adapter: Adapter) -> list[Finding]:
         return [rule("PD003").finding(
             f"{where} is a Medusa heads checkpoint, which peft cannot load",
             "load it with the Medusa code that trained it; PeftModel does not know Medusa heads")]
+    other = FORMAT_BY_KIND.get(adapter.kind)
+    if other is not None:
+        return [rule("PD009").finding(f"{where} is {other.what}, not a PEFT adapter", other.next_step)]
     if adapter.kind == "adapters-below":
         shown = ", ".join(adapter.nested[:5]) + (" ..." if len(adapter.nested) > 5 else "")
         return [rule("PD005").finding(

@@ -10,6 +10,7 @@ from peftdoctor.model.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.peft import patterns, releases, tensor_names
 from peftdoctor.rules.registry import rule
+from peftdoctor.rules.values import value_findings
 
 LORA_TYPES = ("LORA",)
 # Heads peft adds to modules_to_save on its own for these task types; a base has one or the other.
@@ -53,6 +54,7 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
     findings += [rule("PD205").finding(f"{SAFETENSORS_NAME}: {p}", "re-copy or re-save the weights; "
                                        "the file is incomplete", file=SAFETENSORS_NAME)
                  for p in size_problems(header)]
+    findings += value_findings(adapter)
     if config is not None and config.get("peft_type") in LORA_TYPES:
         findings += lora_findings(config, adapter)
     return findings, []
