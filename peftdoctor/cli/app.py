@@ -259,6 +259,9 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a lone surrogate from a config prints as \udXXX, never crashes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except KeyboardInterrupt:
