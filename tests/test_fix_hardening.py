@@ -33,7 +33,7 @@ def adapter(tmp_path: Path, **changes: Any) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True, timeout=120, check=False,
                           cwd=ROOT)
 
 

@@ -139,11 +139,14 @@ def _fix_one(path: str, peft: Optional[str], dry_run: bool, show_diff: bool, che
     if check_only or dry_run:
         return EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN
     try:
-        backup = apply(the_plan, backup_suffix or None)
-    except WriteRefused as exc:
+        written = apply(the_plan, backup_suffix or None)
+    except WriteRefused as exc:  # a lost race included: the other run's write stands, this one says so
         _fail(str(exc))
         return EXIT_UNUSABLE
+    for note in written.notes:
+        _fail(note)
     if the_plan.changed and fmt is Format.text:
+        backup = written.backup
         typer.echo(f"wrote {the_plan.config_path}" + (f" (original kept as {backup})" if backup else ""), err=True)
     return EXIT_CLEAN
 

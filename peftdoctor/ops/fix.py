@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from packaging.version import Version
 
 from peftdoctor.io.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter, UnusableInput, open_adapter
-from peftdoctor.io.atomic import Snapshot, WriteRefused, replace_text
+from peftdoctor.io.atomic import Snapshot, WriteRefused, Written, clean_leftovers, replace_text
 from peftdoctor.io.safetensors import HeaderError, read_header
 from peftdoctor.model.findings import Finding
 from peftdoctor.ops.check import choose_target
@@ -358,11 +358,14 @@ def diff(plan: Plan) -> str:
                                         f"a/{CONFIG_NAME}", f"b/{CONFIG_NAME}"))
 
 
-def apply(plan: Plan, backup_suffix: Optional[str] = ".orig") -> Optional[Path]:
-    """Write the plan's result (nothing when unchanged or refused); return the backup's path if one was made."""
-    if plan.refused or not plan.changed or plan.snapshot is None:
-        return None
+def apply(plan: Plan, backup_suffix: Optional[str] = ".orig") -> Written:
+    """Write the plan's result (nothing when unchanged or refused), or refuse with WriteRefused; either
+    way clean up what an earlier killed run left beside the config."""
     path = Path(plan.config_path)
+    if plan.refused or plan.snapshot is None:
+        return Written(None)
+    if not plan.changed:
+        return Written(None, () if path.is_symlink() else clean_leftovers(path, backup_suffix))
     if path.is_symlink():
         raise WriteRefused(f"{path} is a symlink (a hub cache entry?); fix rewrites only regular files")
     return replace_text(path, new_text(plan), plan.snapshot, backup_suffix)
