@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from peftdoctor.io.adapter import UnusableInput
 from peftdoctor.ops import fix as fixing
 from peftdoctor.peft import compat, patterns, releases
-from tests.test_fuzz import FUZZ, HUGE_NUMBERS, UNICODE_TEXT
+from tests.test_fuzz import FUZZ, HUGE_NUMBERS, UNICODE_TEXT, mutated_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"
@@ -136,3 +136,25 @@ def test_fix_is_standard_idempotent_and_keeps_meaning(tmp_path_factory: Any, con
     again = fixing.plan(str(directory), peft=target, force=force, serve=serve)
     assert not again.refused, f"second run refuses {again.refusals}"
     assert not again.changed, f"second run changes {again.changes}"
+
+
+@PROPERTIES
+@given(config=mutated_configs(), target=TARGETS, force=st.booleans())
+def test_fix_of_hostile_configs_is_standard_and_idempotent(tmp_path_factory: Any, config: dict[str, Any],
+                                                           target: str, force: bool) -> None:
+    """test_fuzz's mutated configs (huge numbers, NaN, surrogates, wrong types) through the API:
+    a one-line UnusableInput or a plan; what it would write is standard JSON; a second run is a no-op."""
+    directory = _write(tmp_path_factory.mktemp("hostile") / "adapter", config)
+    try:
+        plan = fixing.plan(str(directory), peft=target, force=force)
+    except UnusableInput as exc:
+        assert "\n" not in str(exc)
+        return
+    if plan.refused or not plan.changed:
+        return
+    text = fixing.new_text(plan)
+    text.encode("utf-8")
+    assert _strict(text) == plan.result
+    (directory / "adapter_config.json").write_text(text)
+    again = fixing.plan(str(directory), peft=target, force=force)
+    assert not again.refused and not again.changed, (again.refusals, again.changes)
