@@ -185,13 +185,15 @@ def fix(
             codes.append(EXIT_FINDINGS if check_only and the_plan.changed else EXIT_CLEAN)
         else:
             try:
-                backup = apply(the_plan, backup_suffix or None)
-            except errors.WriteRefused as exc:
+                done = apply(the_plan, backup_suffix or None)
+            except errors.WriteRefused as exc:  # a lost race included: the other run's write stands, this one says so
                 _fail(errors.one_line(exc))
                 codes.append(EXIT_UNUSABLE)
                 continue
+            for note in done.notes:
+                _fail(note)
             if the_plan.changed and fmt == "text":
-                typer.echo(written(the_plan, str(backup) if backup else None), err=True)
+                typer.echo(written(the_plan, str(done.backup) if done.backup else None), err=True)
     raise typer.Exit(max(codes))
 
 
@@ -323,6 +325,9 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a lone surrogate from a config prints as \udXXX, never crashes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app(prog_name="peftdoctor")
     except KeyboardInterrupt:  # while starting up, before a command runs (then _Commands has it)

@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from peftdoctor.errors import UnusableInput, WriteFailed
 from peftdoctor.io.files import open_regular
+from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
@@ -189,8 +191,13 @@ def write_shard(path: Path, shard: OutShard, produce: Producer) -> None:
 
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """Yield a staging directory beside `out`; rename it to `out` on success, remove it otherwise."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    """Yield a staging directory beside `out`; rename it to `out` on success, remove it otherwise.
+
+    Its name carries this process's pid: a kill -9 runs no cleanup, so the next merge into the same
+    --out removes the staging directories of runs no longer alive (each the size of a model)."""
+    for note in clear_dead_stagings(out):
+        print(f"peftdoctor: {note}", file=sys.stderr)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out), dir=out.parent))
     try:
         yield staging
         _fsync_dir(staging)

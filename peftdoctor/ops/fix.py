@@ -18,7 +18,7 @@ from packaging.version import Version
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
-from peftdoctor.io.atomic import Snapshot, WriteRefused, replace_text
+from peftdoctor.io.atomic import Snapshot, WriteRefused, Written, clean_leftovers, replace_text
 from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.ops.check import choose_target
@@ -83,6 +83,7 @@ class _Work:
     fold_rslora: bool = False  # a serving engine ignores use_rslora: fold it even where peft knows it
     changes: list[Change] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    refused_keys: set[str] = field(default_factory=set)  # a set, not a scan of refusals: 64k keys stay linear
 
     @property
     def peft_type(self) -> str:
@@ -101,12 +102,31 @@ class _Work:
 
     def refuse(self, key: str, reason: str) -> None:
         """Refuse, or with --force drop the key anyway and say that the meaning changes."""
-        if any(r.key == key for r in self.refusals):
+        if key in self.refused_keys:
             return  # one reason per key: the first rewriter that could not express it says why
+        self.refused_keys.add(key)
         if self.force and key in self.config:
             self.drop(key, f"FORCED: {reason}", forced=True)
         else:
             self.refusals.append(Refusal(key, reason))
+
+
+def _positive(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value) and value > 0
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0  # math.isfinite(10**400) raises
+
+
+def _scaled(alpha: Any, rank: Any) -> Optional[float]:
+    """alpha * sqrt(rank) as a finite float, or None where it cannot be written as standard JSON:
+    huge ints overflow a float, and 1e308 * 2 is infinite (strict JSON readers reject Infinity)."""
+    if not (_positive(alpha) and _positive(rank)):
+        return None
+    try:
+        value = alpha * math.sqrt(rank)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def _number(value: float) -> Any:
@@ -119,11 +139,13 @@ def rslora_to_alpha(work: _Work) -> None:
         return
     unknown_to = "the serving engine" if work.knows("use_rslora") else f"peft {work.target.name}"
     r, alpha = work.config.get("r", 8), work.config.get("lora_alpha", 8)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (r, alpha)):
-        return work.refuse("use_rslora", "r and lora_alpha must be positive numbers to fold rsLoRA's scaling")
+    folded = _scaled(alpha, r)
+    if folded is None:
+        return work.refuse("use_rslora", "r and lora_alpha must be positive numbers whose lora_alpha*sqrt(r) "
+                                         "is a finite JSON number to fold rsLoRA's scaling")
     has_patterns = bool(work.config.get("rank_pattern") or work.config.get("alpha_pattern"))
     if not has_patterns:
-        work.set("lora_alpha", _number(alpha * math.sqrt(r)),
+        work.set("lora_alpha", _number(folded),
                  f"rsLoRA folded in: lora_alpha/r now equals the rsLoRA scaling {alpha}/sqrt({r})")
         return work.drop("use_rslora", f"{unknown_to} has no rsLoRA; its scaling is in lora_alpha")
     if work.modules is None:
@@ -132,9 +154,12 @@ def rslora_to_alpha(work: _Work) -> None:
     if not (work.knows("rank_pattern") and work.knows("alpha_pattern")):
         return work.refuse("use_rslora", f"peft {work.target.name} has no alpha_pattern to carry per-module "
                                           "rsLoRA scalings")
-    wanted = {m: (rank, a * math.sqrt(rank)) for m, (rank, a) in
-              patterns.module_values(work.config, work.modules, work.source).items()}
-    global_alpha = _number(alpha * math.sqrt(r))
+    values = patterns.module_values(work.config, work.modules, work.source)
+    wanted = {m: (rank, _scaled(a, rank)) for m, (rank, a) in values.items()}
+    if any(a is None for _rank, a in wanted.values()):
+        return work.refuse("use_rslora", "every rank_pattern and alpha_pattern value must be a positive number "
+                                         "(ranks integers) whose alpha*sqrt(rank) is a finite JSON number")
+    global_alpha = _number(folded)
     # Every module whose rank or alpha differs from the global ones gets its own exact key in both
     # patterns, so each release's matching rule (one shared key before 0.14) lands on it.
     odd = {m: v for m, v in wanted.items() if v[0] != r or not math.isclose(v[1], global_alpha, rel_tol=1e-12)}
@@ -182,7 +207,7 @@ def retyped_values(work: _Work) -> None:
         value = work.config[key]
         if prop is None or _valid(value, prop):
             continue
-        for convert, why in _CONVERSIONS:
+        for convert, why in () if key in _REGEX_KEYS else _CONVERSIONS:
             converted = convert(value)
             if converted is not _NO and _valid(converted, prop):
                 work.set(key, converted, why)
@@ -196,6 +221,9 @@ def retyped_values(work: _Work) -> None:
 
 
 _NO = object()
+# A string here is a regex peft fullmatches against module names, a list a set of name suffixes:
+# "q_proj" and ["q_proj"] select different modules, so neither spelling converts to the other.
+_REGEX_KEYS = frozenset({"target_modules", "exclude_modules", "feedforward_modules"})
 _CONVERSIONS: tuple[tuple[Callable[[Any], Any], str], ...] = (
     (lambda v: v[0] if isinstance(v, list) and len(v) == 1 else _NO, "a one-element list becomes its element"),
     (lambda v: [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else _NO,
@@ -229,6 +257,27 @@ def unknown_keys(work: _Work) -> None:
                              f"{keys.LOSS_IF_DROPPED.get(key, keys.DEFAULT_LOSS)}{needs}")
 
 
+def standard_json(work: _Work) -> None:
+    """NaN and Infinity are not JSON (strict readers reject them): nothing fix writes may hold one."""
+    if not work.changes:
+        return  # nothing will be written: the file stays as its owner wrote it
+    for key in [k for k, v in work.config.items() if not _finite(v)]:
+        work.refuse(key, f"{key} holds NaN or Infinity, which standard JSON cannot hold")
+
+
+def _finite(value: Any) -> bool:
+    stack = [value]
+    while stack:  # a loop, not recursion: a config nested 1,000 deep must not raise RecursionError
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def load_refusals(work: _Work) -> None:
     for peft_type, missing_key, since, _error in keys.LOAD_REFUSALS:
         if work.peft_type == peft_type and missing_key not in work.config and work.target.version >= Version(since):
@@ -239,11 +288,16 @@ def load_refusals(work: _Work) -> None:
 # Order matters: exact equivalences first, then type repairs, then what is left is dropped or refused.
 REWRITERS: tuple[Callable[[_Work], None], ...] = (
     load_refusals, legacy_merged_linear, rslora_to_alpha, explicit_targets, retyped_values, unknown_keys,
+    standard_json,
 )
 
 
 def _module_names(adapter: Adapter) -> Optional[list[str]]:
     return sorted(lora_modules(adapter)) if adapter.header is not None else None
+
+
+# Keys that carry one feature together: the engine tables name only the first.
+_FEATURE_KEYS = {"rank_pattern": ("rank_pattern", "alpha_pattern")}
 
 
 def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = False,
@@ -265,12 +319,15 @@ def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = 
     config = adapter.config
     snapshot = Snapshot(adapter.config_digest or "", adapter.config_text or "")
     written = compat.written_by(config)
-    work = _Work(dict(config), release, written.exact if written and written.exact else releases.known_versions()[-1], _module_names(adapter), force)
+    source = written.exact if written is not None and written.exact else releases.known_versions()[-1]
+    work = _Work(dict(config), release, source, _module_names(adapter), force)
     if engine is not None:
         header = adapter.header
         work.fold_rslora = "fold_rslora" in targets.rewrites_for(engine, config, header)
         for key, reason in targets.refusals_for(engine, config, header):
-            work.refuse(key, reason)
+            # An engine names one key per feature; --force must drop all of it, or a second run refuses again.
+            for part in [k for k in _FEATURE_KEYS.get(key, (key,)) if k in work.config] or [key]:
+                work.refuse(part, reason)
     if work.peft_type not in release.peft_types:
         work.refusals.append(Refusal("peft_type", f"peft {release.name} has no {work.peft_type!r} adapters"))
     else:
@@ -286,7 +343,10 @@ def new_text(plan: Plan) -> str:
     if not plan.changed:
         return original
     indent = next((len(line) - len(line.lstrip(" ")) for line in original.splitlines()[1:2]), None) or None
-    text = json.dumps(plan.result, indent=indent, ensure_ascii=False)
+    text = json.dumps(plan.result, indent=indent, ensure_ascii=False, allow_nan=False)
+    # A lone surrogate (a "\\ud800" escape in the original) cannot be encoded as UTF-8; written back
+    # as the same \\uXXXX escape it keeps its meaning. Only surrogates are unencodable in UTF-8.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text + "\n" if original.endswith("\n") or not original else text
 
 
@@ -299,11 +359,14 @@ def diff(plan: Plan) -> str:
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 
 
-def apply(plan: Plan, backup_suffix: Optional[str] = ".orig") -> Optional[Path]:
-    """Write the plan's result (nothing when unchanged or refused); return the backup's path if one was made."""
-    if plan.refused or not plan.changed or plan.snapshot is None:
-        return None
+def apply(plan: Plan, backup_suffix: Optional[str] = ".orig") -> Written:
+    """Write the plan's result (nothing when unchanged or refused), or refuse with WriteRefused; either
+    way clean up what an earlier killed run left beside the config."""
     path = Path(plan.config_path)
+    if plan.refused or plan.snapshot is None:
+        return Written(None)
+    if not plan.changed:
+        return Written(None, () if path.is_symlink() else clean_leftovers(path, backup_suffix))
     if path.is_symlink():
         raise WriteRefused(f"{path} is a symlink (a hub cache entry?); fix rewrites only regular files")
     return replace_text(path, new_text(plan), plan.snapshot, backup_suffix)

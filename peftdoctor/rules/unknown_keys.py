@@ -17,7 +17,32 @@ def unknown_key_findings(ctx: Context) -> list[Finding]:
     if peft_type is None or peft_type not in target.peft_types:
         return []
     known = target.fields(peft_type)
-    return [_finding(ctx, key) for key in ctx.config if key not in known]
+    unknown = [key for key in ctx.config if key not in known]
+    noops = {key: reason for key in unknown if (reason := compat.noop_reason(ctx.config, key)) and _groups(ctx, key)}
+    if len(noops) < 2:
+        noops = {}  # one key is said best on its own
+    findings = [_finding(ctx, key) for key in unknown if key not in noops]
+    return ([_noops_finding(ctx, noops)] if noops else []) + findings
+
+
+def _groups(ctx: Context, key: str) -> bool:
+    """Whether a no-op key goes into the one finding for all no-op keys: everything a raising release
+    trips on, and elsewhere the keys of newer releases (legacy keys and typos keep their own warning)."""
+    span = compat.history(ctx.peft_type, key)
+    return ctx.target.unknown_keys == "raise" or (span.known and not span.legacy)
+
+
+def _noops_finding(ctx: Context, noops: dict[str, str]) -> Finding:
+    """One finding for many no-op keys, so that the keys which bear meaning stand out."""
+    name = ctx.target.name
+    keys_ = ", ".join(sorted(noops))
+    why = "; ".join(f"{key}: {reason}" for key, reason in sorted(noops.items()))
+    fix = f"`peftdoctor fix --peft {name}` drops them ({why})"
+    if ctx.target.unknown_keys == "raise":  # loading fails until they are dropped: still an error
+        return rule("PD105").finding(f"{len(noops)} keys unknown to peft {name} are no-ops, but peft {name} "
+                                     f"raises on them: loading fails ({keys_})", fix)
+    return rule("PD107").finding(f"{len(noops)} keys unknown to peft {name} are no-ops; it drops them "
+                                 f"safely ({keys_})", fix)
 
 
 def _finding(ctx: Context, key: str) -> Finding:
@@ -62,5 +87,8 @@ def _did_you_mean(ctx: Context, key: str) -> str:
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
+    try:
+        text = json.dumps(value, sort_keys=True, default=str)
+    except (RecursionError, ValueError):  # nested ~1,000 deep, or a circular default=str value
+        return "(a value nested too deeply to show)"
     return text if len(text) <= 60 else text[:57] + "..."
