@@ -213,3 +213,93 @@ def test_backreference_in_a_nested_repeat_is_refused_not_run() -> None:
     with pytest.raises(re.error, match="cannot be evaluated in bounded time"):
         bounded.fullmatch(r"((a+)\2)+b", "a" * 40)
     assert bounded.fullmatch(r"(a)\1", "aa")  # a backreference `re` can bound is just run
+
+
+# --- regressions at the call sites --------------------------------------------------------------------
+
+def _cli(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+    return done, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def all_linear_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real adapter trained by real peft with target_modules="all-linear"; peft writes the expanded
+    names, so the config is given back the value the training recipe had (as hand-edited and
+    recipe-generated configs carry it)."""
+    from adapters import make_llama_base, make_lora_adapter
+
+    root = tmp_path_factory.mktemp("all-linear")
+    adapter = make_lora_adapter(root / "adapter", make_llama_base(root / "base"), target_modules="all-linear",
+                                base_model_name_or_path="org/tiny-llama")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert isinstance(config["target_modules"], list) and len(config["target_modules"]) == 14
+    config["target_modules"] = "all-linear"
+    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return adapter
+
+
+def test_tgi_does_not_take_all_linear_for_a_module_name(all_linear_adapter: Path, tmp_path: Path) -> None:
+    """Regression: without readable weights (here a pickle-only copy, as safe_serialization=False saves),
+    `check --target tgi` reported "modules all-linear are not among q_proj, ..." (PD415, an error)."""
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text((all_linear_adapter / "adapter_config.json").read_text())
+    torch.save(load_file(str(all_linear_adapter / "adapter_model.safetensors")), pickled / "adapter_model.bin")
+    for directory in (pickled, all_linear_adapter):
+        done, _ = _cli("check", str(directory), "--target", "tgi", "--format", "json")
+        findings = json.loads(done.stdout)["findings"]
+        assert not [f for f in findings if "all-linear" in f["message"] and f["code"].startswith("PD4")], findings
+        assert not [f for f in findings if f["code"] in ("PD207", "PD208")], findings
+
+
+def test_all_linear_weights_on_the_head_are_reported_stray(tmp_path: Path) -> None:
+    """all-linear leaves the output head out (_maybe_include_all_linear_layers): LoRA weights for lm_head
+    under an all-linear config are never loaded by peft, and check says so (PD208)."""
+    from adapters import make_llama_base, make_lora_adapter
+
+    adapter = make_lora_adapter(tmp_path / "adapter", make_llama_base(tmp_path / "base"),
+                                target_modules=["q_proj", "lm_head"], base_model_name_or_path="org/tiny-llama")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_modules": "ALL-LINEAR"}))
+    from peftdoctor import check
+
+    stray = [f for f in check(str(adapter)).findings if f.code == "PD208"]
+    assert len(stray) == 1 and "lm_head" in stray[0].message and "q_proj" not in stray[0].message
+
+
+def _hostile_adapter(directory: Path) -> Path:
+    """Real safetensors weights for two 40-odd-character module names, and a config whose regexes
+    backtrack catastrophically on them in `re` (minutes each)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir()
+    modules = ["a" * 40, "a" * 40 + "c"]
+    tensors = {f"base_model.model.{m}.{role}.weight": np.zeros(shape, dtype=np.float32)
+               for m in modules for role, shape in (("lora_A", (8, 16)), ("lora_B", (16, 8)))}
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "use_rslora": True,
+              "target_modules": "(a|aa)+$", "rank_pattern": {"(a+)+b": 4}, "alpha_pattern": {"(a|aa)+b": 2},
+              "base_model_name_or_path": "org/base", "peft_version": "0.21.2"}
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_check_and_fix_finish_on_catastrophic_patterns(tmp_path: Path) -> None:
+    """Regression (issue 14): these patterns made `re` run for minutes; a pre-commit hook must not hang."""
+    adapter = _hostile_adapter(tmp_path / "hostile")
+    done, seconds = _cli("check", str(adapter), "--format", "json")
+    assert seconds < 10, seconds
+    codes = {f["code"]: f["message"] for f in json.loads(done.stdout)["findings"]}
+    # peft would target "a"*40 (it fully matches (a|aa)+) and not "a"*40+"c"; neither pattern key matches.
+    assert "PD208" in codes and "c" in codes["PD208"] and "PD206" not in codes, codes
+    for release in ("0.13.2", "0.9.0"):  # fix rewrites rsLoRA and the patterns for older releases
+        done, seconds = _cli("fix", str(adapter), "--peft", release)
+        assert seconds < 10, (release, seconds)
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]

@@ -18,8 +18,8 @@ that cannot be judged.
 from __future__ import annotations
 
 import re
-import re._constants as C  # noqa: N812 - re's own opcodes, the parse tree is written in them
-import re._parser as P  # noqa: N812
+import re._constants as C  # re's own opcodes: the parse tree is written in them
+import re._parser as P
 from functools import lru_cache
 from typing import Callable, Optional, Union
 

@@ -81,9 +81,14 @@ def regime(version: Version) -> Regime:
     return next(r for r in _REGIMES if version >= r.since)
 
 
+def names_all_linear(targets: Any) -> bool:
+    """Whether target_modules is the all-linear shorthand as peft spells it (any case)."""
+    return isinstance(targets, str) and targets.lower() == ALL_LINEAR
+
+
 def is_all_linear(targets: Any, version: Version) -> bool:
     """Whether `version` expands target_modules to all linear layers (before 0.8.0 it is a regex)."""
-    return regime(version).all_linear and isinstance(targets, str) and targets.lower() == ALL_LINEAR
+    return regime(version).all_linear and names_all_linear(targets)
 
 
 def output_heads(config: Mapping[str, Any]) -> tuple[str, ...]:
@@ -181,10 +186,10 @@ def saved_by(key: str, modules_to_save: Any) -> bool:
     return any(saves(".".join(parts[:i]), modules_to_save) for i in range(1, len(parts)))
 
 
-def declared_names(config: Mapping[str, Any]) -> Optional[frozenset[str]]:
-    """The last names of the modules the config targets when the config alone says (a list);
-    None when only the base can tell (a regex string, or all-linear)."""
-    targets = config.get("target_modules")
-    if not isinstance(targets, list):
+def declared_names(config: Mapping[str, Any], key: str = "target_modules") -> Optional[frozenset[str]]:
+    """The last names of the modules `key` (target_modules or modules_to_save) names when the config
+    alone says (a list); None when only the base can tell (a regex string, or all-linear)."""
+    value = config.get(key)
+    if not isinstance(value, list):
         return None
-    return frozenset(t.rsplit(".", 1)[-1] for t in targets if isinstance(t, str))
+    return frozenset(t.rsplit(".", 1)[-1] for t in value if isinstance(t, str))

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from packaging.version import Version
 
 from peftdoctor.model.findings import Finding, Severity
-from peftdoctor.peft import compat, releases
+from peftdoctor.peft import compat, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
@@ -74,7 +74,8 @@ def oft_weights_changed(ctx: Context) -> list[Finding]:
 def tied_layer_adapted(ctx: Context) -> list[Finding]:
     if ctx.config.get("ensure_weight_tying") is True:
         return []
-    adapted = _names(ctx.config.get("target_modules")) | _names(ctx.config.get("modules_to_save"))
+    adapted = (targeting.declared_names(ctx.config) or frozenset()) | \
+        (targeting.declared_names(ctx.config, "modules_to_save") or frozenset())
     tied = sorted(adapted & keys.TIED_MODULE_NAMES)
     if not tied:
         return []
@@ -106,9 +107,3 @@ def base_config(name: Any) -> Optional[dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _names(value: Any) -> set[str]:
-    if isinstance(value, list):
-        return {v.rsplit(".", 1)[-1] for v in value if isinstance(v, str)}
-    return set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from peftdoctor.peft import targeting
 from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 from peftdoctor.verification.facts import AdapterFacts, BaseFacts
 
@@ -75,9 +76,9 @@ def _mismatched(info: dict[str, Any]) -> list[str]:
 
 def untrained_head(missing: tuple[str, ...], adapter: AdapterFacts) -> list[str]:
     """Parameters initialised at random that the adapter does not replace: different on every load."""
-    saved = [str(m) for m in adapter.config.get("modules_to_save") or ()]
+    saved = adapter.config.get("modules_to_save")
     return [key for key in missing
-            if not any(f".{m}." in f".{key}" for m in saved) and not adapter.mentions(key.rsplit(".", 1)[0])]
+            if not targeting.saved_by(key, saved) and not adapter.mentions(key.rsplit(".", 1)[0])]
 
 
 def module_name(model: Any, module: Any) -> Optional[str]:
