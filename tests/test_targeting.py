@@ -8,6 +8,7 @@ answer must equal peft's for every case, errors included.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import re
@@ -27,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ERA = Path(__file__).resolve().parent / "era"
 sys.path.insert(0, str(ROOT / "scripts"))
 import peft_envs  # noqa: E402
+
+sys.path.insert(0, str(ERA))
+import target_matches  # noqa: E402
 
 # 0.6.2: the first check_target_module_exists (COMMON_LAYERS_PATTERN, [] still filters);
 # 0.13.2: before exclude_modules and the modules_to_save exclusion, greedy layer index.
@@ -106,17 +110,34 @@ def _peft(release: str, cases_file: Path) -> list[list[object]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _differ(cases: list[dict[str, Any]], theirs: list[list[object]], version: Version) -> list[tuple]:
+    return [(case["config"], name, ours, answer)
+            for case, answers in zip(cases, theirs) for name, answer in zip(case["names"], answers)
+            if (ours := _ours(case["config"], name, version)) != answer]
+
+
 @pytest.mark.parametrize("release", ["installed", *OLD_RELEASES])
 def test_targeted_equals_check_target_module_exists(release: str, tmp_path: Path) -> None:
     cases = _cases()
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     theirs = _peft(release, tmp_path / "cases.json")
-    version = Version(installed_peft() if release == "installed" else release)
-    differ = [(case["config"], name, ours, answer)
-              for case, answers in zip(cases, theirs) for name, answer in zip(case["names"], answers)
-              if (ours := _ours(case["config"], name, version)) != answer]
+    differ = _differ(cases, theirs, Version(installed_peft() if release == "installed" else release))
     assert not differ, f"{len(differ)} of {sum(len(c['names']) for c in cases)} differ, e.g. {differ[:5]}"
     assert sum(len(c["names"]) for c in cases) > 3000
+
+
+@pytest.mark.parametrize("source", sorted((ERA / "peft_matchers").glob("v*.py")), ids=lambda p: p.stem)
+def test_targeted_equals_peft_function_of_releases_without_an_env(source: Path) -> None:
+    """The regimes between the envs above (0.8.0, 0.14.0, 0.16.0, 0.17.0, 0.20.0): peft's own function,
+    copied verbatim from each release tag, on the same cases."""
+    spec = importlib.util.spec_from_file_location(f"peft_{source.stem}", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cases = _cases()
+    theirs = target_matches.evaluate(module.check_target_module_exists, cases)
+    differ = _differ(cases, theirs, Version(source.stem[1:].replace("_", ".")))
+    assert not differ, f"{len(differ)} differ, e.g. {differ[:5]}"
 
 
 def test_generator_covers_every_regime_change() -> None:
@@ -206,7 +227,7 @@ def test_catastrophic_patterns_finish(pattern: str, text: str) -> None:
     started = time.perf_counter()
     assert not bounded.fullmatch(pattern, text) and bounded.match(pattern, text) is None
     assert time.perf_counter() - started < 1.0
-    assert bounded._backtracking_paths(pattern, len(text)) > bounded.MAX_STEPS  # the VM answered
+    assert bounded._backtracking_steps(pattern, len(text)) > bounded.MAX_STEPS  # the VM answered
 
 
 def test_backreference_in_a_nested_repeat_is_refused_not_run() -> None:

@@ -23,7 +23,7 @@ import re._parser as P
 from functools import lru_cache
 from typing import Callable, Optional, Union
 
-MAX_STEPS = 100_000  # paths `re` may explore before the VM is used instead (~10 ms of backtracking)
+MAX_STEPS = 1_000_000  # characters `re` may visit, at worst, before the VM is used instead (a few ms)
 MAX_PROGRAM = 20_000  # VM instructions; counted repeats are unrolled
 _INF = float("inf")
 
@@ -50,7 +50,7 @@ def match(pattern: str, text: str) -> Optional[Groups]:
 
 def _run(pattern: str, text: str, full: bool) -> Optional[Groups]:
     compiled = re.compile(pattern)  # raises re.error exactly where peft's re.* would
-    if _backtracking_paths(pattern, len(text)) <= MAX_STEPS:
+    if _backtracking_steps(pattern, len(text)) <= MAX_STEPS:
         found = (compiled.fullmatch if full else compiled.match)(text)
         return None if found is None else _groups(compiled, found.group)
     spans = _vm(_program(pattern).code, text, 0, len(text) if full else None, {})
@@ -71,8 +71,9 @@ def _slice(text: str, spans: list[Optional[int]], g: int) -> Optional[str]:
 
 
 @lru_cache(maxsize=4096)
-def _backtracking_paths(pattern: str, length: int) -> float:
-    return _paths(list(P.parse(pattern)), length)
+def _backtracking_steps(pattern: str, length: int) -> float:
+    # Each path a backtracking matcher can take visits at most length + 1 positions.
+    return _paths(list(P.parse(pattern)), length) * (length + 1)
 
 
 def _paths(items: list, n: int) -> float:
@@ -100,7 +101,7 @@ def _paths(items: list, n: int) -> float:
                 return _INF
             else:
                 total *= max(1, min(high, n) - low + 1) if high != C.MAXREPEAT else n + 1
-        if total > MAX_STEPS * 1000:
+        if total > MAX_STEPS:
             return _INF
     return total
 
