@@ -312,8 +312,30 @@ def _hostile_adapter(directory: Path) -> Path:
     return directory
 
 
+A40 = "a" * 40
+
+
+@pytest.mark.parametrize("release,expected", [
+    # one key for both, the first of rank's then alpha's keys with re.match(.*\.key$): only "x.a..." has a dot
+    ("0.13.2", {A40: (8, 16), "x." + A40: (8, 3), A40 + "c": (8, 16)}),
+    ("0.14.0", {A40: (8, 16), "x." + A40: (8, 3), A40 + "c": (8, 16)}),  # separately, same template
+    ("0.21.2", {A40: (8, 3), "x." + A40: (8, 3), A40 + "c": (2, 16)}),  # (.*\.)?(key)$ also from the start
+])
+def test_each_pattern_regime_finishes_on_catastrophic_keys(release: str, expected: dict[str, tuple[int, int]]) -> None:
+    """patterns.module_values (what check's PD206 and fix's rsLoRA folding resolve per release) with keys
+    that make each regime's re.match template backtrack for minutes on these names."""
+    from peftdoctor.peft import patterns
+
+    config = {"r": 8, "lora_alpha": 16, "rank_pattern": {"(a+)+b": 4, "(a|aa)+c": 2}, "alpha_pattern": {"(a+)+$": 3}}
+    started = time.perf_counter()
+    assert patterns.module_values(config, list(expected), Version(release)) == expected
+    assert time.perf_counter() - started < 2
+
+
 def test_check_and_fix_finish_on_catastrophic_patterns(tmp_path: Path) -> None:
-    """Regression (issue 14): these patterns made `re` run for minutes; a pre-commit hook must not hang."""
+    """Regression (issue 14): `check` on this adapter ran for minutes (PD206's rank_pattern lookup and PD208's
+    target_modules match); a pre-commit hook must not hang. `fix` refuses these configs before it resolves
+    the patterns today; it is timed too, so that a new rewrite cannot bring the hang back."""
     adapter = _hostile_adapter(tmp_path / "hostile")
     done, seconds = _cli("check", str(adapter), "--format", "json")
     assert seconds < 10, seconds
