@@ -60,7 +60,8 @@ def _entry(rng: random.Random, names: list[str]) -> str:
     name = rng.choice(names)
     parts = name.split(".")
     return ".".join(parts[-rng.randint(1, min(3, len(parts))):]) if rng.random() < 0.3 else \
-        rng.choice(_LEAVES + ["lm_head", "embed_tokens", "out_proj", "proj", "attn.q_proj", "_proj"])
+        rng.choice(_LEAVES + ["lm_head", "embed_tokens", "out_proj", "proj", "attn.q_proj", "_proj", "q_proj|fc1",
+                            "(q|v)_proj", "dense.*"])
 
 
 def _config(rng: random.Random, names: list[str]) -> dict[str, Any]:
@@ -145,9 +146,9 @@ def test_generator_covers_every_regime_change() -> None:
     the answer for some generated case, and both answers are common."""
     cases = _cases()
     answers = {v: [_ours(c["config"], n, Version(v)) for c in cases for n in c["names"]]
-               for v in ("0.6.2", "0.7.1", "0.8.0", "0.13.2", "0.14.0", "0.15.2", "0.16.0", "0.19.1", "0.20.0",
+               for v in ("0.5.0", "0.6.0", "0.6.2", "0.7.1", "0.8.0", "0.13.2", "0.14.0", "0.15.2", "0.16.0", "0.19.1", "0.20.0",
                          "0.21.0")}
-    for before, after in [("0.7.1", "0.8.0"), ("0.13.2", "0.14.0"), ("0.15.2", "0.16.0"), ("0.19.1", "0.20.0"),
+    for before, after in [("0.5.0", "0.6.0"), ("0.7.1", "0.8.0"), ("0.13.2", "0.14.0"), ("0.15.2", "0.16.0"), ("0.19.1", "0.20.0"),
                           ("0.20.0", "0.21.0")]:
         changed = sum(a != b for a, b in zip(answers[before], answers[after]))
         assert changed >= 3, (before, after, changed)

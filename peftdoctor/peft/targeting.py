@@ -29,8 +29,8 @@ from peftdoctor.peft import bounded
 
 PROBLEMS = (re.error, ValueError)  # what the functions here raise where peft itself would fail
 ALL_LINEAR = "all-linear"  # INCLUDE_LINEAR_LAYERS_SHORTHAND
-# get_output_embeddings() of the causal-LM bases peft targets, saved at the top level of the model;
-# SEQ_CLS_HEAD_NAMES (peft/utils/constants.py) for classifiers without output embeddings.
+# The modules get_output_embeddings() returns in the causal-LM bases peft targets; SEQ_CLS_HEAD_NAMES
+# (peft/utils/constants.py) for classifiers without output embeddings.
 OUTPUT_HEADS = ("lm_head", "embed_out")
 SEQ_CLS_HEADS = ("score", "classifier")
 COMMON_LAYERS_PATTERN = ("layers", "h", "block", "blocks", "layer")  # peft/utils/other.py (0.4-0.7)
@@ -91,9 +91,11 @@ def is_all_linear(targets: Any, version: Version) -> bool:
     return regime(version).all_linear and names_all_linear(targets)
 
 
-def output_heads(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """Names all-linear leaves out when the base is not at hand (the head sits at the model's top level)."""
-    return OUTPUT_HEADS + (SEQ_CLS_HEADS if config.get("task_type") == "SEQ_CLS" else ())
+def is_output_head(config: Mapping[str, Any], name: str) -> bool:
+    """Whether all-linear leaves module `name` out as the output head, by the names heads have
+    (lm_head, or language_model.lm_head in a VLM), when the base is not at hand."""
+    heads = OUTPUT_HEADS + (SEQ_CLS_HEADS if config.get("task_type") == "SEQ_CLS" else ())
+    return name.rsplit(".", 1)[-1] in heads
 
 
 def targeted(config: Mapping[str, Any], name: str, version: Version,
@@ -105,7 +107,7 @@ def targeted(config: Mapping[str, Any], name: str, version: Version,
     targets = config.get("target_modules")
     if is_all_linear(targets, version):
         linear = [name] if linear is None else linear
-        targets = [m for m in linear if m not in output_heads(config)]
+        targets = [m for m in linear if not is_output_head(config, m)]
     if excluded(config, name, version):
         return False
     if isinstance(targets, str):
