@@ -1,6 +1,7 @@
 # LoraModel._check_target_module_exists copied from huggingface/peft v0.5.0 (4df9c5a243194b03e703c1dd526d64163f9b4fd2),
 # src/peft/tuners/lora.py (Apache-2.0), dedented and given the later name, for tests/test_targeting.py.
 # COMMON_LAYERS_PATTERN from src/peft/utils/other.py of the same tag. Do not edit.
+# ruff: noqa: W605  (peft wrote these regexes in plain strings; kept as they were)
 import re
 
 COMMON_LAYERS_PATTERN = ["layers", "h", "block", "blocks", "layer"]
