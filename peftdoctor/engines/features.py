@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from peftdoctor.io.base import find_base_config
 from peftdoctor.io.safetensors import Header
 from peftdoctor.peft import semantics as keys
-from peftdoctor.peft import tensor_names
+from peftdoctor.peft import targeting, tensor_names
 from peftdoctor.peft.patterns import declared_ranks
 
 Detector = Callable[[dict[str, Any], Optional[Header], Mapping[str, Any]], Optional[str]]
@@ -38,10 +38,9 @@ def _lora_modules(header: Optional[Header]) -> dict[str, str]:
 
 
 def _targets(config: dict[str, Any]) -> set[str]:
-    value = config.get("target_modules")
-    if isinstance(value, str):
-        return {value}
-    return {v.rsplit(".", 1)[-1] for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+    """Last names of the modules target_modules lists; empty when only the base could tell (a regex,
+    or all-linear: never the embeddings or the output head, and no fixed module names)."""
+    return set(targeting.declared_names(config) or ())
 
 
 def _names(value: Any) -> list[str]:

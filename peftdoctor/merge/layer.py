@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from peftdoctor.peft import targeting
 from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 
 ADAPTER_NAME = "default"
@@ -146,7 +147,7 @@ def _merge(skeleton: Skeleton, config: Any, module: str, params: dict[str, Any],
 
     config = copy.deepcopy(config)
     config.modules_to_save = None  # full copies are written by the stream, not wrapped here
-    if config.target_modules == "all-linear":  # resolving it needs the whole model; the weights say which
+    if targeting.names_all_linear(config.target_modules):  # resolving it needs the whole model; the weights say which
         config.target_modules = {module}
     on_device = {n: t.to(device) for n, t in params.items()}
     embedding = any(".lora_embedding_" in k for k in adapter_tensors)

@@ -22,7 +22,7 @@ from peftdoctor.io.atomic import Snapshot, WriteRefused, Written, clean_leftover
 from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.ops.check import choose_target
-from peftdoctor.peft import compat, patterns, releases
+from peftdoctor.peft import compat, patterns, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules.schema import plainly_valid
@@ -178,8 +178,8 @@ def rslora_to_alpha(work: _Work) -> None:
 
 def explicit_targets(work: _Work) -> None:
     """'all-linear' and exclude_modules become the list of modules the weights were trained for."""
-    all_linear = work.config.get("target_modules") == "all-linear" and \
-        work.target.version < Version(keys.VALUE_SINCE[("target_modules", "all-linear")])
+    targets = work.config.get("target_modules")
+    all_linear = targeting.names_all_linear(targets) and not targeting.is_all_linear(targets, work.target.version)
     excluding = work.config.get("exclude_modules") not in (None, [], "") and not work.knows("exclude_modules")
     if not (all_linear or excluding):
         return

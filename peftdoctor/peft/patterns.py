@@ -6,6 +6,8 @@ Three regimes, read from peft's source (peft/tuners/lora/model.py, peft/utils/ot
   (and the module's own full name is the fallback key);
 - 0.14.0: the same regex, but rank and alpha keys are picked separately;
 - 0.15.0 on: separately, with re.match(rf"(.*\\.)?({key})$", module).
+The keys come from untrusted files, so each match goes through peft/bounded.py (same answers as re,
+in bounded time: a key like `(a+)+b` would otherwise backtrack for minutes).
 """
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ from typing import Any, Callable, Optional
 
 from packaging.version import Version
 
+from peftdoctor.peft import bounded
+
 Resolver = Callable[[dict, dict, str, Any, Any], tuple[Any, Any]]
 
 
 def _first(keys: list[str], module: str, template: str) -> Optional[str]:
     for key in keys:
         try:
-            if re.match(template.format(key=key), module):
+            if bounded.match(template.format(key=key), module) is not None:
                 return key
         except re.error:
             continue

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from packaging.version import Version
 
 from peftdoctor.io.base import REPO_ID, find_base_config
 from peftdoctor.model.findings import Finding, Severity
-from peftdoctor.peft import compat, releases
+from peftdoctor.peft import compat, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
@@ -71,7 +70,8 @@ def oft_weights_changed(ctx: Context) -> list[Finding]:
 def tied_layer_adapted(ctx: Context) -> list[Finding]:
     if ctx.config.get("ensure_weight_tying") is True:
         return []
-    adapted = _names(ctx.config.get("target_modules")) | _names(ctx.config.get("modules_to_save"))
+    adapted = (targeting.declared_names(ctx.config) or frozenset()) | \
+        (targeting.declared_names(ctx.config, "modules_to_save") or frozenset())
     tied = sorted(adapted & keys.TIED_MODULE_NAMES)
     if not tied:
         return []
@@ -86,7 +86,3 @@ def tied_layer_adapted(ctx: Context) -> list[Finding]:
         "ensure_weight_tying=true", key="target_modules")]
 
 
-def _names(value: Any) -> set[str]:
-    if isinstance(value, list):
-        return {v.rsplit(".", 1)[-1] for v in value if isinstance(v, str)}
-    return set()

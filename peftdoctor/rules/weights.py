@@ -1,14 +1,15 @@
 """Config against weights, from file headers only: nothing is unpickled or loaded (PD2xx)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from packaging.version import Version
 
 from peftdoctor.io.safetensors import size_problems
 from peftdoctor.model.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
-from peftdoctor.peft import patterns, releases, tensor_names
+from peftdoctor.peft import patterns, releases, targeting, tensor_names
 from peftdoctor.rules.registry import rule
 from peftdoctor.rules.values import value_findings
 
@@ -113,45 +114,39 @@ def _some(names: list[str]) -> str:
 
 def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
     targets = config.get("target_modules")
-    if not modules or not isinstance(targets, (list, str)) or targets == "all-linear":
+    if not modules or not isinstance(targets, (list, str)):
         return []
+    newest = releases.known_versions()[-1]
     findings = []
     if isinstance(targets, list):
         for target in (t for t in targets if isinstance(t, str)):
-            if not any(_matches_target(m, target) for m in modules):
+            if not any(_targeted({**config, "target_modules": [target]}, m, newest) for m in modules):
                 findings.append(rule("PD207").finding(
                     f"target_modules lists {target!r} but the weights hold no LoRA tensors for it",
                     f"remove {target!r} from target_modules, or re-save the adapter that trained it",
                     key="target_modules"))
-    stray = sorted(m for m in modules if not _targeted(m, targets))
+    stray = sorted(m for m in modules if not _targeted(config, m, newest))
     if stray:
         findings.append(rule("PD208").finding(
-            f"weights for {_some(stray)} match no entry of target_modules: peft builds no layer for them and "
-            "silently ignores those weights", "add the module names to target_modules", key="target_modules"))
+            f"weights for {_some(stray)} match no module the config targets (target_modules, exclude_modules, "
+            "layers_to_transform): peft builds no layer for them and silently ignores those weights",
+            "add the module names to target_modules", key="target_modules"))
     return findings
 
 
-def _matches_target(module: str, target: str) -> bool:
-    return module == target or module.endswith("." + target)
-
-
-def _targeted(module: str, targets: Any) -> bool:
-    if isinstance(targets, str):
-        try:
-            return re.fullmatch(targets, module) is not None
-        except re.error:
-            return True  # peft would fail on the regex itself; don't guess further
-    return any(_matches_target(module, t) for t in targets if isinstance(t, str))
+def _targeted(config: dict[str, Any], module: str, version: Version) -> bool:
+    try:
+        return targeting.targeted(config, module, version)
+    except targeting.PROBLEMS:
+        return True  # peft would fail on the pattern itself; don't guess further
 
 
 def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
     wanted = config.get("modules_to_save")
     if not isinstance(wanted, list) or not wanted:
         return []
-    saved = {name.module for name in adapter.tensors.values() if name.family in ("other", "copy", "whole")}
-    present = {w for w in wanted if isinstance(w, str) and any(_matches_target(s, w) or
-                                                              _matches_target(s, w + ".modules_to_save")
-                                                              for s in saved)}
+    saved = [name.base_parameter for name in adapter.tensors.values() if name.family in ("other", "copy", "whole")]
+    present = {w for w in wanted if isinstance(w, str) and any(targeting.saved_by(s, [w]) for s in saved)}
     optional = set(AUTO_MODULES_TO_SAVE.get(str(config.get("task_type")), ()))
     missing = [w for w in wanted if isinstance(w, str) and w not in present]
     if optional and present & optional:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
+from peftdoctor.peft import targeting
 from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 from peftdoctor.verification import facts as adapter_facts
 
@@ -77,9 +78,9 @@ def _mismatched(info: dict[str, Any]) -> list[str]:
 
 def untrained_head(missing: tuple[str, ...], adapter: Adapter) -> list[str]:
     """Parameters initialised at random that the adapter does not replace: different on every load."""
-    saved = [str(m) for m in adapter.config.get("modules_to_save") or ()]
+    saved = adapter.config.get("modules_to_save")
     return [key for key in missing
-            if not any(f".{m}." in f".{key}" for m in saved) and not adapter_facts.mentions(adapter, key.rsplit(".", 1)[0])]
+            if not targeting.saved_by(key, saved) and not adapter_facts.mentions(adapter, key.rsplit(".", 1)[0])]
 
 
 def module_name(model: Any, module: Any) -> Optional[str]:
