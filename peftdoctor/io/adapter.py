@@ -8,25 +8,32 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.base import find_base_config
 from peftdoctor.io.files import MAX_JSON_BYTES, FileRefused, read_limited, refused_entries
-from peftdoctor.io.locate import resolve
+from peftdoctor.io.locate import is_repo_ref, resolve
 from peftdoctor.io.safetensors import Header, HeaderError, read_header
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 
-__all__ = ["open_adapter", "read_config"]
+__all__ = ["classify", "open_adapter", "read_config", "read_config_file"]
 
 _FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                        "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 _MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
-def open_adapter(target: str) -> Adapter:
+def open_adapter(target: str, online: bool = False) -> Adapter:
     """Locate and read the adapter at `target` (directory, config file path, or repo id): its entries
-    under the file rules, its config, and its safetensors header, each read exactly once."""
+    under the file rules, its config, and its safetensors header, each read exactly once.
+
+    online: a repo id (OWNER/NAME[@REVISION]) that is not a local path is read from the Hub by io/hub.py
+    (its config and weights header only); otherwise a repo id is read from the local hub cache alone."""
+    if online and not Path(target).exists() and is_repo_ref(target):
+        from peftdoctor.io.hub import open_hub_adapter  # huggingface_hub is imported only for repo ids
+
+        return open_hub_adapter(target)
     directory, display = resolve(target)
     origin = "directory" if Path(target).exists() else "hub-cache"
     try:
@@ -55,6 +62,11 @@ def _read_header(directory: Path, refused: dict[str, str]) -> tuple[Optional[Hea
         return read_header(str(directory / SAFETENSORS_NAME)), None
     except HeaderError as exc:
         return None, str(exc)
+
+
+def read_config_file(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str], Optional[str]]:
+    """(config, text, sha256 of the bytes, None), or (None, text-or-None, digest-or-None, one-line reason)."""
+    return _read_config(path)
 
 
 def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
@@ -88,15 +100,20 @@ def _read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], O
 
 
 def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]:
-    """Classify a directory without adapter_config.json, so the user hears what it is instead."""
+    nested = tuple(sorted(str(p.parent.relative_to(directory)) for p in directory.glob(f"*/{CONFIG_NAME}")))
+    return classify(names, nested, lambda key: _config_mentions(directory, key))
+
+
+def classify(names: list[str], nested: tuple[str, ...], config_mentions: Callable[[str], bool]) -> tuple[str, tuple[str, ...]]:
+    """Classify a listing without adapter_config.json (a directory's, or a Hub repo's), so the user hears
+    what it is instead. `nested`: subdirectories holding an adapter_config.json; `config_mentions(key)`:
+    whether config.json has that key."""
     if not names:
         return "empty", ()
-    if any(n in names for n in _MEDUSA_FILES) or _config_mentions(directory, "medusa_num_heads"):
+    if any(n in names for n in _MEDUSA_FILES) or config_mentions("medusa_num_heads"):
         return "medusa", ()
     if "config.json" in names and any(n in names for n in _FULL_MODEL_WEIGHTS):
         return "full-model", ()
-    nested = tuple(sorted(str(p.parent.relative_to(directory))
-                          for p in directory.glob(f"*/{CONFIG_NAME}")))
     if nested:
         return "adapters-below", nested
     return "unknown", ()

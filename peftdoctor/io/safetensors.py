@@ -53,23 +53,34 @@ def read_header(path: str) -> Header:
     try:
         with open_regular(Path(path)) as fh:
             file_size = os.fstat(fh.fileno()).st_size
-            prefix = fh.read(8)
-            if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
-                raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
-            if len(prefix) < 8:
-                raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES:
-                raise HeaderError(f"declared header length {header_len} bytes is implausible (corrupt file)")
-            if 8 + header_len > file_size:
-                raise HeaderError(
-                    f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated"
-                )
+            header_len = declared_length(fh.read(8), file_size)
             raw = fh.read(header_len)
     except FileRefused as exc:
         raise HeaderError(str(exc).replace(f"{path} ", "", 1)) from None
     except OSError as exc:
         raise HeaderError(f"cannot read: {exc.strerror or exc}") from None
+    return parse_header(raw, file_size, header_len)
+
+
+def declared_length(prefix: bytes, file_size: int) -> int:
+    """The header length the file's first 8 bytes declare, checked against the file's size. Shared by the
+    local read above and the Hub's range read (io/hub.py), so both name a defect the same way."""
+    if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
+        raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
+    if len(prefix) < 8:
+        raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
+    (header_len,) = struct.unpack("<Q", prefix[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise HeaderError(f"declared header length {header_len} bytes is implausible (corrupt file)")
+    if 8 + header_len > file_size:
+        raise HeaderError(
+            f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated"
+        )
+    return header_len
+
+
+def parse_header(raw: bytes, file_size: int, header_len: int) -> Header:
+    """The Header from the `header_len` JSON bytes that follow the length prefix of a `file_size`-byte file."""
     try:
         parsed = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
