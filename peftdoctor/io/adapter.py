@@ -104,7 +104,8 @@ def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]
     return classify(names, nested, lambda key: _config_mentions(directory, key))
 
 
-def classify(names: list[str], nested: tuple[str, ...], config_mentions: Callable[[str], bool]) -> tuple[str, tuple[str, ...]]:
+def classify(names: list[str], nested: tuple[str, ...],
+             config_mentions: Callable[[str], bool]) -> tuple[str, tuple[str, ...]]:
     """Classify a listing without adapter_config.json (a directory's, or a Hub repo's), so the user hears
     what it is instead. `nested`: subdirectories holding an adapter_config.json; `config_mentions(key)`:
     whether config.json has that key."""

@@ -173,12 +173,11 @@ def describe(exc: BaseException, revision: Optional[str] = None) -> str:
                 "was not found on the Hub (if it is private, log in with `hf auth login` or set HF_TOKEN)")
     if isinstance(exc, RevisionNotFoundError):
         return f"has no revision {revision!r} on the Hub"
-    if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "could not be fetched: HF_HUB_OFFLINE is set"
+    if isinstance(exc, LocalEntryNotFoundError):  # hf_hub_download's wrapper around what really went wrong
         cause = exc.__cause__ or exc.__context__
-        if isinstance(exc, LocalEntryNotFoundError) and cause is not None and not isinstance(cause, LocalEntryNotFoundError):
-            return describe(cause, revision)
-        return "could not be fetched: HF_HUB_OFFLINE is set" if isinstance(exc, OfflineModeIsEnabled) else \
-            "could not be fetched from the Hub"
+        return describe(cause, revision) if cause is not None and cause is not exc else "could not be fetched"
     if isinstance(exc, EntryNotFoundError):
         return "lists a file the Hub then did not serve"
     if isinstance(exc, HfHubHTTPError):
