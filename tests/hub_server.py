@@ -13,6 +13,18 @@ The requests `snapshot_download(repo_id, endpoint=..., cache_dir=...)` makes (hu
 
 and, only when telemetry is on, GET /api/agent-harnesses (answered with an empty registry).
 
+Also served, for peftdoctor's online `check` and `scan --hub` (tests/test_hub_online.py):
+
+5. GET  /{repo}/resolve/{rev}/{file} with `Range: bytes=A-B` -> 206 and Content-Range (how the client reads a
+   safetensors header without the tensors); `served` counts the body bytes sent per "owner/name/file"
+6. GET  /api/models?author=&filter=&expand=&full=      -> the listing, paginated with a `Link: <...>; rel="next"`
+   header and a `cursor` parameter, as the Hub does
+7. a key "owner/name@branch" in `repos` serves another branch of that repo (its own commit)
+8. `private` repos answer 401 (no token) / 404 (another token) with RepoNotFound unless `token` is sent; `gated`
+   repos show their info but answer file requests 401 (no token) / 403 (another token) with GatedRepo
+9. `delay` holds every answer about a repo for some seconds (a slow Hub; ended early when the server stops);
+   `truncate` names files ("owner/name/file") whose GET bodies stop at half their Content-Length
+
 Xet is never offered: no `xetHash` in tree entries and no `X-Xet-*` headers, so huggingface_hub takes its plain
 HTTP path even with hf_xet installed. Errors carry the `X-Error-Code` values the Hub uses (RepoNotFound,
 RevisionNotFound, EntryNotFound) so huggingface_hub raises the same exception types as against the real Hub.
@@ -24,11 +36,12 @@ import hashlib
 import json
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Collection, Iterator, Mapping, Optional
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 # Files stored through Git LFS on the Hub (a subset of its default .gitattributes), plus anything large.
 _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".npz")
@@ -69,6 +82,22 @@ class _Repo:
     def directories(self) -> list[str]:
         dirs = {"/".join(p.split("/")[:i]) for p in self.files for i in range(1, p.count("/") + 1)}
         return sorted(dirs)
+
+    @property
+    def tags(self) -> list[str]:
+        # As the Hub derives them: library "peft" from adapter_config.json, format tags from file names.
+        return (["peft"] if "adapter_config.json" in self.files else []) + (
+            ["safetensors"] if any(p.endswith(".safetensors") for p in self.files) else [])
+
+    def info(self, gated: bool, private: bool) -> dict:
+        """Every field the fake knows; the listing picks from it what `expand`/`full` ask for."""
+        return {
+            "_id": self.sha[:24], "id": self.repo_id, "modelId": self.repo_id, "author": self.repo_id.split("/")[0],
+            "sha": self.sha, "lastModified": _LAST_MODIFIED, "createdAt": _LAST_MODIFIED,
+            "private": private, "gated": "manual" if gated else False, "disabled": False, "downloads": 0, "likes": 0,
+            "library_name": "peft" if "peft" in self.tags else None, "tags": self.tags,
+            "siblings": [{"rfilename": path} for path in self.files],
+        }
 
 
 def _git_blob_oid(data: bytes) -> str:
@@ -113,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.log.append((self.command, self.path))
 
     def _send(self, status: int, body: bytes = b"", headers: Optional[Mapping[str, str]] = None,
-              content_type: str = "application/json") -> None:
+              content_type: str = "application/json", cut: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -121,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            # cut: promise the whole body, send half, close (a connection dropped mid-transfer)
+            self.wfile.write(body[: len(body) // 2] if cut else body)
 
     def _json(self, payload: object, headers: Optional[Mapping[str, str]] = None) -> None:
         self._send(200, json.dumps(payload).encode(), headers)
@@ -157,50 +187,89 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/api/agent-harnesses" and self.command == "GET":
             # Fetched from HF_ENDPOINT to build the User-Agent unless HF_HUB_DISABLE_TELEMETRY is set.
             return self._json({"standardEnvVars": [], "harnesses": {}})
+        if url.path == "/api/models" and self.command == "GET":
+            return self._listing(query)
         if len(parts) >= 5 and parts[1] == "api" and parts[2] == "models" and self.command == "GET":
-            repo = self._repo(f"{unquote(parts[3])}/{unquote(parts[4])}")
-            if repo is None:
+            branches = self._repo(f"{unquote(parts[3])}/{unquote(parts[4])}")
+            if branches is None:
                 return
             rest = parts[5:]
             if not rest:
-                return self._model_info(repo, "main")
+                return self._model_info(branches, "main")
             if rest[0] == "revision" and len(rest) == 2:
-                return self._model_info(repo, unquote(rest[1]))
+                return self._model_info(branches, unquote(rest[1]))
             if rest[0] == "tree" and len(rest) >= 2:
-                return self._tree(repo, unquote(rest[1]), "/".join(unquote(p) for p in rest[2:]), query)
+                return self._tree(branches, unquote(rest[1]), "/".join(unquote(p) for p in rest[2:]), query)
         elif len(parts) >= 6 and parts[3] == "resolve":
-            repo = self._repo(f"{unquote(parts[1])}/{unquote(parts[2])}")
-            if repo is None:
+            branches = self._repo(f"{unquote(parts[1])}/{unquote(parts[2])}", files=True)
+            if branches is None:
                 return
-            return self._resolve(repo, unquote(parts[4]), unquote("/".join(parts[5:])))
+            return self._resolve(branches, unquote(parts[4]), unquote("/".join(parts[5:])))
         self.server.unexpected.append((self.command, self.path))
         self._error(404, None, "no such route on this fake hub")
 
-    def _repo(self, repo_id: str) -> Optional[_Repo]:
-        repo = self.server.repos.get(repo_id)
+    def _token(self) -> Optional[str]:
+        auth = self.headers.get("Authorization", "") or ""
+        return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+
+    def _may_see(self, repo_id: str) -> bool:
+        return repo_id not in self.server.private or (self.server.token is not None
+                                                      and self._token() == self.server.token)
+
+    def _repo(self, repo_id: str, files: bool = False) -> Optional[dict[str, "_Repo"]]:
+        """The branches of `repo_id`, or None once the Hub's refusal has been sent."""
+        branches = self.server.repos.get(repo_id)
+        if branches is not None and repo_id in self.server.delay:
+            self.server.stopping.wait(self.server.delay[repo_id])
+        if branches is None or not self._may_see(repo_id):
+            # The Hub answers 401 to an anonymous caller and 404 to one whose token does not reach the repo.
+            self._error(401 if self._token() is None else 404, "RepoNotFound", "Repository not found")
+            return None
+        if files and repo_id in self.server.gated and self._token() != self.server.token:
+            if self._token() is None:
+                self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to "
+                                              "it and be authenticated to access it. Please log in.")
+            else:
+                self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the "
+                                              "authorized list.")
+            return None
+        return branches
+
+    def _revision(self, branches: dict[str, "_Repo"], revision: str) -> Optional["_Repo"]:
+        found = branches.get(revision) or next((r for r in branches.values() if r.sha == revision), None)
+        if found is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return found
+
+    def _model_info(self, branches: dict[str, "_Repo"], revision: str) -> None:
+        repo = self._revision(branches, revision)
+        if repo is not None:
+            self._json(repo.info(repo.repo_id in self.server.gated, repo.repo_id in self.server.private))
+
+    def _listing(self, query: dict) -> None:
+        """GET /api/models: id and _id always; with `expand`, those fields; with `full`, siblings and sha too."""
+        author, tags = query.get("author", [None])[-1], query.get("filter", [])
+        found = [branches["main"] for repo_id, branches in sorted(self.server.repos.items())
+                 if (author is None or repo_id.split("/")[0] == author) and self._may_see(repo_id)
+                 and all(t in branches["main"].tags for t in tags)]
+        start = int(query.get("cursor", ["0"])[-1])
+        page = found[start:start + self.server.page_size]
+        expand = query.get("expand", [])
+        full = query.get("full", ["false"])[-1].lower() in ("1", "true")
+        keys = set(expand) if expand else {"likes", "downloads", "tags", "library_name", "createdAt", "private",
+                                           "modelId"} | ({"siblings", "sha", "lastModified"} if full else set())
+        items = [{k: v for k, v in repo.info(repo.repo_id in self.server.gated, repo.repo_id in self.server.private)
+                  .items() if k in keys or k in ("_id", "id")} for repo in page]
+        headers = {}
+        if start + self.server.page_size < len(found):
+            rest = {k: v for k, v in query.items() if k != "cursor"}
+            rest["cursor"] = [str(start + self.server.page_size)]
+            headers["Link"] = f'<http://{self.headers["Host"]}/api/models?{urlencode(rest, doseq=True)}>; rel="next"'
+        self._json(items, headers)
+
+    def _tree(self, branches: dict[str, "_Repo"], revision: str, prefix: str, query: dict) -> None:
+        repo = self._revision(branches, revision)
         if repo is None:
-            self._error(404, "RepoNotFound", "Repository not found")
-        return repo
-
-    def _revision_ok(self, repo: _Repo, revision: str) -> bool:
-        if revision in ("main", repo.sha):
-            return True
-        self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        return False
-
-    def _model_info(self, repo: _Repo, revision: str) -> None:
-        if not self._revision_ok(repo, revision):
-            return
-        self._json({
-            "_id": repo.sha[:24], "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0],
-            "sha": repo.sha, "lastModified": _LAST_MODIFIED, "createdAt": _LAST_MODIFIED,
-            "private": False, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
-            "library_name": "peft", "tags": ["peft"],
-            "siblings": [{"rfilename": path} for path in repo.files],
-        })
-
-    def _tree(self, repo: _Repo, revision: str, prefix: str, query: dict) -> None:
-        if not self._revision_ok(repo, revision):
             return
         recursive = query.get("recursive", ["false"])[-1].lower() in ("1", "true")
         prefix = prefix.strip("/")
@@ -218,8 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
         entries += [f.tree_entry() for p, f in repo.files.items() if wanted(p)]
         self._json(sorted(entries, key=lambda e: e["path"]))
 
-    def _resolve(self, repo: _Repo, revision: str, filename: str) -> None:
-        if not self._revision_ok(repo, revision):
+    def _resolve(self, branches: dict[str, "_Repo"], revision: str, filename: str) -> None:
+        repo = self._revision(branches, revision)
+        if repo is None:
             return
         file = repo.files.get(filename)
         if file is None:
@@ -241,40 +311,70 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(416, None, "Range not satisfiable", {"Content-Range": f"bytes */{size}"})
             data, status = file.data[start:end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        self._send(status, data, headers, content_type="application/octet-stream")
+        key = f"{repo.repo_id}/{filename}"
+        cut = key in self.server.truncate
+        if self.command == "GET":
+            with self.server.log_lock:
+                self.server.served[key] += len(data) // 2 if cut else len(data)
+        self._send(status, data, headers, content_type="application/octet-stream", cut=cut)
 
 
 class _HubServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 128  # a scan sends many requests at once; the default backlog (5) refuses some
 
-    def __init__(self, repos: dict[str, _Repo], log: list) -> None:
+    def __init__(self, repos: dict[str, dict[str, _Repo]], log: list, served: Counter, *,
+                 private: Collection[str] = (), gated: Collection[str] = (), token: Optional[str] = None,
+                 delay: Optional[Mapping[str, float]] = None, truncate: Collection[str] = (),
+                 page_size: int = 100) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.repos = repos
         self.log = log
+        self.served = served
         self.log_lock = threading.Lock()
         self.unexpected: list[tuple[str, str]] = []
+        self.private, self.gated, self.token = frozenset(private), frozenset(gated), token
+        self.delay, self.truncate, self.page_size = dict(delay or {}), frozenset(truncate), page_size
+        self.stopping = threading.Event()
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - the stdlib's signature
+        pass  # a client that hung up (a timeout, a cut transfer) is what some tests ask for, not a failure
 
 
 @contextlib.contextmanager
-def serve_repos(repos: Mapping[str, Path], *, lifetime: float = 120.0,
-                log: Optional[list] = None) -> Iterator[str]:
+def serve_repos(repos: Mapping[str, Path], *, lifetime: float = 120.0, log: Optional[list] = None,
+                served: Optional[Counter] = None, private: Collection[str] = (), gated: Collection[str] = (),
+                token: Optional[str] = None, delay: Optional[Mapping[str, float]] = None,
+                truncate: Collection[str] = (), page_size: int = 100) -> Iterator[str]:
     """Serve each `owner/name -> directory` as a model repo; yield the endpoint URL (http://127.0.0.1:PORT).
 
-    The directories are read once, at start: the repo is a snapshot (one commit), later edits are not seen.
+    The directories are read once, at start: the repo is a snapshot (one commit per branch), later edits are
+    not seen. A key "owner/name@branch" adds a branch to "owner/name" (which must be served too, as main).
     The server stops when the block ends, or after `lifetime` seconds whatever happens (a hung test cannot
-    keep it alive). Every request received is appended to `log` as (method, raw path) if a list is given.
+    keep it alive). Every request received is appended to `log` as (method, raw path) if a list is given;
+    `served` (a Counter) receives the body bytes sent per "owner/name/file". `private`, `gated`, `token`,
+    `delay`, `truncate` and `page_size` are described in the module docstring.
     Requests outside the routes above are answered 404/405 and make the block raise on exit, so a test
     cannot pass while huggingface_hub asked for something this fake does not implement.
     """
-    loaded = {repo_id: _load_repo(repo_id, Path(path)) for repo_id, path in repos.items()}
-    server = _HubServer(loaded, log if log is not None else [])
+    loaded: dict[str, dict[str, _Repo]] = {}
+    for key, path in repos.items():
+        repo_id, _, branch = key.partition("@")
+        loaded.setdefault(repo_id, {})[branch or "main"] = _load_repo(repo_id, Path(path))
+    missing_main = sorted(repo_id for repo_id, branches in loaded.items() if "main" not in branches)
+    if missing_main:
+        raise ValueError(f"branches served without a main: {missing_main}")
+    server = _HubServer(loaded, log if log is not None else [], served if served is not None else Counter(),
+                        private=private, gated=gated, token=token, delay=delay, truncate=truncate,
+                        page_size=page_size)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="fake-hf-hub", daemon=True)
     stop_lock = threading.Lock()
 
     def stop() -> None:  # from the timer or the `with` exit, whichever comes first; the other is a no-op
         with stop_lock:
+            server.stopping.set()  # wake the handlers held by `delay`
             if thread.is_alive():
                 server.shutdown()  # returns once serve_forever has stopped
             server.server_close()  # close the listening socket: connections are refused from now on

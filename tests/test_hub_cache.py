@@ -1,4 +1,4 @@
-"""`check OWNER/NAME` reads the repo from huggingface_hub's local cache, offline.
+"""`check OWNER/NAME` reads the repo from huggingface_hub's local cache when the Hub cannot give it.
 
 The cache is not faked: huggingface_hub's own `snapshot_download` fills it, in a subprocess, from a fake Hub
 served on 127.0.0.1 (tests/hub_server.py). That server is stopped before any check runs. huggingface_hub reads
@@ -97,7 +97,8 @@ def check_json(hub: HubCache, env: dict[str, str], target: str) -> tuple[int, di
     return done.returncode, data, done.stderr
 
 
-def assert_same_as_directory_check(hub: HubCache, env: dict[str, str]) -> None:
+def assert_same_as_directory_check(hub: HubCache, env: dict[str, str]) -> str:
+    """...and return its stderr (empty unless the Hub was asked and could not give the repo)."""
     rc_dir, direct, _ = check_json(hub, env, str(hub.adapter))
     rc_hub, cached, stderr = check_json(hub, env, REPO_ID)
     assert rc_dir == 0, f"the fixture itself should check clean: {direct['findings']}"
@@ -108,7 +109,7 @@ def assert_same_as_directory_check(hub: HubCache, env: dict[str, str]) -> None:
     assert cached["compatibility"] == direct["compatibility"]
     assert cached["path"] == REPO_ID
     assert {k: v for k, v in cached.items() if k != "path"} == {k: v for k, v in direct.items() if k != "path"}
-    assert stderr == ""
+    return stderr
 
 
 def test_cache_was_filled_by_huggingface_hub(hub: HubCache) -> None:
@@ -134,16 +135,21 @@ def test_cache_was_filled_by_huggingface_hub(hub: HubCache) -> None:
 
 
 def test_repo_id_checks_offline_like_the_directory(hub: HubCache) -> None:
-    assert_same_as_directory_check(hub, base_env(hub, HF_HUB_OFFLINE="1"))
+    """HF_HUB_OFFLINE=1: the cache alone, and nothing said about it (the user asked for offline)."""
+    assert assert_same_as_directory_check(hub, base_env(hub, HF_HUB_OFFLINE="1")) == ""
 
 
-def test_repo_id_without_offline_env_makes_no_request(hub: HubCache) -> None:
-    """HF_HUB_OFFLINE unset: still served from the cache. Any request would land on the tripwire."""
+def test_repo_id_unknown_to_the_hub_is_read_from_the_cache(hub: HubCache) -> None:
+    """HF_HUB_OFFLINE unset: the Hub is asked first (tests/test_hub_online.py); one that does not know the repo
+    is asked nothing more, the cached copy is checked, and one stderr line says why."""
     trips: list[tuple[str, str]] = []
     with serve_repos({}, log=trips, lifetime=60) as tripwire:
         proxies = {name: tripwire for var in _PROXY_VARS[:3] for name in (var, var.lower())}
-        assert_same_as_directory_check(hub, base_env(hub, HF_ENDPOINT=tripwire, **proxies))
-        assert trips == [], f"check made network requests: {trips}"
+        stderr = assert_same_as_directory_check(hub, base_env(hub, HF_ENDPOINT=tripwire, **proxies))
+    assert [(m, urlsplit(p).path) for m, p in trips] == [("GET", f"/api/models/{REPO_ID}")], trips
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and "not found on the Hub" in lines[0] and "local cache" in lines[0], stderr
+    assert hub.sha[:12] in lines[0]
 
 
 @pytest.mark.parametrize("offline", ["1", None], ids=["HF_HUB_OFFLINE=1", "HF_HUB_OFFLINE-unset"])
@@ -152,7 +158,8 @@ def test_repo_id_not_in_cache(hub: HubCache, offline: str | None) -> None:
     with serve_repos({}, log=trips, lifetime=60) as tripwire:
         env = base_env(hub, HF_ENDPOINT=tripwire, **({"HF_HUB_OFFLINE": offline} if offline else {}))
         done = peftdoctor(hub, env, "check", "peftdoctor-tests/not-downloaded", "--peft", PEFT)
-        assert trips == []
+    # Offline: not a request. Online: the Hub is asked for the repo's info, and nothing else.
+    assert [p for _, p in trips] == ([] if offline else ["/api/models/peftdoctor-tests/not-downloaded"])
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
     lines = done.stderr.splitlines()

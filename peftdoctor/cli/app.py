@@ -102,7 +102,7 @@ def _format(result_type: str) -> Any:
 
 @app.command()
 def check(
-    paths: List[str] = typer.Argument(..., help="Adapter directories, adapter_config.json files, or cached hub repo ids."),
+    paths: List[str] = typer.Argument(..., help="Adapter directories, adapter_config.json files, or OWNER/NAME[@REV]."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
     fmt: str = _format(CHECK),
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
@@ -120,7 +120,9 @@ def check(
     unusable = False
     for path in _adapters(paths):
         try:
-            adapters.append(open_adapter(path))  # read once: check and --combine both judge this object
+            adapters.append(open_adapter(path, online=True))  # read once: check and --combine both judge it
+            if adapters[-1].note:
+                _fail(adapters[-1].note)
             reports.append(run_check(adapters[-1], peft=peft, serve=serve))
         except UnusableInput as exc:
             _fail(errors.one_line(exc))
@@ -256,18 +258,48 @@ def merge(
 
 @app.command()
 def scan(
-    root: str = typer.Argument(..., help="A tree to search for adapters (training output, a monorepo)."),
+    root: Optional[str] = typer.Argument(None, help="A tree to search for adapters (training output, a monorepo)."),
     peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
     fmt: str = _format(SCAN),
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
+    hub: Optional[str] = typer.Option(None, "--hub", help="Instead of a tree: every adapter repo of this Hub user "
+                                      "or organisation (config and weights header only)."),
+    from_file: Optional[str] = typer.Option(None, "--from-file", help="Instead of a tree: the Hub repos named in "
+                                            "this file, one OWNER/NAME[@REV] per line."),
 ) -> None:
-    """Check every adapter under a directory tree and summarise the findings, worst first."""
+    """Check every adapter under a directory tree (or on the Hub) and summarise the findings, worst first."""
     require_format((SCAN,), fmt)
     from peftdoctor.ops import scan as scanning
 
-    result = scanning.scan(root, peft=peft)
+    if sum(x is not None for x in (root, hub, from_file)) != 1:
+        raise UsageError("scan: give one of a directory, --hub AUTHOR or --from-file FILE")
+    if root is not None:
+        result = scanning.scan(root, peft=peft)
+    else:
+        from peftdoctor.ops import hub_scan
+
+        result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress()) if hub is not None else
+                  hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
+                                      progress=_progress()))
     typer.echo(render(result, fmt), nl=False)
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
+
+
+def _progress():  # noqa: ANN202 - ops.hub_scan.Progress
+    """Progress of a Hub scan on stderr: notes as they come, a count at most every second and at the end."""
+    import time
+
+    last = [0.0]
+
+    def report(done: int, total: int, ref: str, note: Optional[str]) -> None:
+        if note:
+            _fail(note)
+        now = time.monotonic()
+        if done == total or now - last[0] >= 1.0:
+            last[0] = now
+            typer.echo(f"peftdoctor: checked {done}/{total} repos", err=True)
+
+    return report
 
 
 @app.command()

@@ -8,28 +8,35 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.base import find_base_config
 from peftdoctor.io.files import MAX_JSON_BYTES, FileRefused, open_regular, read_limited, refused_entries
-from peftdoctor.io.locate import resolve
+from peftdoctor.io.locate import is_repo_ref, resolve
 from peftdoctor.io.safetensors import Header, HeaderError, header_of, read_header, size_problems
 from peftdoctor.io.values import ValueScan
 from peftdoctor.io.values import scan as values_scan
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.formats import OTHER_FORMATS
 
-__all__ = ["open_adapter", "read_config"]
+__all__ = ["classify", "open_adapter", "read_config", "read_config_file"]
 
 _FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                        "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 _MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
-def open_adapter(target: str) -> Adapter:
+def open_adapter(target: str, online: bool = False) -> Adapter:
     """Locate and read the adapter at `target` (directory, config file path, or repo id): its entries
-    under the file rules, its config, and its safetensors header, each read exactly once."""
+    under the file rules, its config, and its safetensors header, each read exactly once.
+
+    online: a repo id (OWNER/NAME[@REVISION]) that is not a local path is read from the Hub by io/hub.py
+    (its config and weights header only); otherwise a repo id is read from the local hub cache alone."""
+    if online and not Path(target).exists() and is_repo_ref(target):
+        from peftdoctor.io.hub import open_hub_adapter  # huggingface_hub is imported only for repo ids
+
+        return open_hub_adapter(target)
     directory, display = resolve(target)
     origin = "directory" if Path(target).exists() else "hub-cache"
     try:
@@ -47,7 +54,7 @@ def open_adapter(target: str) -> Adapter:
         found.update(header=header, header_error=header_error, values=values)
     if CONFIG_NAME in refused:
         return Adapter(kind="peft-adapter", config_error=refused[CONFIG_NAME], **found)
-    config, text, digest, error = _read_config(directory / CONFIG_NAME)
+    config, text, digest, error = read_config_file(directory / CONFIG_NAME)
     kind = _other_format(config, names) or "peft-adapter"
     return Adapter(kind=kind, config=config, config_text=text, config_digest=digest, config_error=error, **found)
 
@@ -83,11 +90,11 @@ def _read_weights(directory: Path, refused: dict[str, str]
 
 def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """The parsed config, or None and a one-line reason. Unreadable files are unusable input."""
-    config, _text, _digest, error = _read_config(path)
+    config, _text, _digest, error = read_config_file(path)
     return config, error
 
 
-def _read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str], Optional[str]]:
+def read_config_file(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str], Optional[str]]:
     """(config, text, sha256 of the bytes, None), or (None, text-or-None, digest-or-None, one-line reason)."""
     try:
         raw = read_limited(path, MAX_JSON_BYTES)
@@ -112,22 +119,29 @@ def _read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], O
 
 
 def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]:
-    """Classify a directory without adapter_config.json, so the user hears what it is instead."""
+    nested = tuple(sorted(str(p.parent.relative_to(directory)) for p in directory.glob(f"*/{CONFIG_NAME}")))
+    kind, nested = classify(names, nested, lambda key: _config_mentions(directory, key))
+    if kind == "unknown" and _kohya_lora(directory, names):  # needs the files' headers, not just their names
+        return "kohya-lora", ()
+    return kind, nested
+
+
+def classify(names: list[str], nested: tuple[str, ...],
+             config_mentions: Callable[[str], bool]) -> tuple[str, tuple[str, ...]]:
+    """Classify a listing without adapter_config.json (a directory's, or a Hub repo's), so the user hears
+    what it is instead. `nested`: subdirectories holding an adapter_config.json; `config_mentions(key)`:
+    whether config.json has that key."""
     if not names:
         return "empty", ()
-    if any(n in names for n in _MEDUSA_FILES) or _config_mentions(directory, "medusa_num_heads"):
+    if any(n in names for n in _MEDUSA_FILES) or config_mentions("medusa_num_heads"):
         return "medusa", ()
     if "config.json" in names and any(n in names for n in _FULL_MODEL_WEIGHTS):
         return "full-model", ()
-    nested = tuple(sorted(str(p.parent.relative_to(directory))
-                          for p in directory.glob(f"*/{CONFIG_NAME}")))
     if nested:
         return "adapters-below", nested
     by_files = next((f.kind for f in OTHER_FORMATS if any(n in names for n in f.files)), None)
     if by_files:
         return by_files, ()
-    if _kohya_lora(directory, names):
-        return "kohya-lora", ()
     return "unknown", ()
 
 

@@ -37,9 +37,11 @@ def open_base(name: str) -> Base:
     return Base(display, config, directory, origin, tuple(sorted(os.listdir(directory))), weight_map)
 
 
-def find_base_config(name: Any) -> Optional[Base]:
+def find_base_config(name: Any, online: bool = False) -> Optional[Base]:
     """The base's config.json alone, from a local directory or the local hub cache, if either has it;
-    None otherwise (check's base-aware rules then say they were skipped). Never downloads."""
+    None otherwise (check's base-aware rules then say they were skipped). Never downloads, unless `online`:
+    then a hub id's config.json (that file alone) is first fetched into the cache by huggingface_hub, with
+    its token, endpoint and HF_HUB_OFFLINE rules (io/hub.py), and read from there like any cached one."""
     if not isinstance(name, str) or not name:
         return None
     local = Path(name)
@@ -50,6 +52,10 @@ def find_base_config(name: Any) -> Optional[Base]:
         return None
     from huggingface_hub import try_to_load_from_cache  # only here: rare, and not free to import
 
+    if online:
+        from peftdoctor.io.hub import fetch_file
+
+        fetch_file(name, "config.json")
     cached = try_to_load_from_cache(name, "config.json")
     if not isinstance(cached, str):
         return None

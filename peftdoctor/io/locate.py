@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.model.adapter import CONFIG_NAME
 
 # owner/name, the form huggingface_hub accepts for repo ids (validated again by it).
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+# owner/name@revision: a branch, tag or commit (a revision may hold "/", as in refs/pr/1).
+_REPO_REF = re.compile(r"^([\w.\-]+/[\w.\-]+)(?:@(\S+))?$")
+
+
+def is_repo_ref(target: str) -> bool:
+    """Whether `target` reads as OWNER/NAME[@REVISION] (callers check first that it is no local path)."""
+    return bool(_REPO_REF.match(target)) and not target.startswith(".")
+
+
+def split_ref(target: str) -> tuple[str, Optional[str]]:
+    """OWNER/NAME[@REVISION] -> (repo id, revision or None)."""
+    match = _REPO_REF.match(target)
+    if match is None:
+        raise UnusableInput(f"{target}: not a repo id (OWNER/NAME or OWNER/NAME@REVISION)")
+    return match.group(1), match.group(2)
 
 
 def resolve(target: str) -> tuple[Path, str]:

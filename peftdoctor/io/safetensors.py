@@ -61,19 +61,32 @@ def read_header(path: str) -> Header:
 
 
 def header_of(fh: BinaryIO) -> Header:
-    """Parse and validate the header of the safetensors file open as `fh` (left after the header)."""
+    """Parse and validate the header of the safetensors file open as `fh` (left just after the header, so
+    that the caller can go on to read the values in the same open: io/adapter.py)."""
     file_size = os.fstat(fh.fileno()).st_size
-    prefix = fh.read(8)
+    header_len = declared_length(fh.read(8), file_size)
+    return parse_header(fh.read(header_len), file_size, header_len)
+
+
+def declared_length(prefix: bytes, file_size: int) -> int:
+    """The header length the file's first 8 bytes declare, checked against the file's size. Shared by the
+    local read above and the Hub's range read (io/hub.py), so both name a defect the same way."""
     if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
         raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
     if len(prefix) < 8:
         raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
-    (header_len,) = struct.unpack("<Q", prefix)
+    (header_len,) = struct.unpack("<Q", prefix[:8])
     if header_len > MAX_HEADER_BYTES:
         raise HeaderError(f"declared header length {header_len} bytes is implausible (corrupt file)")
     if 8 + header_len > file_size:
-        raise HeaderError(f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated")
-    raw = fh.read(header_len)
+        raise HeaderError(
+            f"declared header length {header_len} bytes exceeds the file ({file_size} bytes): truncated"
+        )
+    return header_len
+
+
+def parse_header(raw: bytes, file_size: int, header_len: int) -> Header:
+    """The Header from the `header_len` JSON bytes that follow the length prefix of a `file_size`-byte file."""
     try:
         parsed = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

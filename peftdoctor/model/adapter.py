@@ -29,7 +29,7 @@ class Adapter:
     directory: Path
     display: str  # what the user typed, for messages
     kind: str  # one of KINDS
-    origin: str = "directory"  # "directory", or "hub-cache" for a repo id found in the local HF cache
+    origin: str = "directory"  # "directory"; "hub" (read on the Hub: config + header); "hub-cache" (local HF cache)
     config: Optional[dict[str, Any]] = None
     config_text: Optional[str] = None  # the file as read (utf-8), for rewrites that keep its layout
     config_digest: Optional[str] = None  # sha256 of its bytes, to notice someone editing it before a rewrite
@@ -40,6 +40,7 @@ class Adapter:
     header_error: Optional[str] = None  # why it could not, one line (None when there is no such file)
     values: Optional[ValueScan] = None  # what the tensors' values are like (None when the data was not read)
     nested: tuple[str, ...] = ()  # adapter directories found below, for "adapters-below"
+    note: Optional[str] = None  # one line for stderr: why a repo id was read from the cache, not the Hub
 
     def path_of(self, name: str) -> Path:
         return self.directory / name

@@ -5,6 +5,7 @@ from typing import Optional, Union
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
+from peftdoctor.io.base import find_base_config
 from peftdoctor.model.adapter import CONFIG_NAME, Adapter
 from peftdoctor.model.findings import Finding, Report
 from peftdoctor.peft import compat, releases
@@ -67,8 +68,8 @@ def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
 
 
 def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None) -> Report:
-    """Check the adapter at `target` (directory, adapter_config.json path, cached repo id, or an Adapter
-    already read by io.adapter.open_adapter) for the
+    """Check the adapter at `target` (directory, adapter_config.json path, OWNER/NAME[@REVISION] on the Hub,
+    or an Adapter already read by io.adapter.open_adapter) for the
     peft release `peft` and, with `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine.
 
     Raises UnusableInput when there is nothing to check at all.
@@ -78,8 +79,11 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         from peftdoctor.engines import parse_target  # only when asked: its tables are not free to load
 
         engine = parse_target(serve)
-    adapter = target if isinstance(target, Adapter) else open_adapter(target)
+    adapter = target if isinstance(target, Adapter) else open_adapter(target, online=True)
     release, findings = choose_target(peft)
+    if adapter.origin == "hub" and adapter.config is not None:
+        # A Hub adapter's base is fetched too (its config.json only, into the cache the base-aware rules read).
+        find_base_config(adapter.config.get("base_model_name_or_path"), online=True)
     base = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
     if adapter.kind != "peft-adapter":
         return Report(**base, findings=tuple(kind_findings(adapter)), kind=adapter.kind)

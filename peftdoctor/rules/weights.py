@@ -14,6 +14,8 @@ from peftdoctor.rules.registry import rule
 from peftdoctor.rules.values import value_findings
 
 LORA_TYPES = ("LORA",)
+VALUES_NOT_READ = ("tensor values were not read (on the Hub only the config and the weights header are fetched): "
+                   "the NaN/Inf and all-zero checks need a local copy")
 # Heads peft adds to modules_to_save on its own for these task types; a base has one or the other.
 AUTO_MODULES_TO_SAVE = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
                         "QUESTION_ANS": ("qa_outputs",)}
@@ -54,11 +56,13 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
                                                  file=SAFETENSORS_NAME)], []
     findings += [rule("PD205").finding(f"{SAFETENSORS_NAME}: {p}", "re-copy or re-save the weights; "
                                        "the file is incomplete", file=SAFETENSORS_NAME)
-                 for p in size_problems(header)]
+                 for p in size_problems(header)]  # (the values are read only from a complete file)
+    problems = size_problems(header)
     findings += value_findings(adapter)
+    notes = [VALUES_NOT_READ] if adapter.values is None and adapter.origin == "hub" and not problems else []
     if config is not None and config.get("peft_type") in LORA_TYPES:
         findings += lora_findings(config, adapter)
-    return findings, []
+    return findings, notes
 
 
 def lora_modules(adapter: Adapter) -> dict[str, LoraModule]:
