@@ -90,12 +90,20 @@ def test_regex_target_modules_is_not_turned_into_a_list(tmp_path: Path) -> None:
 
 
 def test_rslora_for_vllm_0_6_3_is_folded_never_dropped(tmp_path: Path) -> None:
-    target = adapter(tmp_path, use_rslora=True, r=8, lora_alpha=16)
+    target = adapter(tmp_path, use_rslora=True, r=4, lora_alpha=16)  # r as the fixture's weights hold it
     done = cli("fix", str(target), "--peft", "0.12.0", "--target", "vllm==0.6.3")
     assert done.returncode == 0, done.stdout + done.stderr
     config = strict((target / "adapter_config.json").read_text())
     assert "use_rslora" not in config
-    assert math.isclose(config["lora_alpha"] / config["r"], 16 / math.sqrt(8), rel_tol=1e-12)
+    assert math.isclose(config["lora_alpha"] / config["r"], 16 / math.sqrt(4), rel_tol=1e-12)
+
+
+def test_fix_says_what_no_rewrite_repairs(tmp_path: Path) -> None:
+    """The same rewrite on a config whose r disagrees with the weights: written, but fix says it still fails."""
+    target = adapter(tmp_path, use_rslora=True, r=8, lora_alpha=16)
+    done = cli("fix", str(target), "--peft", "0.12.0", "--target", "vllm==0.6.3")
+    assert done.returncode == 1 and "still broken for peft 0.12.0" in done.stdout and "PD206" in done.stdout
+    assert "use_rslora" not in strict((target / "adapter_config.json").read_text())  # the exact part is written
 
 
 def test_forced_engine_refusal_is_idempotent(tmp_path: Path) -> None:

@@ -181,6 +181,8 @@ def fix(
     for the_plan in plans:
         if show_diff:
             typer.echo(diff(the_plan), nl=False)
+        if the_plan.remaining:  # written or not, an adapter that still cannot work is not a clean exit
+            codes.append(EXIT_FINDINGS)
         if the_plan.refused:
             codes.append(EXIT_FINDINGS)
         elif check_only or dry_run or show_diff:
