@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from peftdoctor.verification import large, render_text, verify  # noqa: E402
-from tests import adapters as A  # noqa: E402
+from peftdoctor.verification import large, render_text, verify
+from tests import adapters as A
 
 STEPS = ["resolve base", "device", "memory", "merge (streaming)", "layer parity"]
 
@@ -26,7 +26,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     llama, gpt2 = A.make_llama_base(root / "llama"), A.make_gpt2_base(root / "gpt2")
     return {"llama": llama, "gpt2": gpt2, "dora": A.make_dora_adapter(root / "dora", llama),
             "rslora": A.make_rslora_adapter(root / "rslora", llama),
-            "gpt2": gpt2, "gpt2-lora": A.make_lora_adapter(root / "gpt2-lora", gpt2, lora_bias=True)}
+            "gpt2-lora": A.make_lora_adapter(root / "gpt2-lora", gpt2, lora_bias=True)}
 
 
 @pytest.fixture()

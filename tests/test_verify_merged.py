@@ -18,9 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from peftdoctor.verification import render_text, to_dict, verify  # noqa: E402
-from peftdoctor.verification.command import verify_command  # noqa: E402
-from tests import adapters as A  # noqa: E402
+from peftdoctor.verification import render_text, to_dict, verify
+from peftdoctor.verification.command import verify_command
+from tests import adapters as A
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 

@@ -170,8 +170,8 @@ def known_factor(factor: float, rank: Optional[int], scaling: Optional[float], r
     candidates: list[tuple[float, str]] = []
     if rank:
         if rslora:
-            candidates.append((1 / math.sqrt(rank), "an rsLoRA adapter merged with lora_alpha/r instead of "
-                                                    "lora_alpha/sqrt(r)"))
+            candidates.append((1 / math.sqrt(rank),
+                               "an rsLoRA adapter merged with lora_alpha/r instead of lora_alpha/sqrt(r)"))
         else:
             candidates.append((math.sqrt(rank), "merged with rsLoRA's lora_alpha/sqrt(r) instead of lora_alpha/r"))
     if scaling:
