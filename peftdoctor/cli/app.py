@@ -190,17 +190,27 @@ def scan(
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
 ) -> None:
     """Check every adapter under a directory tree and summarise the findings, worst first."""
+    import tempfile
+
     from peftdoctor.ops import scan as scanning
 
-    try:
-        result = scanning.scan(root, peft=peft)
-    except UnusableInput as exc:
-        _fail(str(exc))
-        raise typer.Exit(EXIT_UNUSABLE)
-    if fmt is Format.json:
-        typer.echo(json.dumps(scanning.to_dict(result), indent=2, sort_keys=True))
-    else:
-        typer.echo(scanning.render_text(result), nl=False)
+    # Each full report is spooled to disk as it is made (json) or dropped once summarised (text):
+    # memory stays bounded for 10,000 adapters.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        def each(report: Report) -> None:
+            if fmt is Format.json:
+                spool.write(scanning.spool_line(report))
+
+        try:
+            result = scanning.scan(root, peft=peft, each=each)
+        except UnusableInput as exc:
+            _fail(str(exc))
+            raise typer.Exit(EXIT_UNUSABLE)
+        if fmt is Format.json:
+            spool.seek(0)
+            scanning.write_json(result, spool, lambda text: typer.echo(text, nl=False))
+        else:
+            typer.echo(scanning.render_text(result), nl=False)
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
 
@@ -259,6 +269,10 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        # A config may hold lone surrogates ("\ud800" is valid JSON); print them escaped, not crash.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except KeyboardInterrupt:

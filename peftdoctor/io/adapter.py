@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.files import FileRefused, read_limited, refused_entries
+from peftdoctor.io.limits import config_excess
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -138,6 +139,9 @@ def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
         return None, "is nested too deeply to be an adapter config"
     if not isinstance(data, dict):
         return None, f"is JSON but not an object (it is {type(data).__name__})"
+    excess = config_excess(data)
+    if excess:
+        return None, f"{excess}; not judged"
     return data, None
 
 
