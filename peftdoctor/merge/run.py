@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from peftdoctor.io.adapter import UnusableInput, open_adapter, require_safe, resolve
+from peftdoctor.io.safetensors import expected_nbytes, read_header
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
 from peftdoctor.merge.prefill import Prefill
@@ -264,13 +265,11 @@ class _Producer:
 
     def __init__(self, base: P.Base, adapter: P.AdapterFiles, skeleton: Any, jobs: dict[str, _Job], device: str,
                  adapter_dir: Path, say: Progress) -> None:
-        from safetensors.torch import load_file
-
         from peftdoctor.merge.layer import peft_config
 
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
         try:  # an OSError here is a read failure, not one of the output's write failures
-            self.adapter_tensors = load_file(str(adapter_dir / P.SAFETENSORS_NAME))
+            self.adapter_tensors = _AdapterTensors(adapter_dir / P.SAFETENSORS_NAME, adapter.tensors)
             self.config = peft_config(adapter_dir)
         except OSError as exc:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
@@ -307,7 +306,7 @@ class _Producer:
     def _run(self, job: _Job, tensor: OutTensor) -> dict[str, Any]:
         if job.kind == "copy":
             self.replaced += 1
-            return {tensor.name: self.adapter_tensors[job.adapter_key].to(_torch_dtype(tensor.dtype))}
+            return {tensor.name: self.adapter_tensors.get(job.adapter_key).to(_torch_dtype(tensor.dtype))}
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
         from peftdoctor.merge.layer import merge_module
@@ -315,7 +314,7 @@ class _Producer:
         self.say(f"merging {job.module}")
         params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
         prefix = f"{P.PREFIX}{job.module}."
-        saved = {k: v for k, v in self.adapter_tensors.items() if k.startswith(prefix)}
+        saved = self.adapter_tensors.under(prefix)
         whole = saved.pop(f"{prefix}base_layer.weight", None)
         if whole is not None:  # peft would load it into the layer: start from it instead of the base's
             params["weight"] = whole.to(params["weight"].dtype)
@@ -334,6 +333,50 @@ class _Producer:
         return {out: merged[param] for out, param in job.outputs.items()}
 
 
+class _AdapterTensors:
+    """The adapter's saved tensors, each read from its own byte range when a module asks for it:
+    never the whole file (a 100 GB adapter ended in MemoryError; safe_open maps the whole file, which
+    fails the same way), and a tensor larger than the memory available is refused in one line
+    before a byte of it is read."""
+
+    def __init__(self, path: Path, infos: dict[str, Any]) -> None:
+        header = read_header(str(path))  # validated by the plan already: only the data's offset is new
+        self.path, self.infos, self.data_start = path, infos, header.file_size - header.data_size
+
+    def get(self, key: str) -> Any:
+        import torch
+
+        info = self.infos[key]
+        needed, available = expected_nbytes(info), _available_memory()
+        if available is not None and needed > available:
+            raise P.MergeRefused(f"adapter tensor {key} takes {needed:,} bytes, more than the {available:,} bytes "
+                                 "of memory available: not read")
+        if info.dtype not in _TORCH_DTYPES:
+            raise P.MergeRefused(f"adapter tensor {key} is {info.dtype}, a dtype merge does not read")
+        try:
+            buffer = read_exact(self.path, self.data_start + info.start, info.end - info.start)
+        except MemoryError:
+            raise P.MergeRefused(f"adapter tensor {key} ({needed:,} bytes) does not fit in memory") from None
+        if not buffer:
+            return torch.empty(info.shape, dtype=_torch_dtype(info.dtype))
+        return torch.frombuffer(buffer, dtype=_torch_dtype(info.dtype)).reshape(info.shape)
+
+    def under(self, prefix: str) -> dict[str, Any]:
+        return {key: self.get(key) for key in self.infos if key.startswith(prefix)}
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory the kernel says can be allocated without swapping (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 # How numpy sees each float dtype's bytes: bfloat16, which numpy lacks, as its raw 16 bits.
 _FLOAT_VIEWS = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "uint16"}
 _BF16_EXPONENT = 0x7F80
@@ -349,6 +392,9 @@ def _all_finite(data: Any, code: str) -> bool:
     if code == "BF16":
         return not bool(((values & _BF16_EXPONENT) == _BF16_EXPONENT).any())
     return bool(numpy.isfinite(values).all())
+
+
+_TORCH_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
 
 
 def _torch_dtype(code: str) -> Any:

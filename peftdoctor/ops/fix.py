@@ -112,17 +112,30 @@ def _number(value: float) -> Any:
     return int(value) if float(value).is_integer() else value
 
 
+def _scaled(alpha: Any, rank: Any) -> Optional[float]:
+    """alpha * sqrt(rank) when both are positive numbers and the result is finite, else None (a fold of
+    a 10**400 rank raised OverflowError; 1e308 folded to Infinity, which strict JSON readers reject)."""
+    if isinstance(alpha, bool) or isinstance(rank, bool) or not all(isinstance(v, (int, float)) for v in (alpha, rank)):
+        return None
+    try:
+        value = float(alpha) * math.sqrt(rank) if alpha > 0 and rank > 0 else math.nan
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def rslora_to_alpha(work: _Work) -> None:
     """use_rslora=true scales by alpha/sqrt(r); plain LoRA by alpha/r. alpha*sqrt(r) makes them equal."""
     if work.config.get("use_rslora") is not True or (work.knows("use_rslora") and not work.fold_rslora):
         return
     unknown_to = "the serving engine" if work.knows("use_rslora") else f"peft {work.target.name}"
     r, alpha = work.config.get("r", 8), work.config.get("lora_alpha", 8)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (r, alpha)):
-        return work.refuse("use_rslora", "r and lora_alpha must be positive numbers to fold rsLoRA's scaling")
+    if _scaled(alpha, r) is None:
+        return work.refuse("use_rslora", "r and lora_alpha must be positive numbers, with a finite "
+                                         "lora_alpha*sqrt(r), to fold rsLoRA's scaling")
     has_patterns = bool(work.config.get("rank_pattern") or work.config.get("alpha_pattern"))
     if not has_patterns:
-        work.set("lora_alpha", _number(alpha * math.sqrt(r)),
+        work.set("lora_alpha", _number(_scaled(alpha, r)),
                  f"rsLoRA folded in: lora_alpha/r now equals the rsLoRA scaling {alpha}/sqrt({r})")
         return work.drop("use_rslora", f"{unknown_to} has no rsLoRA; its scaling is in lora_alpha")
     if work.modules is None:
@@ -131,9 +144,12 @@ def rslora_to_alpha(work: _Work) -> None:
     if not (work.knows("rank_pattern") and work.knows("alpha_pattern")):
         return work.refuse("use_rslora", f"peft {work.target.name} has no alpha_pattern to carry per-module "
                                           "rsLoRA scalings")
-    wanted = {m: (rank, a * math.sqrt(rank)) for m, (rank, a) in
+    wanted = {m: (rank, _scaled(a, rank)) for m, (rank, a) in
               patterns.module_values(work.config, work.modules, work.source).items()}
-    global_alpha = _number(alpha * math.sqrt(r))
+    if any(v[1] is None for v in wanted.values()):
+        return work.refuse("use_rslora", "every module's rank and alpha (rank_pattern, alpha_pattern) must be "
+                                         "positive numbers to fold rsLoRA's scaling")
+    global_alpha = _number(_scaled(alpha, r))
     # Every module whose rank or alpha differs from the global ones gets its own exact key in both
     # patterns, so each release's matching rule (one shared key before 0.14) lands on it.
     odd = {m: v for m, v in wanted.items() if v[0] != r or not math.isclose(v[1], global_alpha, rel_tol=1e-12)}
