@@ -63,6 +63,9 @@ def check(
         except UnusableInput as exc:
             _fail(str(exc))
             unusable = True
+        except Exception as exc:  # noqa: BLE001 - a bug of ours on one adapter must not lose the others' reports
+            _fail(f"{path}: internal error: {type(exc).__name__}: {exc} (please report this)")
+            unusable = True
     combination = _combination(paths, reports, combine_as) if combine_as and not unusable else None
     if reports:
         typer.echo(_render(reports, fmt, combination), nl=False)

@@ -126,13 +126,16 @@ def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> 
         return []
     findings = []
     if isinstance(targets, list):
+        # Set lookups, not a loop over modules per target: 10,000 targets x 1,000 modules took 7 s.
+        tails = {tail for m in modules for tail in _tails(m)}
         for target in (t for t in targets if isinstance(t, str)):
-            if not any(_matches_target(m, target) for m in modules):
+            if target not in tails:
                 findings.append(rule("PD207").finding(
                     f"target_modules lists {target!r} but the weights hold no LoRA tensors for it",
                     f"remove {target!r} from target_modules, or re-save the adapter that trained it",
                     key="target_modules"))
-    stray = sorted(m for m in modules if not _targeted(m, targets))
+    names = targets if isinstance(targets, str) else frozenset(t for t in targets if isinstance(t, str))
+    stray = sorted(m for m in modules if not _targeted(m, names))
     if stray:
         findings.append(rule("PD208").finding(
             f"weights for {_some(stray)} match no entry of target_modules: peft builds no layer for them and "
@@ -144,13 +147,20 @@ def _matches_target(module: str, target: str) -> bool:
     return module == target or module.endswith("." + target)
 
 
-def _targeted(module: str, targets: Any) -> bool:
+def _tails(module: str) -> set[str]:
+    """Every name that targets `module` as a list entry: itself and each dotted tail of it (peft's rule:
+    module == target or module.endswith("." + target))."""
+    parts = module.split(".")
+    return {".".join(parts[i:]) for i in range(len(parts))}
+
+
+def _targeted(module: str, targets: "str | frozenset[str]") -> bool:
     if isinstance(targets, str):
         try:
             return re.fullmatch(targets, module) is not None
         except re.error:
             return True  # peft would fail on the regex itself; don't guess further
-    return any(_matches_target(module, t) for t in targets if isinstance(t, str))
+    return not _tails(module).isdisjoint(targets)  # a set of names: see _target_findings
 
 
 def _modules_to_save_findings(config: dict[str, Any], header: Header) -> list[Finding]:
