@@ -32,7 +32,8 @@ SAMPLES = {
     "PD354": "Merge lora module to 4-bit linear may get different generations due to rounding errors",
     "PD356": "NaNs detected in the merged weights. The adapter default seems to be broken",
     "PD357": "requires you to execute the configuration file in that repo",
-    "PD358": "couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached files",
+    "PD358": "couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the "
+             "cached files",
     "PD501": "All adapters must have the same r value when using combination_type",
     "PD502": "Cannot add weighted adapters if they target the same module with modules_to_save",
     "PD503": "all adapter configs should follow the same target modules type",

@@ -30,17 +30,26 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
 
-from peftdoctor.errors import UnusableInput  # noqa: E402
-from peftdoctor.ops.check import check  # noqa: E402
-from peftdoctor.ops.explain import explain  # noqa: E402
-from peftdoctor.ops.fix import new_text, plan  # noqa: E402
-from peftdoctor.ops.scan import render_text, scan, spool_line  # noqa: E402
-from peftdoctor.render.report import REPORTER_BY_NAME  # noqa: E402
-from tests.test_fuzz import (  # noqa: E402
-    CONFIG, CONFIG_BYTES, FAST_TMP, ODDITIES, REAL_WEIGHTS, WEIGHT_BYTES, _dump, make_oddity, meaning_changes, mutated_configs,
+from peftdoctor.errors import UnusableInput
+from peftdoctor.ops.check import check
+from peftdoctor.ops.explain import explain
+from peftdoctor.ops.fix import new_text, plan
+from peftdoctor.ops.scan import render_text, scan, spool_line
+from peftdoctor.render.report import REPORTER_BY_NAME
+from tests.test_fuzz import (
+    CONFIG,
+    CONFIG_BYTES,
+    FAST_TMP,
+    ODDITIES,
+    REAL_WEIGHTS,
+    WEIGHT_BYTES,
+    _dump,
+    make_oddity,
+    meaning_changes,
+    mutated_configs,
     write_adapter,
 )
 

@@ -45,7 +45,7 @@ def adapter(directory: Path, config: Any = None, header: Any = None) -> Path:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+                          check=False, timeout=120)
 
 
 def codes(report: Any) -> set[str]:

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import IO, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from peftdoctor.io.adapter import CONFIG_NAME, UnusableInput
 from peftdoctor.model.findings import FORMAT_VERSION, Finding, Report, Severity

@@ -154,7 +154,7 @@ def _tails(module: str) -> set[str]:
     return {".".join(parts[i:]) for i in range(len(parts))}
 
 
-def _targeted(module: str, targets: "str | frozenset[str]") -> bool:
+def _targeted(module: str, targets: str | frozenset[str]) -> bool:
     if isinstance(targets, str):
         try:
             return re.fullmatch(targets, module) is not None
