@@ -326,3 +326,20 @@ def test_long_target_list_against_many_modules_is_fast(tmp_path: Path) -> None:
     report = check(str(directory))
     assert time.perf_counter() - start < 10
     assert sum(f.code == "PD207" for f in report.findings) == 50_000 and "PD208" not in codes(report)
+
+
+def test_multi_path_check_keeps_the_other_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug of ours on one path of `check A B` is one line for A; B's report is still printed."""
+    cli_app = sys.modules["peftdoctor.cli.app"]  # the module: `peftdoctor.cli.app` the name is the Typer app
+    first, second = adapter(tmp_path / "first"), adapter(tmp_path / "second")
+    real = cli_app.run_check
+
+    def buggy(path: str, **kwargs: Any) -> Any:
+        if path == str(first):
+            raise TypeError("unhashable type: 'list'")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(cli_app, "run_check", buggy)
+    done = RUNNER.invoke(app, ["check", str(first), str(second), "--format", "json", "--peft", "0.21.2"])
+    assert done.exit_code == 2 and "internal error: TypeError" in done.output
+    assert json.loads(done.stdout)["path"] == str(second)
