@@ -39,6 +39,7 @@ from peftdoctor.render import (
     VERIFY,
     formats,
     render,
+    render_to,
     require_format,
 )
 from peftdoctor.rules.registry import RULES, markdown_table
@@ -126,6 +127,9 @@ def check(
             reports.append(run_check(adapters[-1], peft=peft, serve=serve))
         except UnusableInput as exc:
             _fail(errors.one_line(exc))
+            unusable = True
+        except Exception as exc:  # noqa: BLE001 - a bug of ours on one adapter must not lose the others' reports
+            _fail(f"{path}: internal error: {type(exc).__name__}: {exc} (please report this)")
             unusable = True
     combination = _combination(adapters, reports, combine_as) if combine_as and not unusable else None
     if reports:
@@ -276,19 +280,24 @@ def scan(
 ) -> None:
     """Check every adapter under a directory tree (or on the Hub) and summarise the findings, worst first."""
     require_format((SCAN,), fmt)
+    import tempfile
+
     from peftdoctor.ops import scan as scanning
 
     if sum(x is not None for x in (root, hub, from_file)) != 1:
         raise UsageError("scan: give one of a directory, --hub AUTHOR or --from-file FILE")
-    if root is not None:
-        result = scanning.scan(root, peft=peft)
-    else:
-        from peftdoctor.ops import hub_scan
+    with tempfile.TemporaryDirectory(prefix="peftdoctor-scan-") as scratch:
+        if root is not None:
+            # JSON holds every full report: spooled to disk as they are made, so memory stays bounded.
+            result = scanning.scan(root, peft=peft, spool=os.path.join(scratch, "reports.jsonl")
+                                   if fmt == "json" else None)
+        else:
+            from peftdoctor.ops import hub_scan
 
-        result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress()) if hub is not None else
-                  hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
-                                      progress=_progress()))
-    typer.echo(render(result, fmt), nl=False)
+            result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress()) if hub is not None else
+                      hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
+                                          progress=_progress()))
+        render_to(result, fmt, lambda text: typer.echo(text, nl=False))
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
 
