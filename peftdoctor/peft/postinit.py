@@ -21,7 +21,7 @@ def _number(value: Any) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
-    # JSON true is not 1 and 8.0 is not 8: the probes told them apart.
+    # The probes tried exact JSON values: true is not 1, 8.0 is not 8.
     return type(a) is type(b) and a == b
 
 
@@ -31,7 +31,7 @@ def _one_of(value: Any, clause: dict[str, Any]) -> bool:
 
 
 # match name -> predicate(value or _MISSING, clause). Every name the generator writes must be here
-# (tests/test_postinit.py checks each stored example meets its clause and each counter does not).
+# (tests/test_post_init.py checks each stored example meets its clause and each counter does not).
 MATCHES: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
     "one_of": _one_of,
     "float": lambda v, c: type(v) is float,
