@@ -8,7 +8,7 @@ from typing import Any, Optional
 from packaging.version import Version
 
 from peftdoctor.model.findings import Compatibility
-from peftdoctor.peft import releases
+from peftdoctor.peft import postinit, releases
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft.releases import Release
 
@@ -113,6 +113,9 @@ def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, 
     task_error = _task_type_error(release, config.get("task_type"))
     if task_error:
         return Compatibility(name, "fails", error=task_error)
+    post_init_error = postinit.refusal(release, peft_type, config)
+    if post_init_error:
+        return Compatibility(name, "fails", error=post_init_error)
     if unknown:
         warning = None
         if release.unknown_keys == "warn" and message:
