@@ -63,6 +63,10 @@ def test_table_covers_transformers_model_types() -> None:
     table = architectures.table()
     assert len(table["model_types"]) > 200
     assert set(table["model_types"]).isdisjoint(table["skipped"])
+    # check parses only the entry it needs; it must be the entry of the whole table
+    assert all(architectures.entry(m) == e for m, e in table["model_types"].items())
+    assert architectures.entry("no-such-model") is None
+    assert architectures.transformers_version() == table["transformers"]
     llama = table["model_types"]["llama"]["modules"]
     assert llama["model.layers.{i}.self_attn.k_proj"] == ["Linear", ["head_dim*num_key_value_heads", "hidden_size"]]
 

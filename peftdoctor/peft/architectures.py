@@ -20,13 +20,31 @@ _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")
 
 
 @functools.lru_cache(maxsize=None)
-def table() -> dict[str, Any]:
+def _text() -> str:
     with open(TABLE, encoding="utf-8") as handle:
-        return json.load(handle)
+        return handle.read()
+
+
+def table() -> dict[str, Any]:
+    """The whole table (2 MB: ~50 ms to parse; check reads only the entry it needs, see entry())."""
+    return json.loads(_text())
+
+
+@functools.lru_cache(maxsize=None)
+def entry(model_type: str) -> Optional[dict[str, Any]]:
+    """One model_type's entry, parsed alone: the generator writes each as a block between
+    `\n  "<model_type>": {` and the next `\n  }` (tests/test_architectures.py holds this to table())."""
+    text = _text()
+    start = text.find(f"\n  {json.dumps(model_type)}: {{\n")
+    if start < 0:
+        return None
+    start = text.index("{", start + 3 + len(json.dumps(model_type)))
+    return json.loads(text[start:text.index("\n  }", start) + 4])
 
 
 def transformers_version() -> str:
-    return str(table()["transformers"])
+    found = re.search(r'^ "transformers": "([^"]*)"', _text(), re.M)
+    return found.group(1) if found else "?"
 
 
 def fold(name: str) -> str:
@@ -143,15 +161,16 @@ def _factors(term: str) -> list[tuple[str, str]]:
 def for_config(config: dict[str, Any]) -> Optional[Architecture]:
     """The architecture of a base's config.json, when the table knows its model_type."""
     model_type = config.get("model_type")
-    entry = table()["model_types"].get(model_type) if isinstance(model_type, str) else None
-    return Architecture(model_type, entry, config) if entry is not None else None
+    found = entry(model_type) if isinstance(model_type, str) else None
+    return Architecture(model_type, found, config) if found is not None else None
 
 
 def skipped_reason(model_type: Optional[str]) -> str:
     """Why a model_type has no table entry, for the report's `skipped` list."""
     if not model_type:
         return "its config.json names no model_type"
-    why = table()["skipped"].get(model_type)
+    line = re.search(rf'^  {re.escape(json.dumps(model_type))}: (".*"),?$', _text(), re.M)
+    why = json.loads(line.group(1)) if line else None
     if why is not None:
         return f"transformers {transformers_version()} could not build model_type {model_type!r} ({why})"
     return f"model_type {model_type!r} is unknown to transformers {transformers_version()} (custom code?)"
