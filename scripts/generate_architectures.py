@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from peftdoctor.peft.architectures import Architecture  # noqa: E402 - evaluates expressions as check will
 OUT = ROOT / "peftdoctor" / "peft" / "architectures.json"
 
 # Config attribute names per size concept; each attribute whose default is an int is set per variant.
@@ -50,11 +52,14 @@ SIZES: dict[str, tuple[str, ...]] = {
 VARIANTS: tuple[dict[str, int], ...] = (
     {"hidden": 64, "intermediate": 96, "heads": 4, "kv_heads": 2, "head_dim": 8, "vocab": 120, "positions": 40,
      "type_vocab": 3},
-    {"hidden": 96, "intermediate": 160, "heads": 8, "kv_heads": 4, "head_dim": 24, "vocab": 136, "positions": 48,
+    {"hidden": 96, "intermediate": 160, "heads": 8, "kv_heads": 2, "head_dim": 24, "vocab": 136, "positions": 48,
      "type_vocab": 5},
     {"hidden": 80, "intermediate": 112, "heads": 2, "kv_heads": 1, "head_dim": 20, "vocab": 152, "positions": 56,
      "type_vocab": 7},
 )
+# A fourth build, never used to solve: each expression must also give its shapes, or it is dropped.
+HELD_OUT: dict[str, int] = {"hidden": 112, "intermediate": 144, "heads": 8, "kv_heads": 1, "head_dim": 12, "vocab": 168,
+                            "positions": 64, "type_vocab": 4}
 # Fixed small values: few layers (the names fold), few experts.
 FIXED: dict[str, int] = {
     **{n: 2 for n in ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
@@ -178,8 +183,12 @@ def _walk(model: Any) -> dict[str, tuple[str, Optional[tuple[int, ...]]]]:
 
 def _ints(config: Any) -> dict[str, int]:
     """Every integer attribute of the config, sub-configs as `text_config.hidden_size`."""
+    return _ints_of(config.to_dict())
+
+
+def _ints_of(values: dict[str, Any]) -> dict[str, int]:
     found: dict[str, int] = {}
-    for key, value in config.to_dict().items():
+    for key, value in values.items():
         if isinstance(value, bool):
             continue
         if isinstance(value, int):
@@ -213,14 +222,38 @@ def _candidates(vars_: dict[str, tuple[int, ...]], set_vars: set[str]) -> list[t
     return out
 
 
-def _solve(values: tuple[int, ...], table: dict[tuple[int, ...], str], constants: dict[int, list[str]]) -> Any:
+def _sum_of_products(values: tuple[int, ...], vars_: dict[str, tuple[int, ...]], set_vars: set[str]) -> Optional[str]:
+    """Last resort for fused layers (phi3's qkv_proj: hidden + 2*kv_heads*hidden//heads): two terms, each
+    k*a, k*a*b or k*a*b//c (k 1 or 2) over the size attributes of one config level."""
+    for prefix in sorted({v.rpartition(".")[0] for v in set_vars}):
+        group = sorted(v for v in set_vars if v.rpartition(".")[0] == prefix and v in vars_)
+        products: list[tuple[str, tuple[int, ...]]] = [(a, vars_[a]) for a in group]
+        pairs = [(f"{a}*{b}", tuple(x * y for x, y in zip(vars_[a], vars_[b])))
+                 for a, b in itertools.combinations(group, 2)]
+        products += pairs
+        products += [(f"{p}//{c}", tuple(x // z for x, z in zip(pv, vars_[c]))) for p, pv in pairs for c in group
+                     if c not in p.split("*") and all(z and x % z == 0 for x, z in zip(pv, vars_[c]))]
+        terms: dict[tuple[int, ...], str] = {}
+        for k in (1, 2):
+            for name, vals in products:
+                terms.setdefault(tuple(k * x for x in vals), name if k == 1 else f"{k}*{name}")
+        for first, name in terms.items():
+            rest = tuple(v - x for v, x in zip(values, first))
+            if rest in terms and terms[rest] != name and min(rest) > 0:
+                return f"{name}+{terms[rest]}"
+    return None
+
+
+def _solve(values: tuple[int, ...], table: dict[tuple[int, ...], str], constants: dict[int, list[str]],
+           fallback: Any = None) -> Any:
     """The expression of one dimension. A dimension the same in every build is the one config attribute of
     that value (num_experts, kv_lora_rank, ...), or unknown (null): a literal could be a default that a real
     base changes."""
     if len(set(values)) == 1:
         names = constants.get(values[0], [])
         return names[0] if len(names) == 1 else None
-    return table.get(values)
+    found = table.get(values)
+    return found if found is not None or fallback is None else fallback(values)
 
 
 def _table(candidates: list[tuple[str, tuple[int, ...]]]) -> dict[tuple[int, ...], str]:
@@ -291,9 +324,55 @@ def describe(model_type: str) -> dict[str, Any]:
     entry["tied"] = {k: v for k, v in sorted(tied.items())} if isinstance(tied, dict) else {}
     default = _config(model_type, None)
     entry["tie_word_embeddings"] = bool(getattr(default, "tie_word_embeddings", False))
+    held_out = _held_out(model_type, mappings[0], notes) if len(configs) > 1 else None
+    if held_out is not None:
+        _verify_modules(model_type, entry, *held_out, notes)
     entry.update(_variables(model_type, built, configs, modules, default))
+    if held_out is not None:
+        _verify_derived(model_type, entry, notes)
     entry["notes"] = notes
     return entry
+
+
+def _held_out(model_type: str, mapping: Any, notes: list[str]) -> Optional[tuple[dict[str, Any], dict]]:
+    try:
+        config = _config(model_type, HELD_OUT)
+        return config.to_dict(), _walk(_build(mapping, config))
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"no held-out build verified the shapes: {_why(exc)}")
+        return None
+
+
+def _verify_modules(model_type: str, entry: dict[str, Any], config: dict[str, Any], walk: dict,
+                    notes: list[str]) -> None:
+    """Drop (to null) every dimension whose expression does not give the held-out build's shape."""
+    arch = Architecture(model_type, entry, config)
+    dropped = 0
+    for name, (kind, dims) in entry["modules"].items():
+        if not dims:
+            continue
+        real = walk.get(name, (kind, None))[1]
+        if real is None or len(real) != len(dims):
+            entry["modules"][name] = [kind, None]
+            dropped += sum(d is not None for d in dims)
+            continue
+        kept = [d if d is not None and arch.value(d) == r else None for d, r in zip(dims, real)]
+        dropped += sum(a is not None and b is None for a, b in zip(dims, kept))
+        entry["modules"][name] = [kind, kept]
+    if dropped:
+        notes.append(f"{dropped} dimension(s) disagreed with the held-out build: left unknown (null)")
+
+
+def _verify_derived(model_type: str, entry: dict[str, Any], notes: list[str]) -> None:
+    for var, expr in list(entry["derived"].items()):
+        try:
+            config = _config(model_type, HELD_OUT, frozenset({var})).to_dict()
+        except Exception:  # noqa: BLE001
+            config = {}
+        real = _ints_of(config).get(var)
+        if real is None or Architecture(model_type, {**entry, "derived": {}}, config).value(expr) != real:
+            del entry["derived"][var]
+            notes.append(f"derived {var} = {expr} disagreed with the held-out build: dropped")
 
 
 def _try(getter: Any) -> Any:
@@ -314,6 +393,9 @@ def _modules(configs: list[Any], walks: list[dict], notes: list[str]) -> dict[st
     varying = {k: tuple(i[k] for i in ints) for k in sorted(common) if len({i[k] for i in ints}) > 1}
     set_vars = {v for v in varying if v.rsplit(".", 1)[-1] in _SET_NAMES}
     table = _table(_candidates(varying, set_vars)) if len(configs) > 1 else {}
+    def fallback(values: tuple[int, ...]) -> Optional[str]:
+        return _sum_of_products(values, varying, set_vars)
+
     constants: dict[int, list[str]] = {}
     for key in sorted(common):
         if key not in varying:
@@ -328,7 +410,7 @@ def _modules(configs: list[Any], walks: list[dict], notes: list[str]) -> dict[st
         if shape is None or any(s is None or len(s) != len(shape) for s in shapes) or len(configs) < 2:
             modules[name] = [kind, None]
             continue
-        modules[name] = [kind, [_solve(tuple(s[d] for s in shapes), table, constants) for d in range(len(shape))]]
+        modules[name] = [kind, [_solve(tuple(s[d] for s in shapes), table, constants, fallback) for d in range(len(shape))]]
     return modules
 
 

@@ -146,11 +146,12 @@ def test_regex_and_partial_targets_are_not_flagged(bases: dict[str, Path], tmp_p
     from peft import LoraConfig, get_peft_model
 
     regex = r".*\.layers\.1\.self_attn\.(q|v)_proj"
-    get_peft_model(load_base(bases["llama"]), LoraConfig(target_modules=regex))  # peft accepts it
-    get_peft_model(load_base(bases["llama"]), LoraConfig(target_modules=["q_proj", "c_attn"]))  # silently partial
+    full_name = ["model.layers.1.self_attn.q_proj"]
+    for accepted in (regex, ["q_proj", "c_attn"], full_name):  # peft accepts each (a partial list silently)
+        get_peft_model(load_base(bases["llama"]), LoraConfig(target_modules=accepted))
     adapter = make_lora_adapter(tmp_path / "lora", bases["llama"])
-    for targets in (regex, ["q_proj", "c_attn"]):
-        edited = _edited(adapter, tmp_path / f"t{len(str(targets))}", target_modules=targets)
+    for i, targets in enumerate((regex, ["q_proj", "c_attn"], full_name)):
+        edited = _edited(adapter, tmp_path / f"t{i}", target_modules=targets)
         assert "PD220" not in codes(check(str(edited), peft="0.21.2", base=str(bases["llama"])))
 
 

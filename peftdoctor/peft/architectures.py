@@ -69,9 +69,9 @@ class Layer:
             return self.shape[0], self.shape[1]
         if self.kind == "Embedding":  # [num_embeddings, embedding_dim]: LoRA A is [r, num_embeddings]
             return self.shape[0], self.shape[1]
-        if self.kind in ("Linear", "Conv1d", "Conv2d"):
+        if self.kind == "Linear":
             return self.shape[1], self.shape[0]
-        return None
+        return None  # convolutions: grouped (depthwise) ones store in_channels / groups, not what LoRA sees
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ def target_findings(ctx: Context, arch: Architecture) -> list[Finding]:
         return []
     if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):
         return []
-    if any(targets_module(name, targets) for name in _expanded(arch.module_names, isinstance(targets, str))):
+    regex = isinstance(targets, str)
+    folded = targets if regex else [architectures.fold(t) for t in targets]  # "layers.0.mlp" -> "layers.{i}.mlp"
+    if any(targets_module(name, folded) for name in _expanded(arch.module_names, regex)):
         return []
     shown = targets if isinstance(targets, str) else sorted(targets)
     return [rule("PD220").finding(
