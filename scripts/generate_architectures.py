@@ -48,18 +48,21 @@ SIZES: dict[str, tuple[str, ...]] = {
     "vocab": ("vocab_size",),
     "positions": ("max_position_embeddings", "n_positions"),
     "type_vocab": ("type_vocab_size",),
+    "shared_experts": ("n_shared_experts", "num_shared_experts"),
 }
 VARIANTS: tuple[dict[str, int], ...] = (
     {"hidden": 64, "intermediate": 96, "heads": 4, "kv_heads": 2, "head_dim": 8, "vocab": 120, "positions": 40,
-     "type_vocab": 3},
+     "type_vocab": 3, "shared_experts": 1},
     {"hidden": 96, "intermediate": 160, "heads": 8, "kv_heads": 2, "head_dim": 24, "vocab": 136, "positions": 48,
-     "type_vocab": 5},
-    {"hidden": 80, "intermediate": 112, "heads": 2, "kv_heads": 1, "head_dim": 20, "vocab": 152, "positions": 56,
-     "type_vocab": 7},
+     "type_vocab": 5, "shared_experts": 2},
+    {"hidden": 80, "intermediate": 112, "heads": 4, "kv_heads": 4, "head_dim": 18, "vocab": 152, "positions": 56,
+     "type_vocab": 7, "shared_experts": 3},
 )
+# Within one concept the j-th name gets value + OFFSETS * j (multiples of 16 keep widths divisible by heads).
+OFFSETS = {"hidden": 16, "intermediate": 16, "head_dim": 2, "positions": 8}
 # A fourth build, never used to solve: each expression must also give its shapes, or it is dropped.
-HELD_OUT: dict[str, int] = {"hidden": 112, "intermediate": 144, "heads": 8, "kv_heads": 1, "head_dim": 12, "vocab": 168,
-                            "positions": 64, "type_vocab": 4}
+HELD_OUT: dict[str, int] = {"hidden": 112, "intermediate": 144, "heads": 8, "kv_heads": 4, "head_dim": 12, "vocab": 168,
+                            "positions": 64, "type_vocab": 4, "shared_experts": 2}
 # Fixed small values: few layers (the names fold), few experts.
 FIXED: dict[str, int] = {
     **{n: 2 for n in ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
@@ -101,8 +104,8 @@ def _sized(values: dict[str, Any], variant: Optional[dict[str, int]], omit: froz
             out[key] = FIXED[key]
         elif variant is not None:
             concept = next((c for c, names in SIZES.items() if key in names), None)
-            if concept is not None:
-                out[key] = variant[concept]
+            if concept is not None:  # names of one concept get apart values: moe_ vs intermediate_size
+                out[key] = variant[concept] + OFFSETS.get(concept, 0) * SIZES[concept].index(key)
     return out
 
 
@@ -121,7 +124,8 @@ def _shifted(variant: Optional[dict[str, int]], k: int) -> Optional[dict[str, in
     the other sub-configs, so that a vision tower's dimension is never explained by the text model's."""
     if variant is None:
         return None
-    steps = {"hidden": 16, "intermediate": 16, "head_dim": 2, "vocab": 2, "positions": 2, "type_vocab": 1}
+    steps = {"hidden": 16 * 7, "intermediate": 16 * 7, "head_dim": 2 * 7, "vocab": 2, "positions": 8 * 7,
+             "type_vocab": 1}
     return {c: v + steps.get(c, 0) * k for c, v in variant.items()}
 
 
@@ -206,10 +210,19 @@ def _priority(var: str, set_vars: set[str]) -> tuple[int, int, str]:
 
 
 def _candidates(vars_: dict[str, tuple[int, ...]], set_vars: set[str]) -> list[tuple[str, tuple[int, ...]]]:
-    """Expressions in order of preference: one attribute, k*attribute, a*b, a//b, a+b, a*b//c."""
+    """Expressions in order of preference: one attribute, k*attribute, a*b, a//b, a+b, a*b//c; the
+    attributes of one expression come from one config level (a dimension of the text model is never a
+    product of its width and the vision tower's head count)."""
     order = sorted(vars_, key=lambda v: _priority(v, set_vars))
     out: list[tuple[str, tuple[int, ...]]] = [(v, vars_[v]) for v in order]
     out += [(f"{k}*{v}", tuple(k * x for x in vars_[v])) for k in range(2, 9) for v in order]
+    for level in sorted({v.rpartition(".")[0] for v in order}):
+        out += _combinations([v for v in order if v.rpartition(".")[0] == level], vars_)
+    return out
+
+
+def _combinations(order: list[str], vars_: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+    out: list[tuple[str, tuple[int, ...]]] = []
     pairs = list(itertools.combinations(order, 2))
     out += [(f"{a}*{b}", tuple(x * y for x, y in zip(vars_[a], vars_[b]))) for a, b in pairs]
     for a, b in itertools.permutations(order, 2):
@@ -217,9 +230,18 @@ def _candidates(vars_: dict[str, tuple[int, ...]], set_vars: set[str]) -> list[t
             out.append((f"{a}//{b}", tuple(x // y for x, y in zip(vars_[a], vars_[b]))))
     out += [(f"{a}+{b}", tuple(x + y for x, y in zip(vars_[a], vars_[b]))) for a, b in pairs]
     for (a, b), c in itertools.product(pairs, order):
-        if c not in (a, b) and all(z and (x * y) % z == 0 for x, y, z in zip(vars_[a], vars_[b], vars_[c])):
-            out.append((f"{a}*{b}//{c}", tuple(x * y // z for x, y, z in zip(vars_[a], vars_[b], vars_[c]))))
+        if c not in (a, b):
+            out += _scaled(a, b, c, vars_)
     return out
+
+
+def _scaled(a: str, b: str, c: str, vars_: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+    """a*b/c written the way models compute it, floor first (hidden_size//num_attention_heads*kv_heads is
+    head_dim*kv_heads, also where the width does not divide)."""
+    for x, y in ((a, b), (b, a)):
+        if all(z and v % z == 0 for v, z in zip(vars_[x], vars_[c])):
+            return [(f"{x}//{c}*{y}", tuple(v // z * w for v, w, z in zip(vars_[x], vars_[y], vars_[c])))]
+    return []
 
 
 def _sum_of_products(values: tuple[int, ...], vars_: dict[str, tuple[int, ...]], set_vars: set[str]) -> Optional[str]:
@@ -231,8 +253,8 @@ def _sum_of_products(values: tuple[int, ...], vars_: dict[str, tuple[int, ...]],
         pairs = [(f"{a}*{b}", tuple(x * y for x, y in zip(vars_[a], vars_[b])))
                  for a, b in itertools.combinations(group, 2)]
         products += pairs
-        products += [(f"{p}//{c}", tuple(x // z for x, z in zip(pv, vars_[c]))) for p, pv in pairs for c in group
-                     if c not in p.split("*") and all(z and x % z == 0 for x, z in zip(pv, vars_[c]))]
+        products += [found for a, b in itertools.combinations(group, 2) for c in group if c not in (a, b)
+                     for found in _scaled(a, b, c, vars_)]
         terms: dict[tuple[int, ...], str] = {}
         for k in (1, 2):
             for name, vals in products:
@@ -324,34 +346,37 @@ def describe(model_type: str) -> dict[str, Any]:
     entry["tied"] = {k: v for k, v in sorted(tied.items())} if isinstance(tied, dict) else {}
     default = _config(model_type, None)
     entry["tie_word_embeddings"] = bool(getattr(default, "tie_word_embeddings", False))
-    held_out = _held_out(model_type, mappings[0], notes) if len(configs) > 1 else None
-    if held_out is not None:
-        _verify_modules(model_type, entry, *held_out, notes)
+    held_out = _held_out(model_type, mappings[0], notes) if len(configs) > 1 else []
+    dropped = sum(_verify_modules(model_type, entry, config, walk) for config, walk in held_out)
+    if dropped:
+        notes.append(f"{dropped} dimension(s) disagreed with a held-out build: left unknown (null)")
     entry.update(_variables(model_type, built, configs, modules, default))
-    if held_out is not None:
+    if held_out:
         _verify_derived(model_type, entry, notes)
     entry["notes"] = notes
     return entry
 
 
-def _held_out(model_type: str, mapping: Any, notes: list[str]) -> Optional[tuple[dict[str, Any], dict]]:
-    try:
-        config = _config(model_type, HELD_OUT)
-        return config.to_dict(), _walk(_build(mapping, config))
-    except Exception as exc:  # noqa: BLE001
-        notes.append(f"no held-out build verified the shapes: {_why(exc)}")
-        return None
+def _held_out(model_type: str, mapping: Any, notes: list[str]) -> list[tuple[dict[str, Any], dict]]:
+    """Builds never used to solve: a fourth set of small sizes, and the config class's own default sizes."""
+    builds = []
+    for variant, what in ((HELD_OUT, "held-out sizes"), (None, "default sizes")):
+        try:
+            config = _config(model_type, variant)
+            builds.append((config.to_dict(), _walk(_build(mapping, config))))
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"no build at the {what} verified the shapes: {_why(exc)}")
+    return builds
 
 
-def _verify_modules(model_type: str, entry: dict[str, Any], config: dict[str, Any], walk: dict,
-                    notes: list[str]) -> None:
-    """Drop (to null) every dimension whose expression does not give the held-out build's shape."""
+def _verify_modules(model_type: str, entry: dict[str, Any], config: dict[str, Any], walk: dict) -> int:
+    """Drop (to null) every dimension whose expression does not give a held-out build's shape; how many."""
     arch = Architecture(model_type, entry, config)
     dropped = 0
     for name, (kind, dims) in entry["modules"].items():
-        if not dims:
+        if not dims or name not in walk:  # a module this build does not have says nothing
             continue
-        real = walk.get(name, (kind, None))[1]
+        real = walk[name][1]
         if real is None or len(real) != len(dims):
             entry["modules"][name] = [kind, None]
             dropped += sum(d is not None for d in dims)
@@ -359,8 +384,7 @@ def _verify_modules(model_type: str, entry: dict[str, Any], config: dict[str, An
         kept = [d if d is not None and arch.value(d) == r else None for d, r in zip(dims, real)]
         dropped += sum(a is not None and b is None for a, b in zip(dims, kept))
         entry["modules"][name] = [kind, kept]
-    if dropped:
-        notes.append(f"{dropped} dimension(s) disagreed with the held-out build: left unknown (null)")
+    return dropped
 
 
 def _verify_derived(model_type: str, entry: dict[str, Any], notes: list[str]) -> None:
