@@ -6,8 +6,10 @@ no weights) from a small config, three times, with the size attributes (hidden_s
 num_attention_heads, num_key_value_heads, head_dim, vocab_size, ...) set to different values. It walks
 named_modules(), folds layer indices (`model.layers.{i}.self_attn.q_proj`), and solves each weight
 dimension as one config attribute or a small product/sum/quotient of them, so that peftdoctor computes
-the real shapes of a base from its config.json alone, without torch. Dimensions with no such expression
-are null; model types that cannot be built from their default config are listed under "skipped" with why.
+the real shapes of a base from its config.json alone, without torch. Each expression must then give the
+shapes of two builds it was not solved from (other small sizes, and the config class's default sizes), or
+it is dropped. Dimensions with no such expression are null; model types that cannot be built from their
+default config are listed under "skipped" with why.
 
     python scripts/generate_architectures.py                  # every model_type
     python scripts/generate_architectures.py llama gpt2       # just these (others kept as they are)
@@ -33,7 +35,7 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from peftdoctor.peft.architectures import Architecture  # noqa: E402 - evaluates expressions as check will
+from peftdoctor.peft.architectures import Architecture, fold  # noqa: E402 - as check evaluates and folds
 OUT = ROOT / "peftdoctor" / "peft" / "architectures.json"
 
 # Config attribute names per size concept; each attribute whose default is an int is set per variant.
@@ -162,10 +164,6 @@ def _build(auto_mapping: Any, config: Any) -> Any:
     model_cls = auto_mapping[type(config)]
     with torch.device("meta"):
         return model_cls._from_config(config) if hasattr(model_cls, "_from_config") else model_cls(config)
-
-
-def fold(name: str) -> str:
-    return ".".join("{i}" if part.isdigit() else part for part in name.split("."))
 
 
 def _walk(model: Any) -> dict[str, tuple[str, Optional[tuple[int, ...]]]]:
