@@ -261,3 +261,36 @@ def _edited(src: Path, dst: Path, **changes: object) -> Path:
     config.update(changes)
     (dst / "adapter_config.json").write_text(json.dumps(config))
     return dst
+
+
+def test_an_uncached_base_costs_no_huggingface_hub_import(tmp_path: Path) -> None:
+    """Every check now looks for the base: a repo id the cache has no folder for is answered without
+    importing huggingface_hub (a third of a second of check's start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from peftdoctor import check; "
+            "r = check('fixtures/tiny-llama-lora', peft='0.21.2'); "
+            "print('huggingface_hub' in sys.modules, len(r.skipped))")
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.stdout.split() == ["False", "1"], out.stderr
+
+
+def test_base_config_from_the_hub_cache(bases: dict[str, Path], tmp_path: Path) -> None:
+    """base_model_name_or_path as a repo id whose config.json is in the hub cache (huggingface_hub's layout)."""
+    import os
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "cache" / "models--owner--tiny-llama" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(bases["llama"] / "config.json", snapshot / "config.json")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    adapter = make_lora_adapter(tmp_path / "gpt2-lora", bases["gpt2"], base_model_name_or_path="owner/tiny-llama")
+    code = (f"from peftdoctor import check; r = check({str(adapter)!r}, peft='0.21.2'); "
+            "print(sorted({f.code for f in r.findings}), len(r.skipped))")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.stdout.strip() == "['PD220'] 0", out.stderr[-2000:]
