@@ -111,6 +111,8 @@ def check(
                                              "combined by add_weighted_adapter: linear, ties, svd, cat, ..."),
     serve: Optional[str] = typer.Option(None, "--target", help="Also judge for a serving engine: vllm, sglang or "
                                         "tgi, optionally ==VERSION."),
+    base: Optional[str] = typer.Option(None, "--base", help="Judge against this base (directory or cached repo "
+                                       "id; default: base_model_name_or_path when it is local or cached)."),
 ) -> None:
     """Check adapters against the schemas of every peft release."""
     require_format((CHECK, CHECKS), fmt)
@@ -124,7 +126,7 @@ def check(
             adapters.append(open_adapter(path, online=True))  # read once: check and --combine both judge it
             if adapters[-1].note:
                 _fail(adapters[-1].note)
-            reports.append(run_check(adapters[-1], peft=peft, serve=serve))
+            reports.append(run_check(adapters[-1], peft=peft, serve=serve, base=base))
         except UnusableInput as exc:
             _fail(errors.one_line(exc))
             unusable = True

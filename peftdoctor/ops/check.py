@@ -7,10 +7,12 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import find_base_config
 from peftdoctor.model.adapter import CONFIG_NAME, Adapter
+from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Report
 from peftdoctor.peft import compat, releases
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Check, Context
+from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
 from peftdoctor.rules.schema import peft_type_findings, value_findings
@@ -67,10 +69,28 @@ def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
     return releases.load(stand_in), notes
 
 
-def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None) -> Report:
-    """Check the adapter at `target` (directory, adapter_config.json path, OWNER/NAME[@REVISION] on the Hub,
-    or an Adapter already read by io.adapter.open_adapter) for the
-    peft release `peft` and, with `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine.
+def find_base(config: dict, given: Optional[str]) -> tuple[Optional[Base], Optional[str]]:
+    """The base's config.json (from --base, else base_model_name_or_path), or why there is none."""
+    if given is not None:
+        found = find_base_config(given, online=True)
+        if found is None:
+            raise UnusableInput(f"--base {given!r}: no config.json there, nor on the Hub or in its local cache")
+        return found, None
+    name = config.get("base_model_name_or_path")
+    found = find_base_config(name)
+    if found is not None:
+        return found, None
+    if not isinstance(name, str) or not name:
+        return None, "base_model_name_or_path is empty; pass --base PATH_OR_REPO_ID"
+    return None, f"the base {name!r} is neither a local directory nor in the local hub cache; pass --base"
+
+
+def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None,
+          base: Optional[str] = None) -> Report:
+    """Check the adapter at `target` (directory, adapter_config.json path, OWNER/NAME[@REVISION] on the
+    Hub, or an Adapter already read by io.adapter.open_adapter) for the peft release `peft` and, with
+    `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine; against the base `base` (a directory
+    or a repo id, whose config.json alone is fetched; default: base_model_name_or_path when found locally).
 
     Raises UnusableInput when there is nothing to check at all.
     """
@@ -84,23 +104,26 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     if adapter.origin == "hub" and adapter.config is not None:
         # A Hub adapter's base is fetched too (its config.json only, into the cache the base-aware rules read).
         find_base_config(adapter.config.get("base_model_name_or_path"), online=True)
-    base = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
+    shown = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
     if adapter.kind != "peft-adapter":
-        return Report(**base, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
+        return Report(**shown, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
     findings += refused_findings(adapter)
     if adapter.config is None:
         if adapter.config_error and CONFIG_NAME not in adapter.refused:
             findings.append(rule("PD101").finding(f"{CONFIG_NAME} {adapter.config_error}",
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)
-        return Report(**base, findings=tuple(findings + weights), skipped=tuple(skipped))
-    ctx = Context(adapter, adapter.config, release)
+        return Report(**shown, findings=tuple(findings + weights), skipped=tuple(skipped))
+    ctx = Context(adapter, adapter.config, release, *find_base(adapter.config, base))
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)
+    on_base, base_skipped = base_findings(ctx)
+    weights += on_base
+    skipped += base_skipped
     if engine is not None:
         from peftdoctor.engines import target_findings
 
         weights += target_findings(adapter, adapter.config, engine)
-    return Report(**base, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
+    return Report(**shown, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
                   written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))

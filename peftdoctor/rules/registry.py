@@ -1,6 +1,7 @@
 """The registry of finding codes: one table feeds findings, `rules`, SARIF and the README.
 
-PD0xx: what the input is; PD1xx: adapter_config.json; PD2xx: weights against config;
+PD0xx: what the input is; PD1xx: adapter_config.json; PD2xx: weights against config (PD22x: the adapter
+against its base's architecture and sizes);
 PD3xx: loading and merging (verify);
 PD4xx: deployment targets (inference engines). Codes are stable: never renumber, only add.
 """
@@ -101,6 +102,9 @@ _TABLE = [
     ("PD208", "weights-outside-targets", E, "The file holds weights for modules the config does not target."),
     ("PD209", "modules-to-save-missing", E, "A module in modules_to_save has no saved weights."),
     ("PD210", "dora-mismatch", E, "use_dora and the presence of DoRA magnitude vectors disagree."),
+    ("PD220", "target-modules-not-in-base", E, "target_modules match no module of the base's architecture: peft raises."),
+    ("PD221", "layer-size-mismatch", E, "LoRA shapes disagree with the base's layer sizes (another size of the model)."),
+    ("PD222", "vocabulary-not-resized", E, "Saved embedding/LM-head shapes disagree with the base's vocabulary: resize first."),
     ("PD301", "adapter-load-failed", E, "PeftModel.from_pretrained fails on this base with the installed peft."),
     ("PD302", "head-not-trained", E, "A task head is initialised at random on every load: not in the base, not in modules_to_save."),
     ("PD303", "adapter-no-op", E, "The adapter changes nothing on the probe batch (zero or no-op weights)."),

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Optional
 
 from packaging.version import Version
 
-from peftdoctor.io.base import REPO_ID, find_base_config
+from peftdoctor.io.base import REPO_ID
+from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Severity
 from peftdoctor.peft import compat, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
+
+if TYPE_CHECKING:
+    from peftdoctor.peft.architectures import Architecture
 
 
 def version_findings(ctx: Context) -> list[Finding]:
@@ -70,19 +75,33 @@ def oft_weights_changed(ctx: Context) -> list[Finding]:
 def tied_layer_adapted(ctx: Context) -> list[Finding]:
     if ctx.config.get("ensure_weight_tying") is True:
         return []
+    base = ctx.base
+    arch = _architecture(base)
+    tied_names = set(keys.TIED_MODULE_NAMES)
+    if arch is not None:  # this architecture's own embedding and LM head (the generated tables)
+        tied_names |= {n.rsplit(".", 1)[-1] for n in (arch.input_embeddings, arch.output_embeddings) if n}
     adapted = (targeting.declared_names(ctx.config) or frozenset()) | \
         (targeting.declared_names(ctx.config, "modules_to_save") or frozenset())
-    tied = sorted(adapted & keys.TIED_MODULE_NAMES)
+    tied = sorted(adapted & tied_names)
     if not tied:
         return []
-    base = find_base_config(ctx.config.get("base_model_name_or_path"))
-    if base is not None and base.tie_word_embeddings is False:
+    ties = base.tie_word_embeddings if base is not None else None
+    if ties is None and arch is not None:
+        ties = arch.ties_by_default  # config.json is silent: the config class's default decides
+    if ties is False:
         return []
-    known = "the base sets tie_word_embeddings" if base is not None else "if the base ties them (most do),"
+    known = "the base sets tie_word_embeddings" if ties else "if the base ties them (most do),"
     return [rule("PD115").finding(
         f"{', '.join(tied)} adapted: {known} the input embedding and LM head share one matrix, and a merged "
         "model re-tied on reload throws one trained copy away",
         "set tie_word_embeddings false in the merged model's config (peftdoctor verify does), or train with "
         "ensure_weight_tying=true", key="target_modules")]
 
+
+def _architecture(base: Optional[Base]) -> Optional[Architecture]:
+    if base is None or base.model_type is None:
+        return None
+    from peftdoctor.peft import architectures  # only with a base at hand: the table is not free to load
+
+    return architectures.for_config(base.config)
 
