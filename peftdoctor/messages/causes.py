@@ -1,0 +1,439 @@
+"""Decide the cause of a recognised message from what it names and what peftdoctor knows.
+
+diagnose(text) finds two kinds of messages: those of the generated catalogue (catalogue.py: peft,
+transformers, bitsandbytes, safetensors, vllm and sglang releases) and the few whose wording is not
+in those releases (CPython's TypeError and ImportError, torch's load_state_dict, huggingface_hub's
+repo-id check, pickle). For each it reads the names and numbers in the text (a key, a tensor name and
+its shapes, an engine's limit) against the schemas and engine tables, and the rest of the text for
+the caller, and gives the causes ranked: the first is the finding, the others alternatives.
+
+A Diagnosis with no causes says "this message is recognised and is not an adapter problem"; it
+silences the older pattern table's claim (ops/explain.py) for the same text.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+from peftdoctor.messages import catalogue, knowledge
+from peftdoctor.messages.catalogue import Hit
+from peftdoctor.peft import tensor_names
+from peftdoctor.rules.values import ZERO3_FIX
+
+SIZE_MISMATCH_MAX = 400  # lines of one size-mismatch report read: enough to classify, bounded
+WINDOW_BEFORE, WINDOW_AFTER = 200, 700  # characters around a needle a message may take
+
+
+@dataclass(frozen=True)
+class Cause:
+    code: str
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    causes: tuple[Cause, ...]  # ranked; empty: recognised, and not an adapter problem
+    matched: str
+    replaces: frozenset[str] = field(default_factory=frozenset)  # older-table codes this supersedes
+    source: str = ""  # the catalogue entry (and its releases) the wording came from
+
+
+def _d(matched: str, *causes: Cause, replaces: tuple[str, ...] = (), source: str = "") -> Diagnosis:
+    return Diagnosis(tuple(causes), matched, frozenset(replaces), source)
+
+
+def _re(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _windows(text: str, lowered: str, needle: str, limit: int = 64) -> list[str]:
+    """The text around each of the last `limit` occurrences of `needle` (lower case), oldest first.
+    Regexes run on these bounded windows only, never on the whole text: linear however long it is."""
+    found: list[str] = []
+    end = len(lowered)
+    while len(found) < limit:
+        at = lowered.rfind(needle, 0, end)
+        if at < 0:
+            break
+        found.append(text[max(0, at - WINDOW_BEFORE):at + len(needle) + WINDOW_AFTER])
+        end = at
+    return found[::-1]
+
+
+def _search(pattern: re.Pattern[str], text: str, lowered: str, needle: str) -> Optional[re.Match[str]]:
+    """The last match of `pattern` in a window around `needle`."""
+    for window in reversed(_windows(text, lowered, needle, limit=8)):
+        match = None
+        for match in pattern.finditer(window):
+            pass
+        if match is not None:
+            return match
+    return None
+
+
+# --------------------------------------------------------------------------- unknown keyword arguments
+
+_KWARG = _re(r"(?:(?P<cls>[A-Za-z_][\w.]{0,100})\.)?(?:__init__|init)\(\) got an unexpected keyword argument "
+             r"['\"](?P<key>\w{1,100})['\"]")
+_PEFT_CONTEXT = ("peft/", "peft\\", "peftconfig", "loraconfig", "adapter_config", "peftmodel")
+
+
+def unexpected_keyword(text: str, lowered: str) -> Iterator[Diagnosis]:
+    match = _search(_KWARG, text, lowered, "got an unexpected keyword argument")
+    if match is None:
+        return
+    cls = (match["cls"] or "").rsplit(".", 1)[-1]
+    key = match["key"]
+    classes = knowledge.config_classes()
+    peft_type = classes.get(cls)
+    story = knowledge.key_story(key, peft_type)
+    if cls and cls not in classes and cls not in knowledge.PEFT_BASES:
+        yield _d(match[0], replaces=("PD105",))  # another library's class (SFTTrainer, ...): not an adapter
+        return
+    if not cls and not (story.known or story.model_config or any(c in lowered for c in _PEFT_CONTEXT)):
+        yield _d(match[0], replaces=("PD105",))
+        return
+    yield _d(match[0], *_key_causes(story, cls or "the config class", knowledge.callers(lowered)), replaces=("PD105",))
+
+
+def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list[Cause]:
+    key = repr(story.key)
+    noop = (f"or, if its value is a no-op, drop it: `peftdoctor fix ADAPTER` removes {story.key} only then "
+            "(`peftdoctor explain --adapter ADAPTER` says whether it is)")
+    if (story.hub or story.loader) and not story.known:
+        who = callers[0] if callers else "the calling code"
+        what = "a Hub download argument" if story.hub else "a model-loading option"
+        return [Cause("PD105", f"{key} is {what}, not a config key: {who} passed it to from_pretrained and this "
+                      f"peft forwarded it into {cls}",
+                      f"stop passing {story.key} to PeftModel/PeftConfig.from_pretrained (give it to the base "
+                      f"model's loader only): update {who}, or use the peft release it was written for")]
+    if story.model_config and not story.known:
+        return [Cause("PD359", f"{cls} got {key}, a key of a transformers model config.json: the file read as "
+                      "adapter_config.json is a model's config, not an adapter's",
+                      "save the adapter with PeftModel.save_pretrained() (it writes the real adapter_config.json: "
+                      "peft_type, r, target_modules, ...); never copy the model's config.json over it")]
+    if story.legacy:
+        return [Cause("PD105", f"this peft release does not know {key}: it is a legacy key, known to peft "
+                      f"{story.first} up to {story.last} only; the adapter was saved by that old peft",
+                      f"remove {story.key} from adapter_config.json ({noop.split(': ', 1)[1]}), "
+                      f"or load it with peft<={story.last}")]
+    if story.known and story.introduced_later:
+        return [Cause("PD105", f"this peft release does not know {key}: it was introduced in peft {story.first}; "
+                      f"the adapter was saved by peft>={story.first}",
+                      f"install peft>={story.first}, {noop}")]
+    who = callers[0] if callers else None
+    return [Cause("PD105", f"no peft release knows {key}: it was passed by {who or 'the calling code'} (a typo or "
+                  "another API's argument), or written into adapter_config.json by another tool",
+                  f"remove {story.key} from the call or from adapter_config.json"
+                  + (f"; update {who}" if who else ""))]
+
+
+# --------------------------------------------------------------------------- size mismatches
+
+_SIZE = _re(r"size mismatch for (?P<param>[^\s:]{1,400}):\s{0,8}copying a param with shape\s{0,8}"
+            r"(?:torch\.Size\()?\[(?P<saved>[\d,\s]{0,80})\]\)?\s{0,8}from checkpoint(?:,\s{0,8}the shape in current "
+            r"model is\s{0,8}(?:torch\.Size\()?\[(?P<current>[\d,\s]{0,80})\])?")
+_ZERO3_MERGE = _re(r"The size of tensor a \(0\) must match the size of tensor b")
+_VOCAB_NAMES = ("embed", "lm_head", "wte", "word_embeddings", "shared", "embed_out", "output")
+
+
+def _dims(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    return tuple(int(d) for d in re.findall(r"\d{1,12}", text))
+
+
+def size_mismatch(text: str, lowered: str) -> Iterator[Diagnosis]:
+    kinds: dict[str, tuple[str, tuple[int, ...], Optional[tuple[int, ...]], str]] = {}
+    seen: set[tuple[int, int]] = set()
+    for window in _windows(text, lowered, "mismatch for ", SIZE_MISMATCH_MAX):
+        m = _SIZE.search(window)
+        if m is None or (hash(m[0]), len(m[0])) in seen:
+            continue
+        seen.add((hash(m[0]), len(m[0])))
+        saved, current = _dims(m["saved"]), _dims(m["current"])
+        kind = _size_kind(m["param"], saved or (), current)
+        kinds.setdefault(kind, (m["param"], saved or (), current, m[0]))
+    zero3 = _search(_ZERO3_MERGE, text, lowered, "the size of tensor a (0)")
+    if zero3:
+        kinds.setdefault("zero3", ("", (0,), None, zero3[0]))
+    for kind in ("zero3", "vocab", "rank", "rank?", "base"):
+        if kind in kinds:
+            param, saved, current, matched = kinds[kind]
+            yield _d(matched, *_size_causes(kind, param, saved, current, lowered), replaces=("PD206", "PD351"))
+
+
+def _size_kind(param: str, saved: tuple[int, ...], current: Optional[tuple[int, ...]]) -> str:
+    if not saved or 0 in saved:
+        return "zero3"
+    name = tensor_names.parse(param)
+    vocab_like = any(v in name.module.lower().rsplit(".", 1)[-1] for v in _VOCAB_NAMES)
+    if name.is_lora:
+        rank_at = 0 if name.role in tensor_names.A_ROLES else -1
+        if current is None or len(current) != len(saved):
+            return "rank?"
+        if saved[rank_at] != current[rank_at]:
+            return "rank"
+        if name.role in ("lora_embedding_A", "lora_embedding_B") or vocab_like:
+            return "vocab"
+        return "base"
+    if vocab_like and current is not None and len(current) == len(saved) and saved[1:] == current[1:]:
+        return "vocab"
+    return "base"
+
+
+def _shape(dims: Optional[tuple[int, ...]]) -> str:
+    return "[" + ", ".join(map(str, dims)) + "]" if dims is not None else "[?]"
+
+
+def _size_causes(kind: str, param: str, saved: tuple[int, ...], current: Optional[tuple[int, ...]],
+                 lowered: str) -> list[Cause]:
+    name = tensor_names.parse(param)
+    said = f"{param}: the checkpoint holds {_shape(saved)}, the model builds {_shape(current)}"
+    zero3 = Cause("PD214", f"{param}: the checkpoint holds an empty tensor {_shape(saved)}: the adapter was saved "
+                  "under DeepSpeed ZeRO-3 without gathering its sharded parameters", ZERO3_FIX)
+    if kind == "zero3":
+        return [zero3]
+    vocab = Cause("PD351", f"{said}: the adapter was saved for a vocabulary of shape {_shape(saved)}, the base "
+                  f"has {_shape(current)}", "call base.resize_token_embeddings(len(tokenizer)) with the adapter's "
+                  "tokenizer before loading the adapter (or load the base the adapter was trained on)")
+    rank_saved = tensor_names.lora_rank(name, saved)
+    rank = Cause("PD206", f"{said}: the weights hold rank {rank_saved}, the LoRA built from the config (or the "
+                 "script's rank argument) has another rank", "build the LoRA with r (and rank_pattern) equal to the "
+                 "rank the weights hold: take them from the adapter's own adapter_config.json, not from a script "
+                 "argument; `peftdoctor check ADAPTER` shows the saved ranks")
+    base = Cause("PD361", f"{said}: the adapter's layers have other widths than this base's: it was trained on "
+                 "another base (another size or architecture)", "load the base named in adapter_config.json "
+                 "(base_model_name_or_path), of the same size the adapter was trained on")
+    return {"vocab": [vocab], "rank": [rank], "rank?": [rank, base], "base": [base, rank]}[kind]
+
+
+# --------------------------------------------------------------------------- other wordings outside the catalogue
+
+_IMPORT = _re(r"cannot import name '(?P<name>\w{1,100})' from 'peft' \(unknown location\)")
+_LFS = _re(r"invalid load key, 'v'|version https://git-lfs\.github\.com/spec")
+_REPO_ID = _re(r"Repo id must be in the form 'repo_name' or 'namespace/repo_name': '(?P<repo>[^'\n]{1,400})'")
+_NOT_FOUND = _re(r"404 Client Error[^\n]{0,200}?huggingface\.co/(?P<repo>[^\s]{1,300}?)/resolve/[^\s/]{1,100}/"
+                 r"adapter_config\.json")
+_MERGE_ATTR = _re(r"'(?P<cls>\w{1,100})' object has no attribute 'merge_and_unload'")
+_QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200}) is a quantized model and does not support merge")
+_NO_CONFIG = _re(r"Can't find '?adapter_config\.json'?(?! at)")
+_NO_MODEL_CONFIG = _re(r"(?P<repo>[^\s'\"]{1,300}) does not appear to have a file named config\.json")
+_UNRECOGNIZED = _re(r"Unrecognized model in (?P<path>[^\n]{0,300}?)\.? Should have a .?model_type.? key")
+_MAGNITUDE = _re(r"(?:no match|unsupported|not supported)[^\n]{0,40}?(?P<name>[\w.]{0,300}lora_magnitude_vector)"
+                 r"|(?P<name2>[\w.]{0,300}lora_magnitude_vector)[^\n]{0,20}?(?:unsupported|not supported)")
+
+_TENSOR_REFUSED = _re(r"\blora (?P<name>base_model\.model\.[\w.]{1,300}) is not supported")
+
+
+def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
+    m = _search(_IMPORT, text, lowered, "(unknown location)")
+    if m:  # "(unknown location)": peft itself is a broken install (a namespace package), whatever the name
+        yield _d(m[0], replaces=("PD353",))
+    m = _search(_LFS, text, lowered, "invalid load key") or _search(_LFS, text, lowered, "git-lfs")
+    if m:
+        yield _d(m[0], Cause("PD362", "the weights file is a Git LFS pointer (a small text file starting with "
+                             "'version https://git-lfs...'), not the weights: the repo was cloned without git-lfs",
+                             "run `git lfs install && git lfs pull` in the clone (or download the repo with "
+                             "`hf download`)"), replaces=("PD203",))
+    for m in (_search(_REPO_ID, text, lowered, "repo id must be"),
+              _search(_NOT_FOUND, text, lowered, "404 client error")):
+        if m:
+            yield _path_as_repo(m, lowered)
+            break
+    m = _search(_MERGE_ATTR, text, lowered, "merge_and_unload'")
+    if m:
+        yield _d(m[0], Cause("PD308", f"{m['cls']} has no merge_and_unload: the adapter is a prompt-learning one "
+                             "(prompt/prefix tuning, p-tuning), which has no weights to merge, so PeftModel hands the "
+                             "call to the base model", "deploy it unmerged with PeftModel.from_pretrained(base, "
+                             "ADAPTER); only LoRA-like adapters can be merged (if it is a LoRA, the model was never "
+                             "wrapped by PeftModel)"))
+    m = _search(_QUANT_MERGE, text, lowered, "does not support merge")
+    if m:
+        yield _d(m[0], _quantized("the base is quantized (GPTQ/AWQ)"))
+    m = _search(_NO_CONFIG, text, lowered, "adapter_config.json")
+    if m:
+        yield _d(m[0], _no_adapter_config(lowered))
+    m = (_search(_NO_MODEL_CONFIG, text, lowered, "does not appear to have a file named config.json")
+         or _search(_UNRECOGNIZED, text, lowered, "unrecognized model in"))
+    if m and ("adapter" in lowered or "lora" in lowered or "peft" in lowered):
+        yield _d(m[0], Cause("PD352", "a transformers model class (AutoModel*/AutoConfig) was pointed at an adapter "
+                             "(it holds adapter_config.json, not a model config.json)",
+                             "load the base with AutoModel*, then PeftModel.from_pretrained(base, ADAPTER) "
+                             "(or AutoPeftModelForCausalLM.from_pretrained(ADAPTER))"))
+    m = _search(_MAGNITUDE, text, lowered, "lora_magnitude_vector")
+    if m:
+        yield _d(m[0], _dora_cause())
+    m = _search(_TENSOR_REFUSED, text, lowered, " is not supported")
+    if m:  # other engines' and releases' wording of "this saved tensor cannot be served"
+        yield _d(m[0], *_weight_causes(m["name"]))
+
+
+def _path_as_repo(m: re.Match[str], lowered: str) -> Diagnosis:
+    repo = m["repo"]
+    how = "it is not a valid repo id" if "repo id must" in m[0].lower() else "no Hub repo has that name (404)"
+    fix = "pass the adapter's real local path (absolute, or relative to the working directory the script runs in)"
+    if "LLaMA-Factory" in knowledge.callers(lowered) or "saves/" in repo:
+        fix = ("LLaMA-Factory's web UI joins the checkpoint box under saves/MODEL/lora/: pick a checkpoint that is "
+               "there, or put the adapter there, instead of typing an absolute path")
+    return _d(m[0], Cause("PD363", f"{repo!r} is not an existing local directory, so it was tried as a Hub repo "
+                          f"id, and {how}", fix))
+
+
+def _quantized(what: str) -> Cause:
+    return Cause("PD354", f"{what}: an adapter cannot be merged into quantized weights (refused, or rounded away)",
+                 "reload the base in float16/bfloat16 (not quantized), merge there, then quantize the merged model "
+                 "if needed: `peftdoctor verify ADAPTER --out DIR` merges into the full-precision base")
+
+
+def _no_adapter_config(lowered: str) -> Cause:
+    checkpoint = "checkpoint" in lowered or "trainer" in lowered
+    return Cause("PD004", "the directory (or Hub repo) has no adapter_config.json"
+                 + (": a Trainer checkpoint-N folder (or one written by torch.save/trainer) is not one written by "
+                    "the PEFT model's save_pretrained()" if checkpoint else ""),
+                 "point at the directory PeftModel.save_pretrained() wrote (it holds adapter_config.json and "
+                 "adapter_model.*); save the final model with model.save_pretrained(DIR)")
+
+
+def _dora_cause() -> Cause:
+    return Cause("PD403", "the adapter is DoRA (use_dora: lora_magnitude_vector tensors), which this serving "
+                 "engine does not support: " + knowledge.engine_advice("vllm", "dora"),
+                 "serve the merged model instead (`peftdoctor verify ADAPTER --out DIR`), or retrain without DoRA")
+
+
+# --------------------------------------------------------------------------- catalogue messages
+
+
+def _merge_refused(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    template = hit.message.template.lower()
+    what = ("the base is GPTQ-quantized" if "gptq" in template else
+            "the base is loaded in 8-bit or 4-bit (bitsandbytes)" if "bit" in template else "the base is quantized")
+    return [_quantized(f"{what}; {hit.message.where()} says so")]
+
+
+def _rank_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    rank, limit = _numbers(hit.match[0])
+    return [Cause("PD408", f"the adapter's rank {rank} is above the engine's max_lora_rank {limit} "
+                  f"({hit.message.where()}): {knowledge.engine_advice('vllm', 'rank_above_default')}",
+                  f"start the engine with --max-lora-rank {rank or 'R'} (LLM(..., max_lora_rank={rank or 'R'})); "
+                  + knowledge.engine_fix("vllm", "rank_above_max", ""))]
+
+
+def _numbers(text: str) -> tuple[str, str]:
+    found = re.findall(r"\d{1,9}", text)
+    return (found[0] if found else "", found[1] if len(found) > 1 else "")
+
+
+def _no_lora_architecture(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    model = hit.group("model_cls", "__name__", "model", "architecture", "value") or "this architecture"
+    return [Cause("PD416", f"the engine has no LoRA support for {model} in this release ({hit.message.where()}): "
+                  "no adapter for this architecture can be served", "serve the merged model "
+                  "(`peftdoctor verify ADAPTER --out DIR`), or an engine release that lists the architecture as "
+                  "supporting LoRA")]
+
+
+def _unsupported_weight(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    raw = hit.match[0]
+    return _weight_causes(next((w for w in re.findall(r"[\w.]{1,400}", raw) if "." in w and not w.endswith(".")), ""))
+
+
+def _weight_causes(name: str) -> list[Cause]:
+    """Why an engine refuses the saved tensor `name`: read with peft's tensor-name grammar."""
+    parsed = tensor_names.parse(name)
+    if parsed.role == "lora_magnitude_vector":
+        return [_dora_cause()]
+    if parsed.role == "token_adapter":
+        return [Cause("PD412", f"{name}: the adapter trains tokens (trainable_token_indices), a weight the engine's "
+                      "LoRA loader does not know (" + knowledge.engine_advice("vllm", "trainable_tokens") + ")",
+                      "serve the merged model, or retrain with the new tokens' rows in modules_to_save")]
+    if parsed.role == "base_layer":
+        return [Cause("PD365", f"{name}: the adapter saved the whole {parsed.module} layer (its vocabulary was "
+                      "resized, so save_embedding_layers stored it), which the engine's LoRA loader cannot serve",
+                      "serve the merged model (`peftdoctor verify ADAPTER --out DIR`), or keep the base's "
+                      "vocabulary and save with save_embedding_layers=False")]
+    if parsed.role in ("other", "modules_to_save"):
+        return [Cause("PD405", f"{name}: a full trained copy of {parsed.module} (modules_to_save), which the engine "
+                      "does not serve: " + knowledge.engine_advice("vllm", "modules_to_save"),
+                      knowledge.engine_fix("vllm", "modules_to_save", "serve the merged model"))]
+    if parsed.param == "bias":
+        return [Cause("PD406", f"{name}: a LoRA bias, which this engine release does not load",
+                      knowledge.engine_fix("vllm", "lora_bias", "retrain without lora_bias, or serve merged"))]
+    return [Cause("PD415", f"{name}: a weight the engine's LoRA loader does not know", "serve the merged model")]
+
+
+def _ignored_modules(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD415", f"the engine applies LoRA only to the language model: {hit.match[0][-200:]}",
+                  "serve the merged model if the adapter must change the vision tower, or train LoRA on the language "
+                  "model only")]
+
+
+def _vocab_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD364", f"this engine release serves LoRA only for base vocabularies in a fixed range "
+                  f"({hit.message.where()}): {hit.match[0][:200]}", "serve with a newer engine release, or serve "
+                  "the merged model")]
+
+
+def _no_targets(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD360", "target_modules is empty and this peft release has no default target_modules for the "
+                  f"model's architecture ({hit.message.where()})", "name the modules: "
+                  "LoraConfig(target_modules=[...]) with the base's linear layer names (e.g. query_key_value for "
+                  "ChatGLM/Falcon, W_pack for Baichuan), or target_modules='all-linear' on peft that knows it")]
+
+
+def _header(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    why = hit.match[0][-120:]
+    damaged = Cause("PD204", f"the safetensors file is damaged or truncated ({why})",
+                    "re-download or re-save the weights; `peftdoctor check ADAPTER` says what is wrong with the file")
+    if any(h in lowered for h in knowledge.ZERO3_HINTS):
+        return [damaged, Cause("PD214", "saved right after DeepSpeed ZeRO-3 training: the weights may be "
+                               "un-gathered partitions", ZERO3_FIX)]
+    return [damaged]
+
+
+def _missing_config(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [_no_adapter_config(lowered)]
+
+
+def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    from peftdoctor.rules.registry import rule
+
+    summary = rule(hit.message.code or "PD008").summary
+    return [Cause(hit.message.code or "PD008", f"{summary.rstrip('.')} ({hit.message.where()}: "
+                  f"{hit.match[0][:200]})", "see `peftdoctor rules` for the code")]
+
+
+DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
+    "PD354": _merge_refused, "PD408": _rank_limit, "PD416": _no_lora_architecture, "PD405": _unsupported_weight,
+    "PD415": _ignored_modules, "PD364": _vocab_limit, "PD360": _no_targets, "PD204": _header,
+    "PD004": _missing_config,
+}
+# Codes the older pattern table already words well: a catalogue hit only adds the releases.
+OLDER_TABLE_CODES = frozenset({"PD350", "PD355", "PD356", "PD116", "PD114", "PD501", "PD502", "PD503", "PD106"})
+
+
+def catalogue_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
+    for hit in catalogue.find(text, lowered):
+        code = hit.message.code or ""
+        if code in OLDER_TABLE_CODES:
+            continue
+        causes = DECIDERS.get(code, _generic)(hit, text, lowered)
+        yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})")
+
+
+def diagnose(text: str) -> list[Diagnosis]:
+    """Every recognised message in `text`, each cause once (the first diagnosis naming it wins)."""
+    text = catalogue.prepare(text)
+    lowered = text.lower()
+    found: list[Diagnosis] = []
+    seen: set[str] = set()
+    for step in (unexpected_keyword, size_mismatch, other_wordings, catalogue_hits):
+        for diagnosis in step(text, lowered):
+            head = diagnosis.causes[0].code if diagnosis.causes else None
+            if head is not None and head in seen:
+                continue
+            if head is not None:
+                seen.add(head)
+            found.append(diagnosis)
+    return found
