@@ -83,6 +83,7 @@ def f(x, r, limit):
     msg = "LoRA rank %d is greater than max_lora_rank %d." % (r, limit)
     logger.warning("Model {} does not support LoRA".format(x))
     assert r, f"{x.__name__} does not support LoRA yet."
+    error_msg.append(f"vLLM does not support DoRA (use_dora={x}).")
     raise ValueError(msg)
 '''
     import ast
@@ -90,7 +91,7 @@ def f(x, r, limit):
     got = [t.text for t in templates_of(source, "m.py", {"CONFIG": "adapter_config.json"})]
     assert sorted(got) == sorted(["Can't find 'adapter_config.json' at '{x}'", "LoRA rank {r} is greater than "
                                   "max_lora_rank {limit}.", "Model {x} does not support LoRA",
-                                  "{__name__} does not support LoRA yet."])
+                                  "{__name__} does not support LoRA yet.", "vLLM does not support DoRA (use_dora={x})."])
     assert ast  # the generator parses with ast, never imports the package
 
 

@@ -100,7 +100,7 @@ def unexpected_keyword(text: str, lowered: str) -> Iterator[Diagnosis]:
 
 def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list[Cause]:
     key = repr(story.key)
-    noop = (f"or, if its value is a no-op, drop it: `peftdoctor fix ADAPTER` removes {story.key} only then "
+    noop = (f"`peftdoctor fix ADAPTER` drops {story.key} when its value is a no-op "
             "(`peftdoctor explain --adapter ADAPTER` says whether it is)")
     if (story.hub or story.loader) and not story.known:
         who = callers[0] if callers else "the calling code"
@@ -117,12 +117,11 @@ def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list
     if story.legacy:
         return [Cause("PD105", f"this peft release does not know {key}: it is a legacy key, known to peft "
                       f"{story.first} up to {story.last} only; the adapter was saved by that old peft",
-                      f"remove {story.key} from adapter_config.json ({noop.split(': ', 1)[1]}), "
-                      f"or load it with peft<={story.last}")]
+                      f"remove {story.key} from adapter_config.json ({noop}), or load it with peft<={story.last}")]
     if story.known and story.introduced_later:
         return [Cause("PD105", f"this peft release does not know {key}: it was introduced in peft {story.first}; "
                       f"the adapter was saved by peft>={story.first}",
-                      f"install peft>={story.first}, {noop}")]
+                      f"install peft>={story.first}; or {noop}")]
     who = callers[0] if callers else None
     return [Cause("PD105", f"no peft release knows {key}: it was passed by {who or 'the calling code'} (a typo or "
                   "another API's argument), or written into adapter_config.json by another tool",
@@ -336,7 +335,25 @@ def _no_lora_architecture(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
 def _unsupported_weight(hit: Hit, text: str, lowered: str) -> list[Cause]:
     raw = hit.match[0]
-    return _weight_causes(next((w for w in re.findall(r"[\w.]{1,400}", raw) if "." in w and not w.endswith(".")), ""))
+    name = next((w for w in re.findall(r"[\w.]{1,400}", raw) if "." in w and not w.endswith(".")), "")
+    if not name:  # "only supports modules_to_save being None": the config, not a tensor, was read
+        return [Cause("PD405", f"the adapter has modules_to_save, which this engine release refuses "
+                      f"({hit.message.where()}): " + knowledge.engine_advice("vllm", "modules_to_save"),
+                      knowledge.engine_fix("vllm", "modules_to_save", "serve the merged model"))]
+    return _weight_causes(name)
+
+
+def _dora(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [_dora_cause()]
+
+
+def _engine_feature(feature: str) -> Callable[[Hit, str, str], list[Cause]]:
+    """An engine refusal the engine table words: its message and fix for `feature`."""
+    def decide(hit: Hit, text: str, lowered: str) -> list[Cause]:
+        return [Cause(hit.message.code or "PD008", f"{hit.match[0][:200]} ({hit.message.where()}): "
+                      + knowledge.engine_advice("vllm", feature), knowledge.engine_fix("vllm", feature,
+                                                                                      "serve the merged model"))]
+    return decide
 
 
 def _weight_causes(name: str) -> list[Cause]:
@@ -407,7 +424,9 @@ def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
 DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
     "PD354": _merge_refused, "PD408": _rank_limit, "PD416": _no_lora_architecture, "PD405": _unsupported_weight,
     "PD415": _ignored_modules, "PD364": _vocab_limit, "PD360": _no_targets, "PD204": _header,
-    "PD004": _missing_config,
+    "PD004": _missing_config, "PD403": _dora,
+    "PD406": _engine_feature("lora_bias"), "PD407": _engine_feature("bias"),
+    "PD413": _engine_feature("base_mutating_init"),
 }
 # Codes the older pattern table already words well: a catalogue hit only adds the releases.
 OLDER_TABLE_CODES = frozenset({"PD350", "PD355", "PD356", "PD116", "PD114", "PD501", "PD502", "PD503", "PD106"})

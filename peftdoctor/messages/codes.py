@@ -33,6 +33,11 @@ MAP: tuple[tuple[str, str, str], ...] = (
     # an architecture, not a runtime (V1, OpenVINO, a graph runner): only "{model} does not support LoRA"
     ("vllm", r"^(?:Model )?\{\w+\} does not support LoRA", "PD416"),
     ("vllm", r"only supports adding LoRA to language model", "PD415"),
+    ("vllm", r"does not (?:yet )?support DoRA", "PD403"),
+    ("vllm", r"only supports modules_to_save being None", "PD405"),
+    ("vllm", r"does not support LoRA bias", "PD406"),
+    ("vllm", r"^Adapter bias", "PD407"),
+    ("vllm", r"does not support init_lora_weights", "PD413"),
     ("vllm", r"vocab size must be", "PD364"),
     # safetensors: the header
     ("safetensors", r"deserializing header|invalid JSON in header|invalid UTF-8 in header|header too|HeaderToo"

@@ -203,6 +203,9 @@ def _message_call(node: ast.AST) -> Optional[tuple[str, ast.expr]]:
         return f"raise {_name(node.exc.func)}", node.exc.args[0]
     if isinstance(node, ast.Call) and node.args:
         name = _name(node.func)
+        collector = node.func.value if isinstance(node.func, ast.Attribute) and node.func.attr == "append" else None
+        if isinstance(collector, ast.Name) and re.search(r"err|msg|message", collector.id, re.IGNORECASE):
+            return "raise (collected)", node.args[0]  # error_msg.append(f"..."); raise ValueError(" ".join(error_msg))
         if name in ("warnings.warn", "warn"):
             return "warn", node.args[0]
         if isinstance(node.func, ast.Attribute) and node.func.attr in LOG_LEVELS and "log" in name.lower():
