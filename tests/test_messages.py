@@ -91,7 +91,8 @@ def f(x, r, limit):
     got = [t.text for t in templates_of(source, "m.py", {"CONFIG": "adapter_config.json"})]
     assert sorted(got) == sorted(["Can't find 'adapter_config.json' at '{x}'", "LoRA rank {r} is greater than "
                                   "max_lora_rank {limit}.", "Model {x} does not support LoRA",
-                                  "{__name__} does not support LoRA yet.", "vLLM does not support DoRA (use_dora={x})."])
+                                  "{__name__} does not support LoRA yet.",
+                                  "vLLM does not support DoRA (use_dora={x})."])
     assert ast  # the generator parses with ast, never imports the package
 
 
@@ -161,7 +162,10 @@ def test_size_mismatch_read_dimension_by_dimension() -> None:
     assert [e.finding.code for e in explain(line(f"{q}.lora_A.default.weight", "0", "8, 4096"))] == ["PD214"]
     assert [e.finding.code for e in explain(line(f"{q}.lora_A.weight", "16, 4096", "8, 4096"))] == ["PD206"]
     wrong = explain(line(f"{q}.lora_A.weight", "8, 5120", "8, 4096"))
-    assert [e.finding.code for e in wrong] == ["PD361"] and wrong[0].alternatives[0].code == "PD206"
+    assert [e.finding.code for e in wrong] == ["PD361"] and wrong[0].alternatives == ()
+    cut_line = line(f"{q}.lora_A.weight", "256, 4096", "8, 4096").split(", the shape")[0]
+    cut = explain(cut_line + ", the shape in current mo")
+    assert [e.finding.code for e in cut] == ["PD206"] and [a.code for a in cut[0].alternatives] == ["PD361"]
     vocab = explain(line("base_model.model.model.embed_tokens.weight", "32002, 4096", "32000, 4096"))
     assert [e.finding.code for e in vocab] == ["PD351"]
 

@@ -206,7 +206,8 @@ def _size_causes(kind: str, param: str, saved: tuple[int, ...], current: Optiona
     base = Cause("PD361", f"{said}: the adapter's layers have other widths than this base's: it was trained on "
                  "another base (another size or architecture)", "load the base named in adapter_config.json "
                  "(base_model_name_or_path), of the same size the adapter was trained on")
-    return {"vocab": [vocab], "rank": [rank], "rank?": [rank, base], "base": [base, rank]}[kind]
+    # Only a cut text ("the shape in current mo...") leaves both readings open.
+    return {"vocab": [vocab], "rank": [rank], "rank?": [rank, base], "base": [base]}[kind]
 
 
 # --------------------------------------------------------------------------- other wordings outside the catalogue
