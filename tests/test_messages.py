@@ -179,6 +179,15 @@ def test_engine_messages_use_the_engine_tables() -> None:
     assert [e.finding.code for e in dora] == ["PD403"]
 
 
+def test_a_missing_peft_method_says_which_release_has_it() -> None:
+    old = explain("AttributeError: 'PeftModelForCausalLM' object has no attribute 'merge_and_unload'")
+    assert [e.finding.code for e in old] == ["PD366"] and "peft>=0.3.0" in old[0].finding.fix
+    assert [a.code for a in old[0].alternatives] == ["PD308"]
+    prompt = explain("AttributeError: 'QWenLMHeadModel' object has no attribute 'merge_and_unload'")
+    assert [e.finding.code for e in prompt] == ["PD308"]
+    assert explain("AttributeError: 'NoneType' object has no attribute 'shape'") == ()
+
+
 @pytest.mark.parametrize("text", [
     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB",
     "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded",

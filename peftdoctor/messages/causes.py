@@ -217,7 +217,7 @@ _LFS = _re(r"invalid load key, 'v'|version https://git-lfs\.github\.com/spec")
 _REPO_ID = _re(r"Repo id must be in the form 'repo_name' or 'namespace/repo_name': '(?P<repo>[^'\n]{1,400})'")
 _NOT_FOUND = _re(r"404 Client Error[^\n]{0,200}?huggingface\.co/(?P<repo>[^\s]{1,300}?)/resolve/[^\s/]{1,100}/"
                  r"adapter_config\.json")
-_MERGE_ATTR = _re(r"'(?P<cls>\w{1,100})' object has no attribute 'merge_and_unload'")
+_MERGE_ATTR = _re(r"'(?P<cls>\w{1,100})' object has no attribute '(?P<method>\w{1,60})'")
 _QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200}) is a quantized model and does not support merge")
 _NO_CONFIG = _re(r"Can't find '?adapter_config\.json'?(?! at)")
 _NO_MODEL_CONFIG = _re(r"(?P<repo>[^\s'\"]{1,300}) does not appear to have a file named config\.json")
@@ -243,13 +243,9 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
         if m:
             yield _path_as_repo(m, lowered)
             break
-    m = _search(_MERGE_ATTR, text, lowered, "merge_and_unload'")
+    m = _search(_MERGE_ATTR, text, lowered, "object has no attribute '")
     if m:
-        yield _d(m[0], Cause("PD308", f"{m['cls']} has no merge_and_unload: the adapter is a prompt-learning one "
-                             "(prompt/prefix tuning, p-tuning), which has no weights to merge, so PeftModel hands the "
-                             "call to the base model", "deploy it unmerged with PeftModel.from_pretrained(base, "
-                             "ADAPTER); only LoRA-like adapters can be merged (if it is a LoRA, the model was never "
-                             "wrapped by PeftModel)"))
+        yield _d(m[0], *_missing_method(m["cls"], m["method"]))
     m = _search(_QUANT_MERGE, text, lowered, "does not support merge")
     if m:
         yield _d(m[0], _quantized("the base is quantized (GPTQ/AWQ)"))
@@ -269,6 +265,23 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
     m = _search(_TENSOR_REFUSED, text, lowered, " is not supported")
     if m:  # other engines' and releases' wording of "this saved tensor cannot be served"
         yield _d(m[0], *_weight_causes(m["name"]))
+
+
+def _missing_method(cls: str, method: str) -> list[Cause]:
+    """A PeftModel method missing: the peft release predates it (when PeftModel itself lacks it), or
+    PeftModel handed the call to the base model (a prompt-learning adapter has nothing to merge)."""
+    since = knowledge.peft_api_since(method)
+    if since is None:
+        return []
+    old = Cause("PD366", f"{cls} has no {method}: this peft release predates it (first defined in peft {since})",
+                f"install peft>={since}")
+    if method not in ("merge_and_unload", "merge_adapter", "unload"):
+        return [old] if cls.startswith("Peft") else []
+    prompt = Cause("PD308", f"{cls} has no {method}: the adapter is a prompt-learning one (prompt/prefix tuning, "
+                   "p-tuning), which has no weights to merge, so PeftModel hands the call to the base model",
+                   "deploy it unmerged with PeftModel.from_pretrained(base, ADAPTER); only LoRA-like adapters can be "
+                   "merged (if it is a LoRA, the model was never wrapped by PeftModel)")
+    return [old, prompt] if cls.startswith("Peft") else [prompt]
 
 
 def _path_as_repo(m: re.Match[str], lowered: str) -> Diagnosis:

@@ -93,6 +93,13 @@ def model_config_keys() -> frozenset[str]:
     return frozenset(catalogue.load().get("model_config_keys", ()))
 
 
+def peft_api_since(name: str) -> Optional[str]:
+    """The first peft release that defines the method `name` (merge_and_unload: 0.3.0), from the catalogue."""
+    from peftdoctor.messages import catalogue
+
+    return catalogue.load().get("peft_api_since", {}).get(name)
+
+
 @functools.lru_cache(maxsize=None)
 def engine_entries(engine: str, feature: str) -> tuple[tuple[str, str, str], ...]:
     """(releases, message, fix) of each engine-table row for `feature`."""

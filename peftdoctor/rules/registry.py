@@ -71,6 +71,7 @@ _TABLE = [
     ("PD363", "path-taken-as-repo-id", E, "A local path that does not exist was tried as a Hub repo id (explain)."),
     ("PD364", "engine-vocab-range", E, "The serving engine release serves LoRA only for some vocabulary sizes (explain)."),
     ("PD365", "engine-whole-layer", E, "The adapter saved a whole (resized) embedding or LM-head layer the engine cannot serve (explain)."),
+    ("PD366", "peft-too-old-for-call", E, "The installed peft predates the PeftModel method called (explain)."),
     ("PD401", "target-no-lora-support", E, "The deployment target release cannot serve LoRA adapters at all."),
     ("PD402", "target-not-lora", E, "The deployment target serves only LoRA adapters; this is another peft_type."),
     ("PD403", "target-dora", E, "The deployment target refuses DoRA or serves it as plain LoRA."),
