@@ -99,30 +99,35 @@ def unexpected_keyword(text: str, lowered: str) -> Iterator[Diagnosis]:
 
 
 def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list[Cause]:
+    """Ranked causes of `cls` refusing the key: what the schemas say first, then a caller passing it."""
     key = repr(story.key)
     noop = (f"`peftdoctor fix ADAPTER` drops {story.key} when its value is a no-op "
             "(`peftdoctor explain --adapter ADAPTER` says whether it is)")
-    if (story.hub or story.loader) and not story.known:
-        who = callers[0] if callers else "the calling code"
+    who = callers[0] if callers else None
+    passed = []
+    if story.hub or story.loader:
         what = "a Hub download argument" if story.hub else "a model-loading option"
-        return [Cause("PD105", f"{key} is {what}, not a config key: {who} passed it to from_pretrained and this "
-                      f"peft forwarded it into {cls}",
-                      f"stop passing {story.key} to PeftModel/PeftConfig.from_pretrained (give it to the base "
-                      f"model's loader only): update {who}, or use the peft release it was written for")]
-    if story.model_config and not story.known:
+        passed = [Cause("PD105", f"{key} is {what}, not a config key: {who or 'the calling code'} passed it to "
+                        f"from_pretrained and this peft forwarded it into {cls}",
+                        f"stop passing {story.key} to PeftModel/PeftConfig.from_pretrained (give it to the base "
+                        f"model's loader only): update {who or 'the calling code'}, or use the peft release it was "
+                        "written for")]
+    if story.legacy:
+        return [Cause("PD105", f"this peft release does not know {key}: it is a legacy key, known to peft "
+                      f"{story.first} up to {story.last} only; the adapter was saved by that old peft",
+                      f"remove {story.key} from adapter_config.json ({noop}), or load it with peft<={story.last}"),
+                *passed]
+    if story.known and story.introduced_later:
+        return [Cause("PD105", f"this peft release does not know {key}: it was introduced in peft {story.first}; "
+                      f"the adapter was saved by peft>={story.first}",
+                      f"install peft>={story.first}; or {noop}"), *passed]
+    if passed:
+        return passed
+    if story.model_config:
         return [Cause("PD359", f"{cls} got {key}, a key of a transformers model config.json: the file read as "
                       "adapter_config.json is a model's config, not an adapter's",
                       "save the adapter with PeftModel.save_pretrained() (it writes the real adapter_config.json: "
                       "peft_type, r, target_modules, ...); never copy the model's config.json over it")]
-    if story.legacy:
-        return [Cause("PD105", f"this peft release does not know {key}: it is a legacy key, known to peft "
-                      f"{story.first} up to {story.last} only; the adapter was saved by that old peft",
-                      f"remove {story.key} from adapter_config.json ({noop}), or load it with peft<={story.last}")]
-    if story.known and story.introduced_later:
-        return [Cause("PD105", f"this peft release does not know {key}: it was introduced in peft {story.first}; "
-                      f"the adapter was saved by peft>={story.first}",
-                      f"install peft>={story.first}; or {noop}")]
-    who = callers[0] if callers else None
     return [Cause("PD105", f"no peft release knows {key}: it was passed by {who or 'the calling code'} (a typo or "
                   "another API's argument), or written into adapter_config.json by another tool",
                   f"remove {story.key} from the call or from adapter_config.json"
