@@ -80,6 +80,7 @@ def build_schema(doc: dict[str, Any]) -> dict[str, Any]:
             "unknown_key_message": doc["unknown_key_message"],
             "unknown_peft_type_error": doc["unknown_peft_type_error"],
             "unknown_task_type": doc["unknown_task_type"],
+            "post_init_rules": doc["post_init_rules"],
         },
     }
 

@@ -396,6 +396,255 @@ def probe_unknown_task_type(class_name: str) -> dict[str, Any]:
     return {"result": outcome, "message": text}
 
 
+# ------------------------------------------------------- post-init rules
+
+# Values that a release's config class (its __post_init__) or the model it builds refuses, found
+# by loading probe configs in the release itself. Each probe names clauses that together may
+# break a check; the release decides whether they do, and with which error. The probes were
+# designed from the __post_init__ of the config classes (0.1.0 .. 0.21.2); what is stored is only
+# what running them showed.
+#
+# A clause's ``match`` is evaluated on a user's config by peftdoctor/peft/postinit.py:
+# - "one_of": the value is one of the examples that failed (an example may be "key absent");
+#   each example is tried, and only those the release refuses are stored;
+# - a class of values ("float", "string", "nonempty", "not_null", "not_in", "at_most", "below",
+#   with ``arg``): every example must fail alike, else no rule is stored.
+# ``counter`` does not meet the clause; it is tried to learn whether the clause is needed at all.
+
+ABSENT = object()  # the key is left out of the probe file
+
+
+@dataclasses.dataclass(frozen=True)
+class Clause:
+    key: str
+    match: str
+    examples: tuple
+    counter: Any
+    arg: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleProbe:
+    id: str
+    clauses: tuple
+    stage: str = "config"  # "config": loading the file fails; "model": building the PeftModel fails
+    peft_types: tuple = ()  # empty: every config class that knows all the clause keys
+
+
+def one_of(key: str, examples: tuple, counter: Any) -> Clause:
+    return Clause(key, "one_of", examples, counter)
+
+
+REGEX_TARGETS = Clause("target_modules", "string", ("q_proj", r".*\.q_proj"), ["q_proj"])
+NO_LAYERS = one_of("layers_to_transform", (ABSENT, None), [0])
+LAYERS_PATTERN = Clause("layers_pattern", "nonempty", ("layers", "h"), ABSENT)
+DORA = one_of("use_dora", (True,), False)
+LORA_BIAS = one_of("lora_bias", (True,), False)
+LOFTQ_INIT = one_of("init_lora_weights", ("loftq",), True)
+LOFTQ_CONFIG = Clause("loftq_config", "nonempty", ({"loftq_bits": 4},), ABSENT)
+
+RULE_PROBES = (
+    RuleProbe("layers_to_transform-with-regex-targets",
+              (REGEX_TARGETS, Clause("layers_to_transform", "not_null", ([0], 0), ABSENT))),
+    RuleProbe("layers_pattern-with-regex-targets", (REGEX_TARGETS, LAYERS_PATTERN, NO_LAYERS)),
+    RuleProbe("layers_pattern-without-layers_to_transform", (LAYERS_PATTERN, NO_LAYERS)),
+    RuleProbe("dora-with-megatron", (DORA, Clause("megatron_config", "nonempty",
+                                                  ({"tensor_model_parallel_size": 1},), ABSENT)),
+              peft_types=("LORA",)),
+    RuleProbe("loftq-without-loftq_config",
+              (LOFTQ_INIT, one_of("loftq_config", (ABSENT, {}, None), {"loftq_bits": 4})), peft_types=("LORA",)),
+    RuleProbe("dora-with-loftq", (DORA, LOFTQ_INIT, LOFTQ_CONFIG), peft_types=("LORA",)),
+    RuleProbe("lora_bias-with-dora", (LORA_BIAS, DORA), peft_types=("LORA",)),
+    RuleProbe("lora_bias-with-init",
+              (LORA_BIAS, Clause("init_lora_weights", "not_in", ("pissa", "olora"), True, [False, True])),
+              peft_types=("LORA",)),
+    RuleProbe("target_parameters-string", (Clause("target_parameters", "string", ("w", "experts"), ["w"]),),
+              peft_types=("LORA",)),
+    RuleProbe("total_step-null", (one_of("total_step", (None, ABSENT), 100),), peft_types=("ADALORA",)),
+    RuleProbe("total_step-not-positive", (Clause("total_step", "at_most", (0, -5), 100, 0),),
+              peft_types=("ADALORA",)),
+    RuleProbe("adalora-dora", (DORA,), peft_types=("ADALORA",)),
+    RuleProbe("adalora-loftq", (LOFTQ_CONFIG,), peft_types=("ADALORA",)),
+    RuleProbe("adalora-loftq-init", (LOFTQ_INIT, LOFTQ_CONFIG), peft_types=("ADALORA",)),
+    RuleProbe("orth_reg_weight-negative", (Clause("orth_reg_weight", "below", (-0.25, -2), 0.5, 0),),
+              peft_types=("ADALORA",)),
+    RuleProbe("r-float", (Clause("r", "float", (8.0, 4.5), 8),), stage="model"),
+    RuleProbe("r-string", (Clause("r", "string", ("8", "4"), 8),), stage="model"),
+    RuleProbe("r-not-positive", (Clause("r", "at_most", (0, -4), 8, 0),), stage="model"),
+    RuleProbe("init_r-float", (Clause("init_r", "float", (12.0, 6.5), 12),), stage="model"),
+)
+
+# What a probe config holds besides its clauses, when the class knows the key.
+# 0.1.0-0.3.0 default lora_alpha and lora_dropout to None, which their own layers cannot build;
+# the files they wrote carry numbers.
+BASE_VALUES = {"target_modules": ["q_proj"], "total_step": 100, "lora_alpha": 8, "lora_dropout": 0.0}
+
+
+def log(message: str) -> None:
+    """A note on stderr (the JSON goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def tiny_model() -> Any:
+    """A one-layer OPT built from a config (no download); OPT is in every era's transformers."""
+    import transformers
+
+    config = transformers.OPTConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                    num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16)
+    return transformers.OPTForCausalLM(config)
+
+
+def build_like_peft_model(path: str) -> Any:
+    """Load the config and build the PeftModel as ``PeftModel.from_pretrained`` does before the weights."""
+    import peft
+
+    config = load_like_peft_model(path)
+    config.inference_mode = True
+    return peft.PeftModel(tiny_model(), config)
+
+
+def attempt(content: dict[str, Any], stage: str) -> str | None:
+    """The error (``Type: message``) the release raises for ``content`` at ``stage``, or None."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as fh:
+            json.dump(content, fh)
+        try:
+            (build_like_peft_model if stage == "model" else load_like_peft_model)(tmp)
+        except Exception as exc:
+            return scrub(f"{type(exc).__name__}: {exc}", tmp)
+    return None
+
+
+def with_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with each key set to its value, or left out for ABSENT."""
+    out = dict(base)
+    for key, value in values.items():
+        out.pop(key, None)
+        if value is not ABSENT:
+            out[key] = value
+    return out
+
+
+def fill_out(message: str, values: dict[str, Any], keys: list[str]) -> str:
+    """``message`` with the str() of each named key's value replaced by ``{key}``."""
+    for key in keys:
+        message = message.replace(str(values[key]), "{" + key + "}")
+    return message
+
+
+def stored(value: Any) -> dict[str, Any]:
+    return {"absent": True} if value is ABSENT else {"value": value}
+
+
+def same_example(a: Any, b: Any) -> bool:
+    """Identity for ABSENT, else equal values of one type (True is not 1, 8.0 is not 8)."""
+    return a is b or a is not ABSENT and b is not ABSENT and type(a) is type(b) and a == b
+
+
+def first_failure(spec: RuleProbe, base: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The first combination of examples the release refuses (one_of clauses tried in turn), and its error."""
+    combos = [{c.key: c.examples[0] for c in spec.clauses}]
+    for clause in spec.clauses:
+        if clause.match == "one_of":
+            combos += [{**combo, clause.key: e} for combo in list(combos) for e in clause.examples[1:]]
+    for combo in combos:
+        error = attempt(with_values(base, combo), spec.stage)
+        if error is not None:
+            return combo, error
+    return None
+
+
+def measure_rule(spec: RuleProbe, base: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one probe on one config class; the rule it shows, or None when the release accepts it."""
+    found = first_failure(spec, base)
+    if found is None:
+        return None
+    first, error = found
+    failing: dict[str, list[Any]] = {}
+    placeholders: list[str] = []
+    for clause in spec.clauses:
+        failing[clause.key] = [first[clause.key]]
+        for example in clause.examples:
+            if same_example(example, first[clause.key]):
+                continue
+            values = {**first, clause.key: example}
+            other = attempt(with_values(base, values), spec.stage)
+            if other == error:
+                failing[clause.key].append(example)
+                continue
+            if clause.match == "one_of":
+                continue  # this value passes (or breaks something else): not part of the rule
+            # A message that differs only where it quotes the value: the key becomes a placeholder.
+            if (other is not None and example is not ABSENT and clause.key not in placeholders
+                    and fill_out(other, values, [clause.key]) == fill_out(error, first, [clause.key])):
+                placeholders.append(clause.key)
+                failing[clause.key].append(example)
+                continue
+            log(f"{base['peft_type']} {spec.id}: {clause.key}={example!r} gives {other!r}, not {error!r}")
+            return None
+    template = fill_out(error, first, placeholders)
+    # A clause whose counter value fails alike is not needed: the release refuses without it.
+    needed, current = [], dict(first)
+    for clause in spec.clauses:
+        trial = {**current, clause.key: clause.counter}
+        other = attempt(with_values(base, trial), spec.stage)
+        if other is not None and clause.key not in placeholders and fill_out(other, trial, placeholders) == template:
+            current = trial
+        else:
+            needed.append(clause)
+    if not needed:
+        log(f"{base['peft_type']} {spec.id}: fails whatever the clause values: {error!r}")
+        return None
+    when = []
+    for clause in needed:
+        order = [e for e in clause.examples if any(same_example(e, f) for f in failing[clause.key])]
+        entry: dict[str, Any] = {"key": clause.key, "match": clause.match,
+                                 "examples": [stored(v) for v in order], "counter": stored(clause.counter)}
+        if clause.arg is not None:
+            entry["arg"] = clause.arg
+        when.append(entry)
+    rule = {"id": spec.id, "stage": spec.stage, "when": when, "error": template}
+    if placeholders:
+        rule["placeholders"] = placeholders
+    return rule
+
+
+def signature(rule: dict[str, Any]) -> tuple:
+    """What a rule says, less the probe that found it."""
+    return rule["stage"], rule["error"], json.dumps([[w["key"], w["match"], w.get("arg"), w["examples"]]
+                                                     for w in rule["when"]], sort_keys=True)
+
+
+def post_init_rules(mapping: dict[str, type]) -> list[dict[str, Any]]:
+    """The rules the config classes (or the models they build) showed, in probe order; a rule
+    that several peft_types showed alike is stored once, with all of them in ``peft_types``."""
+    found: dict[tuple, dict[str, Any]] = {}  # (probe index, signature) -> rule
+    for peft_type, cls in sorted(mapping.items()):
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        base = {"peft_type": peft_type, **{k: v for k, v in BASE_VALUES.items() if k in known}}
+        controls: dict[str, bool] = {}
+        seen: set[tuple] = set()
+        for index, spec in enumerate(RULE_PROBES):
+            if spec.peft_types and peft_type not in spec.peft_types:
+                continue
+            if not all(c.key in known for c in spec.clauses):
+                continue
+            if spec.stage not in controls:
+                # Only a class whose plain config loads (and builds) can tell what a clause breaks.
+                controls[spec.stage] = attempt(base, spec.stage) is None
+            if not controls[spec.stage]:
+                continue
+            rule = measure_rule(spec, base)
+            # Two probes can reveal one check (a class without the regex check refuses
+            # layers_pattern alone): keep the first.
+            if rule is None or signature(rule) in seen:
+                continue
+            seen.add(signature(rule))
+            found.setdefault((index, signature(rule)), {**rule, "peft_types": []})["peft_types"].append(peft_type)
+    return [found[key] for key in sorted(found, key=lambda k: (k[0], found[k]["peft_types"][0]))]
+
+
 # --------------------------------------------------------------------- main
 
 def enum_values(enum_cls: type[enum.Enum]) -> list[Any]:
@@ -426,6 +675,7 @@ def introspect() -> dict[str, Any]:
         **probe_unknown_key(lora_class),
         "unknown_peft_type_error": probe_unknown_peft_type(),
         "unknown_task_type": probe_unknown_task_type(lora_class),
+        "post_init_rules": post_init_rules(mapping),
     }
 
 

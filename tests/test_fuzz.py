@@ -9,13 +9,16 @@ Needs no torch: weights are written raw with tests.adapters.write_safetensors_he
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,9 +39,13 @@ WEIGHTS = "adapter_model.safetensors"
 FUZZ = settings(
     max_examples=int(os.environ.get("PEFTDOCTOR_FUZZ_EXAMPLES", "300")),
     deadline=None,
+    derandomize=True,  # the same examples on every run and machine; nothing stored in .hypothesis/
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 RUNNER = CliRunner()
+# Scratch directories per example: tmpfs where there is one (rmdir on a disk costs ~3 ms each).
+FAST_TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 SEVERITIES = {"info", "warning", "error"}
 COMPAT_RESULTS = {"ok", "drops_keys", "fails"}
 
@@ -125,7 +132,7 @@ OFFSET = st.integers(-10, 4096) | st.sampled_from([-(2**63), 2**63 - 1, 2**64, 1
 def safetensors_bytes(draw: st.DrawFn) -> bytes:
     """A safetensors file written from scratch, then possibly corrupted."""
     tensors = draw(st.dictionaries(TENSOR_NAMES, st.tuples(DTYPES, SHAPES), max_size=6))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=FAST_TMP) as tmp:
         path = Path(tmp) / WEIGHTS
         write_safetensors_header(
             path,
@@ -150,7 +157,35 @@ def mutated_real_weights(draw: st.DrawFn) -> bytes:
     return bytes(data[: draw(st.none() | st.integers(0, len(data)))])
 
 
-WEIGHT_BYTES = st.none() | st.just(REAL_WEIGHTS) | safetensors_bytes() | mutated_real_weights()
+# Header values no writer produces: lists inside shapes or as dtypes, dims with hundreds of digits.
+HOSTILE_DIMS = st.integers(-3, 64) | st.sampled_from([2**64, 10**40, 10**400, 2**31]) | st.lists(
+    st.integers(0, 4), max_size=2) | st.text(max_size=3) | st.none() | st.floats()
+HOSTILE_ENTRIES = st.fixed_dictionaries({
+    "dtype": DTYPES | st.lists(DTYPES, max_size=2) | st.none() | st.integers(),
+    "shape": st.lists(HOSTILE_DIMS, max_size=4) | HOSTILE_DIMS,
+    "data_offsets": st.lists(OFFSET, min_size=2, max_size=2) | st.lists(OFFSET, max_size=3)
+    | st.lists(st.lists(st.integers(0, 9), max_size=2), min_size=2, max_size=2),
+})
+
+
+@st.composite
+def hostile_header_bytes(draw: st.DrawFn) -> bytes:
+    """A safetensors file whose JSON header holds values of any shape, padded and followed by data."""
+    header: dict[str, Any] = draw(st.dictionaries(TENSOR_NAMES, HOSTILE_ENTRIES, max_size=4))
+    if draw(st.booleans()):
+        header["__metadata__"] = draw(st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=2) | JSON_VALUES)
+    raw = _dump(header)
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + bytes(draw(st.integers(0, 64)))
+
+
+WEIGHT_BYTES = (st.none() | st.just(REAL_WEIGHTS) | safetensors_bytes() | mutated_real_weights()
+                | hostile_header_bytes())
+
+# What may stand where a file is expected. Each is made by `make_oddity`; none may hang or crash a command.
+ODDITIES = ("none", "config-fifo", "weights-fifo", "config-dir", "weights-dir", "config-link-out",
+            "weights-link-devzero", "config-link-loop", "config-dangling", "weights-link-fifo-out",
+            "nested-config-dir", "subdir-file-loop")
 
 # --------------------------------------------------------------------------- running the CLI
 
@@ -161,6 +196,43 @@ def write_adapter(directory: Path, config: Optional[bytes], weights: Optional[by
     if weights is not None:
         (directory / WEIGHTS).write_bytes(weights)
     return directory
+
+
+def make_oddity(directory: Path, oddity: str) -> None:
+    """Put `oddity` in place of a file of the adapter at `directory` (see ODDITIES); links that point
+    outside go to a sibling of `directory`, so it must live in a directory of its own (a tmp dir)."""
+    if oddity == "none":
+        return
+    target = directory / (CONFIG if oddity.startswith("config") else WEIGHTS)
+    outside = directory.parent / f"outside-{directory.name}"
+    if oddity in ("nested-config-dir", "subdir-file-loop"):
+        sub = directory / "sub"
+        sub.mkdir(exist_ok=True)
+        if oddity == "nested-config-dir":
+            (sub / CONFIG).mkdir(exist_ok=True)
+        else:
+            (sub / "loop").symlink_to(sub)  # a link to its own directory: never followed by a walk
+            (sub / CONFIG).symlink_to(sub / "loop" / CONFIG)  # resolves through itself: ELOOP
+        return
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    if oddity.endswith("fifo") and oddity != "weights-link-fifo-out":
+        os.mkfifo(target)
+    elif oddity.endswith("-dir"):
+        target.mkdir()
+    elif oddity == "config-link-out":
+        outside.write_bytes(_dump(REAL_CONFIG))
+        target.symlink_to(outside)
+    elif oddity == "weights-link-devzero":
+        target.symlink_to("/dev/zero")
+    elif oddity == "config-link-loop":
+        target.symlink_to(target.name)
+    elif oddity == "config-dangling":
+        target.symlink_to(directory / "nowhere.json")
+    elif oddity == "weights-link-fifo-out":
+        if not outside.exists():
+            os.mkfifo(outside)
+        target.symlink_to(outside)
 
 
 def run_in_process(args: Sequence[str]) -> Any:
@@ -369,3 +441,132 @@ def test_explain_never_crashes(text: str) -> None:
     result = RUNNER.invoke(app, ["explain", "-"], input=text)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code in (0, 1)
+
+
+# --------------------------------------------------------------------------- hostile input, every command
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not standard JSON")
+
+
+def _standard_json(text: str) -> bool:
+    try:
+        json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def meaning_changes(plan: Any, force: bool = False) -> list[str]:
+    """What a fix plan would break: output that is not standard JSON, a meaning-bearing key dropped
+    without an exact equivalence, a --force change made without --force, an rsLoRA fold whose
+    scaling differs. An empty list is the invariant (scripts/fuzz.py counts the rest)."""
+    from peftdoctor.ops.fix import new_text
+    from peftdoctor.peft import compat
+
+    problems = []
+    if plan.snapshot is not None and _standard_json(plan.snapshot.text):  # a NaN already there is kept
+        try:
+            json.loads(new_text(plan), parse_constant=_refuse_constant)
+        except ValueError as exc:
+            problems.append(f"fix output: {exc}")
+    if plan.refused:
+        return problems  # nothing is written
+    before, after = plan.original, plan.result
+    # exclude_modules (or 'all-linear') spelled out as the list of modules the weights hold is exact.
+    spelled_out = any(c.key == "target_modules" and c.action in ("set", "add") and isinstance(c.after, list)
+                      for c in plan.changes)
+    for change in plan.changes:
+        if change.key == "exclude_modules" and change.action == "drop" and spelled_out:
+            continue
+        if change.forced and not force:
+            problems.append(f"{change.key}: a --force change without --force")
+        elif (change.action == "drop" and not change.forced and change.key != "use_rslora"
+              and compat.noop_reason(before, change.key) is None):
+            problems.append(f"{change.key}: meaning-bearing key dropped ({change.reason})")
+    folded = before.get("use_rslora") is True and after.get("use_rslora") is not True
+    if folded and not force and not (before.get("rank_pattern") or before.get("alpha_pattern")):
+        r, alpha, new_alpha = before.get("r", 8), before.get("lora_alpha", 8), after.get("lora_alpha", 8)
+        if not math.isclose(new_alpha / r, alpha / math.sqrt(r), rel_tol=1e-9):
+            problems.append(f"rsLoRA fold: lora_alpha {alpha} -> {new_alpha} changes the scaling at r={r}")
+    return problems
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 30) -> Iterator[None]:
+    """Fail instead of blocking forever (a fifo opened for reading waits for a writer)."""
+    def hung(*_args: Any) -> None:
+        raise AssertionError(f"still running after {seconds} s: a command blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@FUZZ
+@given(weights=hostile_header_bytes(), fmt=st.sampled_from(["json", "text", "sarif"]))
+def test_hostile_header_values_never_crash(weights: bytes, fmt: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        check_dir(write_adapter(Path(tmp), _dump(REAL_CONFIG), weights), fmt)
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 120))
+@given(config=CONFIG_BYTES | mutated_configs().map(_dump), weights=WEIGHT_BYTES, oddity=st.sampled_from(ODDITIES))
+def test_file_system_oddities_never_crash_or_hang(config: bytes, weights: Optional[bytes], oddity: str) -> None:
+    """check, fix (plan only), scan and explain on an adapter with a fifo, a directory or a link in
+    place of a file: one line and exit 0/1/2, never a traceback or a blocked read."""
+    with tempfile.TemporaryDirectory() as tmp, no_hang():
+        directory = Path(tmp) / "adapter"
+        directory.mkdir()
+        write_adapter(directory, config, weights)
+        make_oddity(directory, oddity)
+        check_dir(directory)
+        run_in_process(["fix", str(directory), "--dry-run", "--peft", "0.13.2"])
+        scanned = run_in_process(["scan", str(tmp), "--format", "json"])
+        if scanned.exit_code in (0, 1) or scanned.stdout.strip():
+            assert json.loads(scanned.stdout)["format_version"] == 1
+        # explain reads pipes by design (`explain <(cmd)`), so a fifo is given its text on stdin instead.
+        assert RUNNER.invoke(app, ["explain", "-"], input=config).exit_code in (0, 1)
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 150))
+@given(config=mutated_configs(), weights=st.none() | st.just(REAL_WEIGHTS),
+       peft=st.sampled_from(["0.3.0", "0.9.0", "0.12.0", "0.13.2", "0.21.2"]),
+       serve=st.none() | st.sampled_from(["vllm==0.6.3", "vllm", "tgi"]))
+def test_fix_plan_keeps_meaning(config: dict[str, Any], weights: Optional[bytes], peft: str,
+                                serve: Optional[str]) -> None:
+    """Without --force, a plan drops or changes no meaning-bearing key, and writes standard JSON."""
+    from peftdoctor.errors import UnusableInput
+    from peftdoctor.ops.fix import plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_adapter(Path(tmp), _dump(config), weights)
+        try:
+            the_plan = plan(tmp, peft=peft, serve=serve)
+        except UnusableInput:
+            return
+        assert meaning_changes(the_plan) == []
+
+
+def test_meaning_oracle_is_not_vacuous(tmp_path: Path) -> None:
+    """The oracle flags a forced drop, a wrong rsLoRA fold and non-standard JSON (a plan made by hand)."""
+    from dataclasses import replace
+
+    from peftdoctor.io.atomic import Snapshot
+    from peftdoctor.ops.fix import Change, plan
+
+    config = {**REAL_CONFIG, "use_rslora": True, "lora_alpha": 16, "r": 4}
+    write_adapter(tmp_path, _dump(config), REAL_WEIGHTS)
+    honest = plan(str(tmp_path), peft="0.6.2")  # before rsLoRA (0.8.0): fix folds it into lora_alpha
+    assert meaning_changes(honest) == [] and honest.changed, honest
+    wrong = replace(honest, result={**honest.result, "lora_alpha": 16},
+                    changes=(*honest.changes, Change("use_dora", "drop", "x", True, forced=True)))
+    found = meaning_changes(wrong)
+    assert any("rsLoRA fold" in p for p in found) and any("--force" in p for p in found), found
+    infinite = replace(honest, result={**honest.result, "lora_alpha": float("inf")},
+                       snapshot=honest.snapshot or Snapshot("", ""))
+    assert any("standard JSON" in p for p in meaning_changes(infinite))

@@ -8,7 +8,6 @@ answer must equal peft's for every case, errors included.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import peft_envs  # noqa: E402
 
 sys.path.insert(0, str(ERA))
+import released_source  # noqa: E402
 import target_matches  # noqa: E402
 
 # 0.6.2: the first check_target_module_exists (COMMON_LAYERS_PATTERN, [] still filters);
@@ -127,17 +127,20 @@ def test_targeted_equals_check_target_module_exists(release: str, tmp_path: Path
     assert sum(len(c["names"]) for c in cases) > 3000
 
 
-@pytest.mark.parametrize("source", sorted((ERA / "peft_matchers").glob("v*.py")), ids=lambda p: p.stem)
-def test_targeted_equals_peft_function_of_releases_without_an_env(source: Path) -> None:
-    """The regimes between the envs above (0.8.0, 0.14.0, 0.16.0, 0.17.0, 0.20.0): peft's own function,
-    copied verbatim from each release tag, on the same cases."""
-    spec = importlib.util.spec_from_file_location(f"peft_{source.stem}", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+# The regimes between the envs of OLD_RELEASES, and the function's name in each release.
+RELEASED_FUNCTIONS = {"0.5.0": "LoraModel._check_target_module_exists", "0.8.0": "check_target_module_exists",
+                      "0.14.0": "check_target_module_exists", "0.16.0": "check_target_module_exists",
+                      "0.17.0": "check_target_module_exists", "0.20.0": "check_target_module_exists"}
+
+
+@pytest.mark.parametrize("release", sorted(RELEASED_FUNCTIONS, key=Version))
+def test_targeted_equals_peft_function_of_releases_without_an_env(release: str) -> None:
+    """The regimes between the envs above: peft's own function, read from that release's wheel
+    (tests/era/released_source.py) and run on the same cases."""
+    function = released_source.peft_function(release, RELEASED_FUNCTIONS[release])
     cases = _cases()
-    theirs = target_matches.evaluate(module.check_target_module_exists, cases)
-    differ = _differ(cases, theirs, Version(source.stem[1:].replace("_", ".")))
+    theirs = target_matches.evaluate(function, cases)
+    differ = _differ(cases, theirs, Version(release))
     assert not differ, f"{len(differ)} differ, e.g. {differ[:5]}"
 
 

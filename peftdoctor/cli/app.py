@@ -39,6 +39,7 @@ from peftdoctor.render import (
     VERIFY,
     formats,
     render,
+    render_to,
     require_format,
 )
 from peftdoctor.rules.registry import RULES, markdown_table
@@ -127,6 +128,9 @@ def check(
         except UnusableInput as exc:
             _fail(errors.one_line(exc))
             unusable = True
+        except Exception as exc:  # noqa: BLE001 - a bug of ours on one adapter must not lose the others' reports
+            _fail(f"{path}: internal error: {type(exc).__name__}: {exc} (please report this)")
+            unusable = True
     combination = _combination(adapters, reports, combine_as) if combine_as and not unusable else None
     if reports:
         single = len(reports) == 1 and not combination
@@ -181,6 +185,8 @@ def fix(
     for the_plan in plans:
         if show_diff:
             typer.echo(diff(the_plan), nl=False)
+        if the_plan.remaining:  # written or not, an adapter that still cannot work is not a clean exit
+            codes.append(EXIT_FINDINGS)
         if the_plan.refused:
             codes.append(EXIT_FINDINGS)
         elif check_only or dry_run or show_diff:
@@ -210,8 +216,13 @@ def verify(
     fmt: str = _format(VERIFY),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Largest relative logit difference allowed."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
+    merged: Optional[str] = typer.Option(None, "--merged", help="Judge this merged model (made by any tool) "
+                                         "against base + adapter, tensor by tensor, instead of merging."),
 ) -> None:
-    """Load base + adapter on the target device, merge, compare, and save a deployable merged model."""
+    """Load base + adapter on the target device, merge, compare, and save a deployable merged model.
+
+    With --merged DIR: judge a merged model made elsewhere, tensor by tensor in bounded memory (delta
+    missing, wrong scale and its factor, applied twice, extra changes); exit 0 only when it is right."""
     from peftdoctor.cli.heavy import library_output_to_stderr, progress, require_extra
 
     require_format((VERIFY,), fmt)
@@ -221,7 +232,7 @@ def verify(
     display, say = progress(fmt == "text")
     with library_output_to_stderr(), display:
         report = run_verify(adapter, base=base, device=device, dtype=dtype, out=out, tolerance=tolerance,
-                            trust_remote_code=trust_remote_code, progress=say)
+                            trust_remote_code=trust_remote_code, progress=say, merged=merged)
     typer.echo(render(report, fmt), nl=False)
     # 0 only when verified: a run that could not verify (skipped) must not pass a CI gate.
     raise typer.Exit(EXIT_CLEAN if report.verdict == "verified" else EXIT_FINDINGS)
@@ -269,19 +280,24 @@ def scan(
 ) -> None:
     """Check every adapter under a directory tree (or on the Hub) and summarise the findings, worst first."""
     require_format((SCAN,), fmt)
+    import tempfile
+
     from peftdoctor.ops import scan as scanning
 
     if sum(x is not None for x in (root, hub, from_file)) != 1:
         raise UsageError("scan: give one of a directory, --hub AUTHOR or --from-file FILE")
-    if root is not None:
-        result = scanning.scan(root, peft=peft)
-    else:
-        from peftdoctor.ops import hub_scan
+    with tempfile.TemporaryDirectory(prefix="peftdoctor-scan-") as scratch:
+        if root is not None:
+            # JSON holds every full report: spooled to disk as they are made, so memory stays bounded.
+            result = scanning.scan(root, peft=peft, spool=os.path.join(scratch, "reports.jsonl")
+                                   if fmt == "json" else None)
+        else:
+            from peftdoctor.ops import hub_scan
 
-        result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress()) if hub is not None else
-                  hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
-                                      progress=_progress()))
-    typer.echo(render(result, fmt), nl=False)
+            result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress()) if hub is not None else
+                      hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
+                                          progress=_progress()))
+        render_to(result, fmt, lambda text: typer.echo(text, nl=False))
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.base import find_base_config
 from peftdoctor.io.files import MAX_JSON_BYTES, FileRefused, open_regular, read_limited, refused_entries
+from peftdoctor.io.limits import config_excess
 from peftdoctor.io.locate import is_repo_ref, resolve
 from peftdoctor.io.safetensors import Header, HeaderError, header_of, read_header, size_problems
 from peftdoctor.io.values import ValueScan
@@ -115,6 +116,9 @@ def read_config_file(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str
         return None, text, digest, "is nested too deeply to be an adapter config"
     if not isinstance(data, dict):
         return None, text, digest, f"is JSON but not an object (it is {type(data).__name__})"
+    excess = config_excess(data)
+    if excess:
+        return None, text, digest, f"{excess}; not judged"
     return data, text, digest, None
 
 

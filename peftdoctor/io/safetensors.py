@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,16 @@ from typing import BinaryIO
 
 from peftdoctor.io.files import FileRefused, open_regular
 
-# Bytes per element of every dtype the safetensors format defines.
-DTYPE_SIZES: dict[str, float] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+# Bits per element of every dtype the safetensors format defines: whole numbers, so that byte
+# counts are exact integers however large a (hostile) header's dims are (F4 is half a byte).
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
+DTYPE_SIZES: dict[str, float] = {dtype: bits / 8 for dtype, bits in DTYPE_BITS.items()}  # bytes per element
 # safetensors itself refuses headers above 100 MB; a larger length is corruption, not data.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -103,7 +106,7 @@ def _validated(parsed: dict, file_size: int, data_size: int) -> Header:
     tensors: dict[str, TensorInfo] = {}
     for name, entry in parsed.items():
         tensors[name] = _tensor(name, entry)
-    return Header(tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()},
+    return Header(tensors=tensors, metadata={k: v if isinstance(v, str) else _brief(v) for k, v in metadata.items()},
                   file_size=file_size, data_size=data_size)
 
 
@@ -111,14 +114,23 @@ def _tensor(name: str, entry: object) -> TensorInfo:
     if not isinstance(entry, dict):
         raise HeaderError(f"entry for tensor {name!r} is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
-        raise HeaderError(f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:  # a list is unhashable: test the type first
+        raise HeaderError(f"tensor {name!r} has unknown dtype {_brief(dtype)}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise HeaderError(f"tensor {name!r} has an invalid shape {shape!r}")
+        raise HeaderError(f"tensor {name!r} has an invalid shape {_brief(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets)
             or offsets[0] > offsets[1]):
-        raise HeaderError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise HeaderError(f"tensor {name!r} has invalid data_offsets {_brief(offsets)}")
     return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxlong, _BRIEF.maxstring, _BRIEF.maxother = 3, 6, 40, 60, 60
+
+
+def _brief(value: object) -> str:
+    """A header value for a message: short and bounded in depth, whatever the header holds."""
+    return _BRIEF.repr(value)
 
 
 def _is_count(value: object) -> bool:
@@ -126,22 +138,29 @@ def _is_count(value: object) -> bool:
 
 
 def expected_nbytes(info: TensorInfo) -> int:
+    """Bytes the tensor's data takes, rounded up to whole bytes; exact for any size (no floats)."""
     count = 1
     for dim in info.shape:
         count *= dim
-    return int(count * DTYPE_SIZES[info.dtype] + 0.999)
+    return -(-count * DTYPE_BITS[info.dtype] // 8)
+
+
+def _count(value: int) -> str:
+    # A hostile header's dims can multiply to thousands of digits, more than str(int) converts.
+    return f"{value}" if value < 10**30 else "more than 10^30"
 
 
 def size_problems(header: Header) -> list[str]:
     """Inconsistencies between declared tensors and the bytes actually present."""
     problems = []
     for info in header.tensors.values():
-        if info.end - info.start != expected_nbytes(info):
-            problems.append(f"tensor {info.name!r} declares {expected_nbytes(info)} bytes "
-                            f"but its offsets span {info.end - info.start}")
+        expected = expected_nbytes(info)
+        if info.end - info.start != expected:
+            problems.append(f"tensor {info.name!r} declares {_count(expected)} bytes "
+                            f"but its offsets span {_count(info.end - info.start)}")
     needed = max((t.end for t in header.tensors.values()), default=0)
     if needed > header.data_size:
-        problems.append(f"tensors need {needed} bytes of data but the file holds {header.data_size}: "
+        problems.append(f"tensors need {_count(needed)} bytes of data but the file holds {header.data_size}: "
                         "the file is truncated")
     return problems
 

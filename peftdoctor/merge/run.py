@@ -17,6 +17,7 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
+from peftdoctor.io.safetensors import expected_nbytes, read_header
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
 from peftdoctor.merge.prefill import Prefill
@@ -144,7 +145,7 @@ def _check_device(device: str) -> None:
         raise UnusableInput(f"--device {device}: no CUDA device is available here; use --device cpu")
 
 
-def _header_layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapter,
+def _header_layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter,
                    dtype: str) -> Optional[_Layout]:
     """The layout as far as the safetensors headers tell it, or None where a cast needs torch.
 
@@ -160,7 +161,7 @@ def _header_layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapt
         return None
 
 
-def _stand_ins(base: P.BaseLayoutLayout) -> dict[str, Raw]:
+def _stand_ins(base: P.BaseLayout) -> dict[str, Raw]:
     """Each base tensor's bytes by name: what a merged tensor's range holds until it is computed."""
     return {name: Raw(shard.path, shard.data_start + info.start, info.end - info.start)
             for name, (shard, info) in base.locations.items()}
@@ -177,7 +178,7 @@ def _out_dtype(code: str, dtype: str) -> str:
     return P.DTYPE_CODES[dtype] if dtype != "auto" and code in P.FLOAT_DTYPES else code
 
 
-def _layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton: Any, dtype: str) -> _Layout:
+def _layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton: Any, dtype: str) -> _Layout:
     """Every output tensor (name, dtype, shape, where its bytes come from), shard by shard."""
     jobs: dict[str, _Job] = {}
     for module, delta in plan.lora.items():
@@ -242,7 +243,7 @@ def _copy_tensor(name: str, job: _Job, adapter: Adapter, code: Optional[str], dt
     return OutTensor(name, code or _out_dtype(info.dtype, dtype), info.shape, name)
 
 
-def _tied_source(base: P.BaseLayoutLayout, skeleton: Any, name: str) -> Optional[str]:
+def _tied_source(base: P.BaseLayout, skeleton: Any, name: str) -> Optional[str]:
     for group in skeleton.tied:
         if name in group:
             present = [n for n in group if base.find(n) is not None]
@@ -251,7 +252,7 @@ def _tied_source(base: P.BaseLayoutLayout, skeleton: Any, name: str) -> Optional
     return None
 
 
-def _untied_partners(name: str, base: P.BaseLayoutLayout, skeleton: Any, jobs: dict[str, _Job],
+def _untied_partners(name: str, base: P.BaseLayout, skeleton: Any, jobs: dict[str, _Job],
                      plan: P.AdapterPlan) -> list[str]:
     """Tied names the checkpoint does not hold, to be written because the adapter changes the group."""
     for group in skeleton.tied:
@@ -266,15 +267,13 @@ def _untied_partners(name: str, base: P.BaseLayoutLayout, skeleton: Any, jobs: d
 class _Producer:
     """Produces changed tensors on demand, in stream order; holds at most one job's results."""
 
-    def __init__(self, base: P.BaseLayoutLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job], device: str,
+    def __init__(self, base: P.BaseLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job], device: str,
                  adapter_dir: Path, say: Progress) -> None:
-        from safetensors.torch import load_file
-
         from peftdoctor.merge.layer import peft_config
 
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
         try:  # an OSError here is a read failure, not one of the output's write failures
-            self.adapter_tensors = load_file(str(adapter_dir / P.SAFETENSORS_NAME))
+            self.adapter_tensors = _AdapterTensors(adapter_dir / P.SAFETENSORS_NAME, adapter.header.tensors)
             self.config = peft_config(adapter_dir)
         except OSError as exc:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
@@ -311,7 +310,7 @@ class _Producer:
     def _run(self, job: _Job, tensor: OutTensor) -> dict[str, Any]:
         if job.kind == "copy":
             self.replaced += 1
-            return {tensor.name: self.adapter_tensors[job.adapter_key].to(_torch_dtype(tensor.dtype))}
+            return {tensor.name: self.adapter_tensors.get(job.adapter_key).to(_torch_dtype(tensor.dtype))}
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
         from peftdoctor.merge.layer import merge_module
@@ -319,7 +318,7 @@ class _Producer:
         self.say(f"merging {job.module}")
         params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
         prefix = f"{P.PREFIX}{job.module}."
-        saved = {k: v for k, v in self.adapter_tensors.items() if k.startswith(prefix)}
+        saved = self.adapter_tensors.under(prefix)
         whole = saved.pop(f"{prefix}base_layer.weight", None)
         if whole is not None:  # peft would load it into the layer: start from it instead of the base's
             params["weight"] = whole.to(params["weight"].dtype)
@@ -336,6 +335,50 @@ class _Producer:
         else:
             self.merged += len(job.outputs)
         return {out: merged[param] for out, param in job.outputs.items()}
+
+
+class _AdapterTensors:
+    """The adapter's saved tensors, each read from its own byte range when a module asks for it:
+    never the whole file (a 100 GB adapter ended in MemoryError; safe_open maps the whole file, which
+    fails the same way), and a tensor larger than the memory available is refused in one line
+    before a byte of it is read."""
+
+    def __init__(self, path: Path, infos: dict[str, Any]) -> None:
+        header = read_header(str(path))  # validated by the plan already: only the data's offset is new
+        self.path, self.infos, self.data_start = path, infos, header.file_size - header.data_size
+
+    def get(self, key: str) -> Any:
+        import torch
+
+        info = self.infos[key]
+        needed, available = expected_nbytes(info), _available_memory()
+        if available is not None and needed > available:
+            raise P.MergeRefused(f"adapter tensor {key} takes {needed:,} bytes, more than the {available:,} bytes "
+                                 "of memory available: not read")
+        if info.dtype not in _TORCH_DTYPES:
+            raise P.MergeRefused(f"adapter tensor {key} is {info.dtype}, a dtype merge does not read")
+        try:
+            buffer = read_exact(self.path, self.data_start + info.start, info.end - info.start)
+        except MemoryError:
+            raise P.MergeRefused(f"adapter tensor {key} ({needed:,} bytes) does not fit in memory") from None
+        if not buffer:
+            return torch.empty(info.shape, dtype=_torch_dtype(info.dtype))
+        return torch.frombuffer(buffer, dtype=_torch_dtype(info.dtype)).reshape(info.shape)
+
+    def under(self, prefix: str) -> dict[str, Any]:
+        return {key: self.get(key) for key in self.infos if key.startswith(prefix)}
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory the kernel says can be allocated without swapping (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # How numpy sees each float dtype's bytes: bfloat16, which numpy lacks, as its raw 16 bits.
@@ -355,6 +398,9 @@ def _all_finite(data: Any, code: str) -> bool:
     return bool(numpy.isfinite(values).all())
 
 
+_TORCH_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
 def _torch_dtype(code: str) -> Any:
     import torch
 
@@ -363,7 +409,7 @@ def _torch_dtype(code: str) -> Any:
             "BOOL": torch.bool}[code]
 
 
-def _copy_side_files(base: P.BaseLayoutLayout, adapter_dir: Path, staging: Path, dtype: str, untied: bool) -> None:
+def _copy_side_files(base: P.BaseLayout, adapter_dir: Path, staging: Path, dtype: str, untied: bool) -> None:
     """config.json (untied and re-typed when needed), generation config, and the tokenizer: the
     adapter's own when it ships one (it may carry added tokens), else the base's."""
     config = json.loads(json.dumps(base.config))

@@ -14,6 +14,21 @@ from peftdoctor.model.findings import Finding
 from peftdoctor.peft import releases
 from peftdoctor.rules.registry import rule
 
+# Every pattern runs on logs up to EXPLAIN_MAX_BYTES from strangers, so each must stay linear in
+# the text's length: no unbounded run may follow a part that can start at many places, or a
+# search restarted at each place rescans the same stretch (a 1 MB line took minutes).
+_NAME = r"[^\s:]{0,256}?"  # a parameter name: one token, bounded; a ':' ends it in torch's messages
+
+_NOT_CLOSING = r"[^\]]"  # inside a printed list, which may wrap over lines
+# Where PD204's scan stops: the next opening, except the "Error while" that follows "SafetensorError: ".
+_SAFETENSORS_OPENING = "SafetensorError|(?<!SafetensorError: )Error while"
+
+
+def _upto(stop: str, char: str = r"[^\n]", least: int = 0, most: int = 4096) -> str:
+    """A lazy run of `char` that never crosses `stop` (a regex, normally the pattern's own opening
+    text): the runs scanned from successive openings are disjoint, so the search stays linear."""
+    return rf"(?:(?!{stop}){char}){{{least},{most}}}?"
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -47,28 +62,30 @@ def _about_peft(match: re.Match[str], text: str) -> bool:
 
 
 PATTERNS: tuple[Pattern, ...] = (
-    _p("PD105", r"(?P<cls>\w+)\.__init__\(\) got an unexpected keyword argument '(?P<key>\w+)'",
+    _p("PD105", r"\b(?P<cls>\w{1,256})\.__init__\(\) got an unexpected keyword argument '(?P<key>\w{1,256})'",
        "this peft release does not know {key!r}: the adapter was saved by a newer (or much older) peft",
        "run `peftdoctor fix ADAPTER` to rewrite the config for this peft (it refuses if meaning would change), "
        "or install a peft that knows {key}"),
-    _p("PD106", r"Unexpected keyword arguments \[(?P<keys>[^\]]*)\] for class (?P<cls>\w+), these are ignored",
+    _p("PD106", rf"Unexpected keyword arguments \[(?P<keys>{_upto('Unexpected keyword', _NOT_CLOSING)})\] for class "
+                r"(?P<cls>\w{1,256}), these are ignored",
        "peft dropped {keys} while loading: if any of them bears meaning the adapter now computes something else",
        "run `peftdoctor check ADAPTER` to see which dropped keys change the outputs, then upgrade peft"),
-    _p("PD350", r"Target modules? (?P<targets>.+?) not found in the base model",
+    _p("PD350", rf"Target modules? (?P<targets>{_upto('Target module', least=1)}) not found in the base model",
        "target_modules {targets} match no module of this base: wrong base, or names from another architecture",
        "load the base the adapter was trained on (base_model_name_or_path), or correct target_modules"),
-    _p("PD206", r"size mismatch for (?P<param>\S*lora_(?:embedding_)?[AB]\S*): copying a param with shape "
-                r"torch\.Size\(\[(?P<saved>[^\]]*)\]\) from checkpoint, the shape in current model is "
-                r"torch\.Size\(\[(?P<current>[^\]]*)\]\)",
+    _p("PD206", rf"size mismatch for (?P<param>{_NAME}lora_(?:embedding_)?[AB]{_NAME}): copying a param with shape "
+                r"torch\.Size\(\[(?P<saved>[^\]]{0,256})\]\) from checkpoint, the shape in current model is "
+                r"torch\.Size\(\[(?P<current>[^\]]{0,256})\]\)",
        "{param}: saved shape [{saved}] but the config builds [{current}]: the declared rank does not match the "
        "weights", "run `peftdoctor check ADAPTER` to see the rank the weights hold and set r / rank_pattern to it",
        accept=_rank_dim_differs),
-    _p("PD351", r"size mismatch for (?P<param>\S*(?:embed|lm_head|wte|word_embeddings|shared)\S*): copying a "
-                r"param with shape torch\.Size\(\[(?P<saved>[^\]]*)\]\) from checkpoint, the shape in current "
-                r"model is torch\.Size\(\[(?P<current>[^\]]*)\]\)",
+    _p("PD351", rf"size mismatch for (?P<param>{_NAME}(?:embed|lm_head|wte|word_embeddings|shared){_NAME}): copying a "
+                r"param with shape torch\.Size\(\[(?P<saved>[^\]]{0,256})\]\) from checkpoint, the shape in current "
+                r"model is torch\.Size\(\[(?P<current>[^\]]{0,256})\]\)",
        "{param}: the adapter was saved for a vocabulary of shape [{saved}], the base has [{current}]",
        "call base.resize_token_embeddings(len(tokenizer)) with the adapter's tokenizer before loading the adapter"),
-    _p("PD352", r"(?:does not appear to have (?:a file named|any of the following files:?)|Error no file named) .*?"
+    _p("PD352", r"(?:does not appear to have (?:a file named|any of the following files:?)|Error no file named) "
+                rf"{_upto('does not appear|Error no file')}"
                 r"(?:pytorch_model\.bin|model\.safetensors)",
        "a model class looked for full-model weights, but this directory holds an adapter (adapter_model.*)",
        "load the base with AutoModel*, then PeftModel.from_pretrained(base, ADAPTER) "
@@ -90,9 +107,9 @@ PATTERNS: tuple[Pattern, ...] = (
                 r"rounding errors",
        "merging into a {bits}-bit quantized base rounds the adapter's update away",
        "merge into the full-precision (or dequantized) base instead: `peftdoctor verify ADAPTER --out DIR`"),
-    _p("PD204", r"(?:Error while deserializing header|SafetensorError)[^\n]*?(?P<why>HeaderTooLarge|HeaderTooSmall|"
-                r"InvalidHeader\w*|MetadataIncompleteBuffer|incomplete metadata[^\n]*|header too (?:large|small)"
-                r"[^\n]*|invalid header length[^\n]*)",
+    _p("PD204", rf"(?:Error while deserializing header|SafetensorError){_upto(_SAFETENSORS_OPENING)}"
+                r"(?P<why>HeaderTooLarge|HeaderTooSmall|InvalidHeader\w*|MetadataIncompleteBuffer|"
+                r"incomplete metadata[^\n]*|header too (?:large|small)[^\n]*|invalid header length[^\n]*)",
        "the safetensors file is damaged or truncated ({why})",
        "re-copy or re-save the weights; `peftdoctor check ADAPTER` says exactly what is wrong"),
     _p("PD355", r"Found missing adapter keys while loading the checkpoint: \[(?P<keys>[^\]]*)",

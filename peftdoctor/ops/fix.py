@@ -7,6 +7,7 @@ difference and is either exact or refuses.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -20,7 +21,7 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.atomic import Snapshot, WriteRefused, Written, clean_leftovers, replace_text
 from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
-from peftdoctor.model.findings import Finding
+from peftdoctor.model.findings import Finding, Severity
 from peftdoctor.ops.check import choose_target
 from peftdoctor.peft import compat, patterns, releases, targeting
 from peftdoctor.peft import semantics as keys
@@ -61,6 +62,7 @@ class Plan:
     refusals: tuple[Refusal, ...]
     notes: tuple[Finding, ...] = ()
     snapshot: Optional[Snapshot] = None  # the config file's bytes as read, to detect concurrent edits
+    remaining: tuple[Finding, ...] = ()  # errors a check of the rewritten adapter still finds: no rewrite repairs them
 
     @property
     def refused(self) -> bool:
@@ -334,7 +336,20 @@ def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = 
         for rewrite in REWRITERS:
             rewrite(work)
     return Plan(adapter.display, str(adapter.path_of(CONFIG_NAME)), release.name, str(written) if written else None,
-                config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes), snapshot)
+                config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes), snapshot,
+                _still_broken(adapter, work, release.name, serve))
+
+
+def _still_broken(adapter: Adapter, work: _Work, release: str, serve: Optional[str]) -> tuple[Finding, ...]:
+    """Check the adapter as it will be after the rewrite, for the same release and engine: the errors left
+    are what no exact config rewrite repairs (rank mismatch, empty or NaN weights, another architecture).
+    Keys already refused are not repeated: the refusal says why."""
+    from peftdoctor.ops.check import check  # the same rules as `check`, on the same Adapter, read once
+
+    rewritten = dataclasses.replace(adapter, config=work.config)
+    refused = {r.key for r in work.refusals}
+    report = check(rewritten, peft=release, serve=serve)
+    return tuple(f for f in report.findings if f.severity is Severity.ERROR and f.key not in refused)
 
 
 def new_text(plan: Plan) -> str:

@@ -44,6 +44,12 @@ RENDERERS: dict[tuple[str, str], str] = {
 }
 
 
+# Renderers that can write a large result piece by piece, for output that must not be built in memory.
+WRITERS: dict[tuple[str, str], str] = {
+    (SCAN, "json"): "peftdoctor.render.scan:write_json",
+}
+
+
 def type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -69,3 +75,13 @@ def renderer(result_type: str, fmt: str) -> Callable[[object], str]:
 def render(result: object, fmt: str) -> str:
     """`result` as text in `fmt`; a pair the registry lacks is a usage error (exit 2), never plain text."""
     return renderer(type_name(type(result)), fmt)(result)
+
+
+def render_to(result: object, fmt: str, write: Callable[[str], object]) -> None:
+    """Like render(), but handing the text to `write` in pieces where the registry has a writer for it."""
+    key = (type_name(type(result)), fmt)
+    if key in WRITERS:
+        module, function = WRITERS[key].split(":")
+        getattr(importlib.import_module(module), function)(result, write)
+    else:
+        write(render(result, fmt))

@@ -32,6 +32,9 @@ def render_plan(plan: Plan) -> str:
         lines.append("  nothing written: no exact rewrite exists for the keys above (--force drops them anyway)")
     elif not plan.changed:
         lines.append("  nothing to change")
+    if plan.remaining:
+        lines.append(f"  still broken for peft {plan.target} after this fix (no config rewrite repairs it):")
+        lines += [f"    {f.code} {f.message}\n          fix: {f.fix}" for f in plan.remaining]
     return "\n".join(lines) + "\n"
 
 
@@ -46,6 +49,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "changes": [{"key": c.key, "action": c.action, "before": c.before, "after": c.after, "reason": c.reason,
                      "forced": c.forced} for c in plan.changes],
         "refusals": [{"key": r.key, "reason": r.reason} for r in plan.refusals],
+        "remaining": [f.to_dict() for f in plan.remaining],
         "result": plan.result,
     }
 
@@ -65,7 +69,7 @@ def plan_findings(plan: Plan) -> list[Finding]:
         f"`peftdoctor fix --peft {plan.target}` makes this change" + (" once the refusals are resolved"
                                                                      if plan.refused else ""),
         key=c.key, severity=Severity.WARNING if c.forced else None) for c in plan.changes]
-    return refused + rewrites + list(plan.notes)
+    return refused + rewrites + list(plan.notes) + list(plan.remaining)
 
 
 def render_plan_sarif(plan: Plan) -> str:

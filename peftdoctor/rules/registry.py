@@ -121,6 +121,15 @@ _TABLE = [
     ("PD310", "quantized-base", W, "The base is quantized: the merge went into dequantized weights."),
     ("PD311", "tokenizer-missing", W, "No tokenizer beside the adapter or the base: the merged model is saved without one."),
     ("PD312", "adapter-small-effect", W, "The adapter changes the output less than the parity tolerance: parity proves little."),
+    ("PD313", "merged-delta-missing", E, "A targeted weight of the merged model equals the base: the merge never happened there."),
+    ("PD314", "merged-wrong-scale", E, "A targeted weight holds the adapter's delta at another scale (the factor says which: 0.5 for rsLoRA r=4 merged as alpha/r)."),
+    ("PD315", "merged-applied-twice", E, "A targeted weight holds the adapter's delta twice (factor 2)."),
+    ("PD316", "merged-delta-differs", E, "A targeted weight differs from base + delta beyond rounding, and not as a multiple of the delta."),
+    ("PD317", "merged-extra-change", E, "A tensor the adapter does not change differs from the base in the merged model."),
+    ("PD318", "merged-tensor-missing", E, "A tensor of the base or of the adapter's modules_to_save is missing from the merged model."),
+    ("PD319", "merged-extra-tensor", W, "The merged model holds a tensor that neither the base nor the adapter has."),
+    ("PD320", "merged-shape-mismatch", E, "A tensor of the merged model has another shape than base + adapter give."),
+    ("PD321", "merged-copy-differs", E, "A modules_to_save module of the merged model is not the adapter's saved copy."),
 ]
 
 RULES: dict[str, Rule] = {code: Rule(code, name, sev, summary) for code, name, sev, summary in sorted(_TABLE)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import reprlib
 from typing import Any
 
 from peftdoctor.model.findings import Finding
@@ -89,6 +90,6 @@ def _did_you_mean(ctx: Context, key: str) -> str:
 def _show(value: Any) -> str:
     try:
         text = json.dumps(value, sort_keys=True, default=str)
-    except (RecursionError, ValueError):  # nested ~1,000 deep, or a circular default=str value
-        return "(a value nested too deeply to show)"
+    except (RecursionError, ValueError):  # nested deeper than the stack allows, or an int too long to print
+        text = reprlib.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -10,6 +10,7 @@ from peftdoctor.io.safetensors import size_problems
 from peftdoctor.model.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.peft import patterns, releases, targeting, tensor_names
+from peftdoctor.peft.targeting import REGEX_CHARS
 from peftdoctor.rules.registry import rule
 from peftdoctor.rules.values import value_findings
 
@@ -123,12 +124,23 @@ def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> 
     newest = releases.known_versions()[-1]
     findings = []
     if isinstance(targets, list):
+        # One target at a time through the one matcher; a plain name is a set lookup over the modules' tails
+        # (10,000 targets x 1,000 modules took 7 s as a double loop).
+        tails = {".".join(m.split(".")[i:]) for m in modules for i in range(m.count(".") + 1)}
+        missing = []
         for target in (t for t in targets if isinstance(t, str)):
-            if not any(_targeted({**config, "target_modules": [target]}, m, newest) for m in modules):
-                findings.append(rule("PD207").finding(
-                    f"target_modules lists {target!r} but the weights hold no LoRA tensors for it",
-                    f"remove {target!r} from target_modules, or re-save the adapter that trained it",
-                    key="target_modules"))
+            known = target in tails if REGEX_CHARS.isdisjoint(target) else None
+            if known is False or (known is None and not any(
+                    _targeted({**config, "target_modules": [target]}, m, newest) for m in modules)):
+                missing.append(target)
+        findings += [rule("PD207").finding(
+            f"target_modules lists {target!r} but the weights hold no LoRA tensors for it",
+            f"remove {target!r} from target_modules, or re-save the adapter that trained it",
+            key="target_modules") for target in missing[:3]]
+        if len(missing) > 3:  # one more finding for the rest, not one per entry of a 100,000-entry list
+            findings.append(rule("PD207").finding(
+                f"{len(missing) - 3} more entries of target_modules have no LoRA tensors in the weights "
+                f"({_some(missing[3:])})", "remove them from target_modules", key="target_modules"))
     stray = sorted(m for m in modules if not _targeted(config, m, newest))
     if stray:
         findings.append(rule("PD208").finding(

@@ -10,11 +10,12 @@ from typing import Optional
 
 
 def verify_command(adapter: str, base: Optional[str], device: str, dtype: str, out: Optional[str], fmt: str,
-                   tolerance: Optional[float], trust_remote_code: bool) -> int:
+                   tolerance: Optional[float], trust_remote_code: bool, merged: Optional[str] = None) -> int:
     from peftdoctor.cli.app import run
 
     argv = ["verify", adapter, "--device", device, "--dtype", dtype, "--format", fmt]
     argv += ["--base", base] if base is not None else []
     argv += ["--out", out] if out is not None else []
     argv += ["--tolerance", repr(tolerance)] if tolerance is not None else []
+    argv += ["--merged", merged] if merged is not None else []
     return run(argv + (["--trust-remote-code"] if trust_remote_code else []))

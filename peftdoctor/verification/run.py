@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from peftdoctor.errors import UnusableInput
+from peftdoctor.merge import plan as P
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Severity
@@ -22,6 +23,7 @@ from peftdoctor.rules.registry import rule
 from peftdoctor.verification import base as basemod
 from peftdoctor.verification import facts as adapter_facts
 from peftdoctor.verification import large
+from peftdoctor.verification import merged as merged_judge
 from peftdoctor.verification.facts import BaseUnavailable, find_base, read_adapter
 from peftdoctor.verification.merge import MergeNotFinite, merge, tied_and_adapted, untie
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE, compare, forward, probe_inputs
@@ -86,10 +88,12 @@ def _one_line(exc: BaseException) -> str:
 
 def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype: str = "auto",
            out: Optional[str] = None, tolerance: Optional[float] = None, trust_remote_code: bool = False,
-           progress: Optional[Progress] = None, merge_dtype: Optional[str] = "float32") -> VerifyReport:
+           progress: Optional[Progress] = None, merge_dtype: Optional[str] = "float32",
+           merged: Optional[str] = None) -> VerifyReport:
     """Verify that `adapter` loads, computes the same merged as unmerged, and saves deployable.
 
     merge_dtype: the precision the merge is done in before casting to `dtype` (None: in `dtype`).
+    merged: instead, judge this merged model (made by any tool) against base + adapter, tensor by tensor.
     """
     if dtype not in DTYPES or (merge_dtype is not None and merge_dtype not in DTYPES[1:]):
         raise UnusableInput(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -97,12 +101,18 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
         raise UnusableInput(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
     if tolerance is not None and not tolerance > 0:
         raise UnusableInput(f"--tolerance {tolerance}: must be a positive number")
+    if merged is not None and (out is not None or tolerance is not None):
+        raise UnusableInput("--merged judges a merge that exists: --out and --tolerance do not apply (its "
+                            "bounds come from the dtypes' rounding)")
     facts = read_adapter(adapter)
     out_path = check_out(out)
     run = _Run(progress)
     state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None}
     try:
-        _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state)
+        if merged is not None:
+            _verify_merged(run, facts, base, merged, state)
+        else:
+            _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state)
     except _Stop:
         pass
     finally:
@@ -140,7 +150,7 @@ def _verify(run: _Run, facts: Adapter, base_arg: Optional[str], out: Optional[Pa
     if not base.bnb_quantized and facts.peft_type == "LORA":
         reason = large.too_large(base)
         if reason:
-            return _stream_instead(run, facts, base, out, dtype, reason, state)
+            return _layer_by_layer(run, facts, base, out, dtype, reason, state)
 
     loaded = run.step("load base", f"loading base {base.display} ({dtype}, {device})",
                       lambda: _load(base, facts, dtype, device, trust_remote_code, quantized=True))
@@ -204,26 +214,88 @@ def _verify(run: _Run, facts: Adapter, base_arg: Optional[str], out: Optional[Pa
             "a tied or resized layer is restored differently on reload: untie it in config.json"))
 
 
-def _stream_instead(run: _Run, facts: Adapter, base: Base, out: Optional[Path], dtype: str,
+def _layer_by_layer(run: _Run, facts: Adapter, base: Base, out: Optional[Path], dtype: str,
                     reason: str, state: dict[str, Any]) -> None:
-    """Too large to load: merge shard by shard with peft's per-layer code; parity cannot be probed."""
-    run.skip("load base", f"{reason}: the probe cannot run here")
-    if out is None:
-        run.skip("merge (streaming)", "pass --out DIR to stream-merge the adapter into the base")
+    """Too large to load whole: stream the merge into --out shard by shard, then verify it one module at a
+    time (each targeted weight against base + delta, and its layer's output on a probe against peft's
+    unmerged forward); without --out, each module is merged on the fly and judged the same way."""
+    state["device"] = "cpu"
+    run.step("memory", "measuring the memory available",
+             lambda: (None, f"{reason}: verified layer by layer, one module in memory at a time, on the CPU"))
+    merged_base: Optional[Base] = None
+    if out is not None:
+        from peftdoctor.merge import stream_merge
+
+        if out.is_dir():
+            out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
+
+        def streamed() -> tuple[Any, str]:
+            report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype)
+            return report, (f"{report.tensors_merged} tensors merged with peft's per-layer merge, "
+                            f"{report.tensors_passed} copied; peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB")
+
+        run.step("merge (streaming)", "streaming the merge shard by shard", streamed)
+        state["out"] = str(out)
+        merged_base = merged_judge.merged_base(out)
+    else:
+        run.notes.append("no --out given: each targeted module was merged on the fly (as the streaming merge "
+                         "does) and judged; pass --out DIR to write and verify the merged model")
+    _judge_into(run, facts, base, merged_base, "layer parity",
+                "checking the merged model layer by layer against base + adapter")
+    state["merge_base"] = f"{base.display} weights in {dtype}"
+
+
+def _verify_merged(run: _Run, facts: Adapter, base_arg: Optional[str], merged: str, state: dict[str, Any]) -> None:
+    """Judge a merged model made elsewhere: every tensor against base + the adapter's delta."""
+    base = run.step("resolve base", "finding the base model", lambda: _resolve_base(facts, base_arg))
+    state["base"], state["device"] = base.display, "cpu"
+    why = None if facts.config is None else P.refusal(facts.config)
+    if why is not None:
+        run.skip("compare tensors", why.split(" cannot be stream-merged")[0] + " cannot be judged tensor by tensor: "
+                 "only LoRA merges (rsLoRA, DoRA, rank/alpha patterns included) are")
         return
-    from peftdoctor.merge import stream_merge
+    P.require_weights(facts)
+    found = run.step("read merged", f"reading the merged model {merged}", lambda: _read_merged(merged))
+    state["dtype"] = found.saved_dtype or "auto"
+    state["merge_base"] = f"{merged} (made elsewhere), against {base.display}"
+    outcome = _judge_into(run, facts, base, found, "compare tensors",
+                          "comparing the merged model with base + adapter, tensor by tensor")
+    if outcome is not None and outcome.merged_dtype:
+        state["dtype"] = outcome.merged_dtype
 
-    if out.is_dir():
-        out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
-    def streamed() -> tuple[Any, str]:
-        report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype)
-        return report, (f"{report.tensors_merged} tensors merged with peft's per-layer merge, "
-                        f"{report.tensors_passed} copied; peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB")
 
-    run.step("merge (streaming)", "streaming the merge shard by shard", streamed)
-    state["out"] = str(out)
-    run.notes.append("the merge was streamed (bit-identical to merge_and_unload in float32 on CPU); logit parity "
-                     "was not measured because base + adapter do not fit in memory")
+def _read_merged(directory: str) -> tuple[Base, str]:
+    found = merged_judge.merged_base(Path(directory))
+    layout = P.read_layout(found)  # every shard's header: a damaged or missing shard is unusable input
+    count = sum(len(shard.tensors) for shard in layout.shards)
+    return found, (f"{count} tensors in {len(layout.shards)} shard(s), "
+                   f"tie_word_embeddings={found.tie_word_embeddings}")
+
+
+def _judge_into(run: _Run, facts: Adapter, base: Base, merged: Optional[Base], name: str,
+                message: str) -> Optional[merged_judge.Outcome]:
+    outcome = run.step(name, message, lambda: _judged(facts, base, merged, run.say))
+    run.findings.extend(outcome.findings)
+    run.notes.extend(outcome.notes)
+    parity = outcome.parity()
+    if parity is not None:
+        run.parity.append(parity)
+        if not parity.passed:
+            failing = [p.module for p in outcome.layers if not p.passed]
+            run.findings.append(rule("PD304").finding(
+                f"layer by layer, {len(failing)} merged module(s) compute something else than base + adapter on "
+                f"the probe (worst relative difference {parity.max_rel:.3g}, rounding allows {parity.tolerance:.3g}): "
+                f"{', '.join(failing[:3])}" + (" ..." if len(failing) > 3 else ""),
+                "see the tensor findings; merge again with `peftdoctor merge`"))
+    return outcome
+
+
+def _judged(facts: Adapter, base: Base, merged: Optional[Base], say: Progress) -> tuple[Any, str]:
+    outcome = merged_judge.judge(facts, base, merged, say)
+    parity = outcome.parity()
+    probe = (f"; probe: worst relative output difference {parity.max_rel:.3g} (rounding allows "
+             f"{parity.tolerance:.3g})") if parity is not None else ""
+    return outcome, outcome.summary() + probe
 
 
 def _resolve_base(facts: Adapter, base_arg: Optional[str]) -> tuple[Base, str]:
