@@ -324,6 +324,8 @@ def _progress():  # noqa: ANN202 - ops.hub_scan.Progress
 def explain(
     source: str = typer.Argument("-", help="A file holding the error text or traceback, or - for standard input."),
     fmt: str = _format(EXPLAINED),
+    adapter: Optional[str] = typer.Option(None, "--adapter", metavar="DIR",
+                                          help="The adapter the error is about: its check makes the answer precise."),
 ) -> None:
     """Map an error text from loading or merging an adapter to its finding code and fix."""
     require_format((EXPLAINED,), fmt)
@@ -331,7 +333,7 @@ def explain(
     from peftdoctor.ops.explain import explain_source
 
     raw, _cut = read_stream_tail(source, EXPLAIN_MAX_BYTES, stdin=sys.stdin.buffer)
-    found = explain_source(raw.decode("utf-8", errors="replace"), source)
+    found = explain_source(raw.decode("utf-8", errors="replace"), source, adapter)
     typer.echo(render(found, fmt), nl=False)
     if not found.explanations:
         _fail("no known peft/transformers/safetensors failure recognised in the text")

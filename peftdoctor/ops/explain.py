@@ -159,6 +159,8 @@ PEFT_NAMES = {
 class Explanation:
     finding: Finding
     matched: str  # the part of the text that was recognised
+    alternatives: tuple[Finding, ...] = ()  # other causes the same message can have, most likely first
+    source: str = ""  # the catalogued message (and the releases that print it), when it came from there
 
 
 def _fill(pattern: Pattern, match: re.Match[str]) -> tuple[str, str]:
@@ -194,15 +196,31 @@ def _about_peft_type(peft_type: str) -> tuple[str, str]:
 
 
 def explain(text: str) -> tuple[Explanation, ...]:
-    """Every known failure found in `text`, in the order the patterns are listed, each once."""
+    """Every known failure found in `text`, each once: the codes of PATTERNS in its order, then the
+    others. The catalogue's diagnoses (peftdoctor/messages) decide where they know more: they replace
+    a pattern's claim (a key's history, a size mismatch read dimension by dimension) or withdraw it
+    (another library's class, a broken install)."""
+    from peftdoctor.messages.causes import diagnose
+
+    diagnoses = diagnose(text)
+    replaced = {code for d in diagnoses for code in d.replaces}
     found: list[Explanation] = []
     for pattern in PATTERNS:
+        if pattern.code in replaced:
+            continue
         match = pattern.regex.search(text)
         if match is None or (pattern.accept is not None and not pattern.accept(match, text)):
             continue
         message, fix = _fill(pattern, match)
         found.append(Explanation(rule(pattern.code).finding(message, fix), match.group(0)))
-    return tuple(found)
+    codes = {e.finding.code for e in found}
+    for d in diagnoses:
+        if d.causes and d.causes[0].code not in codes:
+            codes.add(d.causes[0].code)
+            first, *rest = (rule(c.code).finding(c.message, c.fix) for c in d.causes)
+            found.append(Explanation(first, d.matched, tuple(rest), d.source))
+    order = {p.code: i for i, p in enumerate(PATTERNS)}
+    return tuple(sorted(found, key=lambda e: order.get(e.finding.code, len(order))))
 
 
 @dataclass(frozen=True)
@@ -213,5 +231,12 @@ class Explained:
     explanations: tuple[Explanation, ...]
 
 
-def explain_source(text: str, source: str = "-") -> Explained:
-    return Explained(source, explain(text))
+def explain_source(text: str, source: str = "-", adapter: Optional[str] = None) -> Explained:
+    """explain(text); with `adapter` (a directory), each explanation made precise by a check of it."""
+    found = explain(text)
+    if adapter is not None and found:
+        from peftdoctor.messages.adapter import refine
+        from peftdoctor.ops.check import check
+
+        found = refine(found, check(adapter), adapter)
+    return Explained(source, found)

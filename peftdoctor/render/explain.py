@@ -10,13 +10,20 @@ from peftdoctor.render.sarif import sarif_log
 
 def render_text(explained: Explained) -> str:
     # Nothing recognised prints nothing on stdout: the CLI says so on stderr and exits 1.
-    return "".join(f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}\n      fix: {e.finding.fix}\n"
-                   for e in explained.explanations)
+    out = []
+    for e in explained.explanations:
+        out.append(f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}\n      fix: {e.finding.fix}\n")
+        out.extend(f"   or {a.code}: {a.message}\n      fix: {a.fix}\n" for a in e.alternatives)
+        if e.source:
+            out.append(f"      message: {e.source}\n")
+    return "".join(out)
 
 
 def render_json(explained: Explained) -> str:
     body = {"format_version": FORMAT_VERSION,
-            "explanations": [{**e.finding.to_dict(), "matched": e.matched} for e in explained.explanations]}
+            "explanations": [{**e.finding.to_dict(), "matched": e.matched, "source": e.source or None,
+                              "alternatives": [a.to_dict() for a in e.alternatives]}
+                             for e in explained.explanations]}
     return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
 

@@ -1,0 +1,97 @@
+"""The generated message catalogue (catalogue.json), and finding its mapped messages in a text.
+
+Only entries the code table (codes.py) maps to a finding code are searched for. Each is found in
+linear time: its longest literal fragment is looked up with `str.find` (lower-cased text, so the
+wording of releases that capitalised differently still matches), and only then is its bounded regex
+run, on the lines around that one occurrence.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+from peftdoctor.messages.templates import anchor, matcher, parse
+
+CATALOGUE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalogue.json")
+WINDOW = 2048  # characters either side of the fragment's line a message may span (pasted logs re-wrap)
+LINE_MAX = 4096  # longer lines are cut before matching: no message is that long
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    package: str
+    kind: str
+    template: str
+    releases: tuple[str, ...]
+    code: Optional[str]
+    file: str
+
+    @functools.cached_property
+    def anchor(self) -> str:
+        return anchor(parse(self.template))
+
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(matcher(parse(self.template)), re.IGNORECASE)
+
+    def where(self) -> str:
+        """'peft 0.3.0..0.13.2' (the releases this wording comes from)."""
+        return f"{self.package} {', '.join(self.releases)}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    message: Message
+    match: re.Match[str]
+
+    def group(self, *names: str) -> str:
+        """The first of `names` that is a hole of this template and matched."""
+        groups = self.match.groupdict()
+        return next((groups[n].strip() for n in names if groups.get(n)), "")
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> dict[str, Any]:
+    with open(CATALOGUE, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@functools.lru_cache(maxsize=1)
+def entries() -> tuple[Message, ...]:
+    return tuple(Message(e["id"], e["package"], e["kind"], e["template"], tuple(e["releases"]), e["code"], e["file"])
+                 for e in load()["entries"])
+
+
+@functools.lru_cache(maxsize=1)
+def mapped() -> tuple[Message, ...]:
+    """The entries a code is known for, longest anchor first (the most specific wording wins a tie)."""
+    return tuple(sorted((m for m in entries() if m.code), key=lambda m: (-len(m.anchor), m.id)))
+
+
+def prepare(text: str) -> str:
+    """The text with every line cut to LINE_MAX: what all matching runs on."""
+    if len(text) <= LINE_MAX and "\n" not in text:
+        return text
+    return "\n".join(line[:LINE_MAX] for line in text.split("\n"))
+
+
+def find(text: str, lowered: Optional[str] = None) -> Iterator[Hit]:
+    """Each mapped message found in `text` (already prepare()d), once, at its last occurrence."""
+    lowered = text.lower() if lowered is None else lowered
+    for message in mapped():
+        at = lowered.rfind(message.anchor)
+        if at < 0:
+            continue
+        start = max(0, lowered.rfind("\n", 0, max(0, at - WINDOW)) + 1)
+        end = lowered.find("\n", min(len(text), at + len(message.anchor) + WINDOW))
+        end = len(text) if end < 0 else end
+        match = None
+        for m in message.regex.finditer(text, start, end):
+            match = m
+        if match is not None:
+            yield Hit(message, match)

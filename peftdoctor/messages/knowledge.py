@@ -1,0 +1,127 @@
+"""What peftdoctor knows that a message alone does not say: key histories, engine tables, callers.
+
+Used by causes.py to decide between the causes one message can have. Everything here reads data
+peftdoctor already ships (the peft schemas, the engine tables, the catalogue's transformers keys).
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from packaging.version import Version
+
+from peftdoctor.peft import releases
+
+# Arguments of huggingface_hub's download functions that old peft releases passed on to the config
+# class together with the config's own keys (PeftConfig.from_pretrained(..., **kwargs)).
+HUB_KWARGS = frozenset({"use_auth_token", "token", "revision", "cache_dir", "force_download", "resume_download",
+                        "proxies", "local_files_only", "subfolder", "repo_type", "local_dir", "user_agent"})
+# Loader options that model loaders (and tools built on them) pass to PeftModel.from_pretrained.
+LOADER_KWARGS = frozenset({"dtype", "torch_dtype", "device_map", "load_in_8bit", "load_in_4bit", "max_memory",
+                           "offload_folder", "low_cpu_mem_usage", "quantization_config", "attn_implementation"})
+
+# Who called: a frame path or banner fragment (lower case) -> how the tool is named in advice.
+CALLERS: tuple[tuple[str, str], ...] = (
+    ("text-generation-webui", "text-generation-webui"), ("oobabooga", "text-generation-webui"),
+    ("modules/lora.py", "text-generation-webui"), ("modules\\lora.py", "text-generation-webui"),
+    ("unsloth", "unsloth"), ("llamafactory", "LLaMA-Factory"), ("llama-factory", "LLaMA-Factory"),
+    ("llmtuner", "LLaMA-Factory"), ("axolotl", "axolotl"), ("site-packages/trl/", "trl"),
+    ("site-packages\\trl\\", "trl"), ("swift/", "ms-swift"), ("autotrain", "AutoTrain"),
+)
+ZERO3_HINTS = ("zero3", "zero_3", "zero-3", "stage3", "stage 3", "deepspeed")
+
+
+def callers(lowered: str) -> list[str]:
+    found: list[str] = []
+    for fragment, name in CALLERS:
+        if fragment in lowered and name not in found:
+            found.append(name)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def config_classes() -> dict[str, str]:
+    """Config class name -> peft_type, over every release (LoraConfig -> LORA)."""
+    found: dict[str, str] = {}
+    for release in releases.all_releases():
+        for peft_type, name in release.info["config_classes"].items():
+            found.setdefault(name, peft_type)
+    return found
+
+
+PEFT_BASES = frozenset({"PeftConfig", "PeftConfigMixin", "PromptLearningConfig", "PeftType"})
+
+
+@dataclass(frozen=True)
+class KeyStory:
+    key: str
+    first: Optional[Version]  # the first release whose schema has the key (any peft_type, or the one given)
+    last: Optional[Version]
+    model_config: bool  # a transformers model/generation config key
+    hub: bool
+    loader: bool
+
+    @property
+    def known(self) -> bool:
+        return self.first is not None
+
+    @property
+    def legacy(self) -> bool:
+        return self.last is not None and self.last < releases.known_versions()[-1]
+
+    @property
+    def introduced_later(self) -> bool:
+        return self.first is not None and self.first > releases.known_versions()[0]
+
+
+def key_story(key: str, peft_type: Optional[str] = None) -> KeyStory:
+    versions: list[Version] = []
+    for release in releases.all_releases():
+        types = [peft_type] if peft_type in release.peft_types else list(release.peft_types)
+        if any(key in release.fields(t) for t in types):
+            versions.append(release.version)
+    return KeyStory(key, versions[0] if versions else None, versions[-1] if versions else None,
+                    key in model_config_keys(), key in HUB_KWARGS, key in LOADER_KWARGS)
+
+
+@functools.lru_cache(maxsize=1)
+def model_config_keys() -> frozenset[str]:
+    from peftdoctor.messages import catalogue
+
+    return frozenset(catalogue.load().get("model_config_keys", ()))
+
+
+def peft_api_since(name: str) -> Optional[str]:
+    """The first peft release that defines the method `name` (merge_and_unload: 0.3.0), from the catalogue."""
+    from peftdoctor.messages import catalogue
+
+    return catalogue.load().get("peft_api_since", {}).get(name)
+
+
+@functools.lru_cache(maxsize=None)
+def engine_entries(engine: str, feature: str) -> tuple[tuple[str, str, str], ...]:
+    """(releases, message, fix) of each engine-table row for `feature`."""
+    from peftdoctor.engines import load_table
+
+    return tuple((str(e.releases), e.message, e.fix) for e in load_table(engine).entries if e.feature == feature)
+
+
+def engine_advice(engine: str, feature: str) -> str:
+    """One line from the engine table: which releases do what, and the fix of the newest row."""
+    rows = engine_entries(engine, feature)
+    if not rows:
+        return ""
+    spans = "; ".join(f"{spec}: {message}" for spec, message, _ in rows[-2:])
+    return f"{spans} (peftdoctor's {engine} table)"
+
+
+def engine_fix(engine: str, feature: str, default: str) -> str:
+    rows = engine_entries(engine, feature)
+    return rows[-1][2] if rows else default
+
+
+def looks_like_path(value: str) -> bool:
+    """A local path rather than a Hub repo id (OWNER/NAME): more than one slash, ./ ../ ~ or a drive."""
+    return bool(value.count("/") > 1 or "\\" in value or re.match(r"^(?:\.{1,2}[/\\]|~|[A-Za-z]:|/)", value))

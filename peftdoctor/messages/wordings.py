@@ -1,0 +1,264 @@
+"""Messages whose cause a name or number in them decides, and the catalogue's messages.
+
+Two kinds: wordings that are not in the catalogued releases (huggingface_hub's repo-id check, pickle's
+load key, other tools' merge refusals, attribute errors on PeftModel) and the catalogued messages a
+code is mapped to (codes.py), each read by a decider: the tensor name an engine refused, the rank and
+limit it printed, the releases that print it.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterator
+
+from peftdoctor.messages import catalogue, knowledge
+from peftdoctor.messages.catalogue import Hit
+from peftdoctor.messages.diagnosis import Cause, Diagnosis
+from peftdoctor.messages.diagnosis import make as _d
+from peftdoctor.messages.diagnosis import regex as _re
+from peftdoctor.messages.diagnosis import search as _search
+from peftdoctor.peft import tensor_names
+from peftdoctor.rules.values import ZERO3_FIX
+
+# --------------------------------------------------------------------------- other wordings outside the catalogue
+
+_IMPORT = _re(r"cannot import name '(?P<name>\w{1,100})' from 'peft' \(unknown location\)")
+_LFS = _re(r"invalid load key, 'v'|version https://git-lfs\.github\.com/spec")
+_REPO_ID = _re(r"Repo id must be in the form 'repo_name' or 'namespace/repo_name': '(?P<repo>[^'\n]{1,400})'")
+_NOT_FOUND = _re(r"404 Client Error[^\n]{0,200}?huggingface\.co/(?P<repo>[^\s]{1,300}?)/resolve/[^\s/]{1,100}/"
+                 r"adapter_config\.json")
+_MERGE_ATTR = _re(r"'(?P<cls>\w{1,100})' object has no attribute '(?P<method>\w{1,60})'")
+_QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200}) is a quantized model and does not support merge")
+_NO_CONFIG = _re(r"Can't find '?adapter_config\.json'?(?! at)")
+_NO_MODEL_CONFIG = _re(r"(?P<repo>[^\s'\"]{1,300}) does not appear to have a file named config\.json")
+_UNRECOGNIZED = _re(r"Unrecognized model in (?P<path>[^\n]{0,300}?)\.? Should have a .?model_type.? key")
+_MAGNITUDE = _re(r"(?:no match|unsupported|not supported)[^\n]{0,40}?(?P<name>[\w.]{0,300}lora_magnitude_vector)"
+                 r"|(?P<name2>[\w.]{0,300}lora_magnitude_vector)[^\n]{0,20}?(?:unsupported|not supported)")
+
+_TENSOR_REFUSED = _re(r"\blora (?P<name>base_model\.model\.[\w.]{1,300}) is not supported")
+
+
+def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
+    m = _search(_IMPORT, text, lowered, "(unknown location)")
+    if m:  # "(unknown location)": peft itself is a broken install (a namespace package), whatever the name
+        yield _d(m[0], replaces=("PD353",))
+    m = _search(_LFS, text, lowered, "invalid load key") or _search(_LFS, text, lowered, "git-lfs")
+    if m:
+        yield _d(m[0], Cause("PD362", "the weights file is a Git LFS pointer (a small text file starting with "
+                             "'version https://git-lfs...'), not the weights: the repo was cloned without git-lfs",
+                             "run `git lfs install && git lfs pull` in the clone (or download the repo with "
+                             "`hf download`)"), replaces=("PD203",))
+    for m in (_search(_REPO_ID, text, lowered, "repo id must be"),
+              _search(_NOT_FOUND, text, lowered, "404 client error")):
+        if m:
+            yield _path_as_repo(m, lowered)
+            break
+    m = _search(_MERGE_ATTR, text, lowered, "object has no attribute '")
+    if m:
+        yield _d(m[0], *_missing_method(m["cls"], m["method"]))
+    m = _search(_QUANT_MERGE, text, lowered, "does not support merge")
+    if m:
+        yield _d(m[0], _quantized("the base is quantized (GPTQ/AWQ)"))
+    m = _search(_NO_CONFIG, text, lowered, "adapter_config.json")
+    if m:
+        yield _d(m[0], _no_adapter_config(lowered))
+    m = (_search(_NO_MODEL_CONFIG, text, lowered, "does not appear to have a file named config.json")
+         or _search(_UNRECOGNIZED, text, lowered, "unrecognized model in"))
+    if m and ("adapter" in lowered or "lora" in lowered or "peft" in lowered):
+        yield _d(m[0], Cause("PD352", "a transformers model class (AutoModel*/AutoConfig) was pointed at an adapter "
+                             "(it holds adapter_config.json, not a model config.json)",
+                             "load the base with AutoModel*, then PeftModel.from_pretrained(base, ADAPTER) "
+                             "(or AutoPeftModelForCausalLM.from_pretrained(ADAPTER))"))
+    m = _search(_MAGNITUDE, text, lowered, "lora_magnitude_vector")
+    if m:
+        yield _d(m[0], _dora_cause())
+    m = _search(_TENSOR_REFUSED, text, lowered, " is not supported")
+    if m:  # other engines' and releases' wording of "this saved tensor cannot be served"
+        yield _d(m[0], *_weight_causes(m["name"]))
+
+
+def _missing_method(cls: str, method: str) -> list[Cause]:
+    """A PeftModel method missing: the peft release predates it (when PeftModel itself lacks it), or
+    PeftModel handed the call to the base model (a prompt-learning adapter has nothing to merge)."""
+    since = knowledge.peft_api_since(method)
+    if since is None:
+        return []
+    old = Cause("PD366", f"{cls} has no {method}: this peft release predates it (first defined in peft {since})",
+                f"install peft>={since}")
+    if method not in ("merge_and_unload", "merge_adapter", "unload"):
+        return [old] if cls.startswith("Peft") else []
+    prompt = Cause("PD308", f"{cls} has no {method}: the adapter is a prompt-learning one (prompt/prefix tuning, "
+                   "p-tuning), which has no weights to merge, so PeftModel hands the call to the base model",
+                   "deploy it unmerged with PeftModel.from_pretrained(base, ADAPTER); only LoRA-like adapters can be "
+                   "merged (if it is a LoRA, the model was never wrapped by PeftModel)")
+    return [old, prompt] if cls.startswith("Peft") else [prompt]
+
+
+def _path_as_repo(m: re.Match[str], lowered: str) -> Diagnosis:
+    repo = m["repo"]
+    how = "it is not a valid repo id" if "repo id must" in m[0].lower() else "no Hub repo has that name (404)"
+    fix = "pass the adapter's real local path (absolute, or relative to the working directory the script runs in)"
+    if "LLaMA-Factory" in knowledge.callers(lowered) or "saves/" in repo:
+        fix = ("LLaMA-Factory's web UI joins the checkpoint box under saves/MODEL/lora/: pick a checkpoint that is "
+               "there, or put the adapter there, instead of typing an absolute path")
+    return _d(m[0], Cause("PD363", f"{repo!r} is not an existing local directory, so it was tried as a Hub repo "
+                          f"id, and {how}", fix))
+
+
+def _quantized(what: str) -> Cause:
+    return Cause("PD354", f"{what}: an adapter cannot be merged into quantized weights (refused, or rounded away)",
+                 "reload the base in float16/bfloat16 (not quantized), merge there, then quantize the merged model "
+                 "if needed: `peftdoctor verify ADAPTER --out DIR` merges into the full-precision base")
+
+
+def _no_adapter_config(lowered: str) -> Cause:
+    checkpoint = "checkpoint" in lowered or "trainer" in lowered
+    return Cause("PD004", "the directory (or Hub repo) has no adapter_config.json"
+                 + (": a Trainer checkpoint-N folder (or one written by torch.save/trainer) is not one written by "
+                    "the PEFT model's save_pretrained()" if checkpoint else ""),
+                 "point at the directory PeftModel.save_pretrained() wrote (it holds adapter_config.json and "
+                 "adapter_model.*); save the final model with model.save_pretrained(DIR)")
+
+
+def _dora_cause() -> Cause:
+    return Cause("PD403", "the adapter is DoRA (use_dora: lora_magnitude_vector tensors), which this serving "
+                 "engine does not support: " + knowledge.engine_advice("vllm", "dora"),
+                 "serve the merged model instead (`peftdoctor verify ADAPTER --out DIR`), or retrain without DoRA")
+
+
+# --------------------------------------------------------------------------- catalogue messages
+
+
+def _merge_refused(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    template = hit.message.template.lower()
+    what = ("the base is GPTQ-quantized" if "gptq" in template else
+            "the base is loaded in 8-bit or 4-bit (bitsandbytes)" if "bit" in template else "the base is quantized")
+    return [_quantized(f"{what}; {hit.message.where()} says so")]
+
+
+def _rank_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    rank, limit = _numbers(hit.match[0])
+    return [Cause("PD408", f"the adapter's rank {rank} is above the engine's max_lora_rank {limit} "
+                  f"({hit.message.where()}): {knowledge.engine_advice('vllm', 'rank_above_default')}",
+                  f"start the engine with --max-lora-rank {rank or 'R'} (LLM(..., max_lora_rank={rank or 'R'})); "
+                  + knowledge.engine_fix("vllm", "rank_above_max", ""))]
+
+
+def _numbers(text: str) -> tuple[str, str]:
+    found = re.findall(r"\d{1,9}", text)
+    return (found[0] if found else "", found[1] if len(found) > 1 else "")
+
+
+def _no_lora_architecture(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    model = hit.group("model_cls", "__name__", "model", "architecture", "value") or "this architecture"
+    return [Cause("PD416", f"the engine has no LoRA support for {model} in this release ({hit.message.where()}): "
+                  "no adapter for this architecture can be served", "serve the merged model "
+                  "(`peftdoctor verify ADAPTER --out DIR`), or an engine release that lists the architecture as "
+                  "supporting LoRA")]
+
+
+def _unsupported_weight(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    raw = hit.match[0]
+    name = next((w for w in re.findall(r"[\w.]{1,400}", raw) if "." in w and not w.endswith(".")), "")
+    if not name:  # "only supports modules_to_save being None": the config, not a tensor, was read
+        return [Cause("PD405", f"the adapter has modules_to_save, which this engine release refuses "
+                      f"({hit.message.where()}): " + knowledge.engine_advice("vllm", "modules_to_save"),
+                      knowledge.engine_fix("vllm", "modules_to_save", "serve the merged model"))]
+    return _weight_causes(name)
+
+
+def _dora(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [_dora_cause()]
+
+
+def _engine_feature(feature: str) -> Callable[[Hit, str, str], list[Cause]]:
+    """An engine refusal the engine table words: its message and fix for `feature`."""
+    def decide(hit: Hit, text: str, lowered: str) -> list[Cause]:
+        return [Cause(hit.message.code or "PD008", f"{hit.match[0][:200]} ({hit.message.where()}): "
+                      + knowledge.engine_advice("vllm", feature), knowledge.engine_fix("vllm", feature,
+                                                                                      "serve the merged model"))]
+    return decide
+
+
+def _weight_causes(name: str) -> list[Cause]:
+    """Why an engine refuses the saved tensor `name`: read with peft's tensor-name grammar."""
+    parsed = tensor_names.parse(name)
+    if parsed.role == "lora_magnitude_vector":
+        return [_dora_cause()]
+    if parsed.role == "token_adapter":
+        return [Cause("PD412", f"{name}: the adapter trains tokens (trainable_token_indices), a weight the engine's "
+                      "LoRA loader does not know (" + knowledge.engine_advice("vllm", "trainable_tokens") + ")",
+                      "serve the merged model, or retrain with the new tokens' rows in modules_to_save")]
+    if parsed.role == "base_layer":
+        return [Cause("PD365", f"{name}: the adapter saved the whole {parsed.module} layer (its vocabulary was "
+                      "resized, so save_embedding_layers stored it), which the engine's LoRA loader cannot serve",
+                      "serve the merged model (`peftdoctor verify ADAPTER --out DIR`), or keep the base's "
+                      "vocabulary and save with save_embedding_layers=False")]
+    if parsed.role in ("other", "modules_to_save"):
+        return [Cause("PD405", f"{name}: a full trained copy of {parsed.module} (modules_to_save), which the engine "
+                      "does not serve: " + knowledge.engine_advice("vllm", "modules_to_save"),
+                      knowledge.engine_fix("vllm", "modules_to_save", "serve the merged model"))]
+    if parsed.param == "bias":
+        return [Cause("PD406", f"{name}: a LoRA bias, which this engine release does not load",
+                      knowledge.engine_fix("vllm", "lora_bias", "retrain without lora_bias, or serve merged"))]
+    return [Cause("PD415", f"{name}: a weight the engine's LoRA loader does not know", "serve the merged model")]
+
+
+def _ignored_modules(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD415", f"the engine applies LoRA only to the language model: {hit.match[0][-200:]}",
+                  "serve the merged model if the adapter must change the vision tower, or train LoRA on the language "
+                  "model only")]
+
+
+def _vocab_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD364", f"this engine release serves LoRA only for base vocabularies in a fixed range "
+                  f"({hit.message.where()}): {hit.match[0][:200]}", "serve with a newer engine release, or serve "
+                  "the merged model")]
+
+
+def _no_targets(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD360", "target_modules is empty and this peft release has no default target_modules for the "
+                  f"model's architecture ({hit.message.where()})", "name the modules: "
+                  "LoraConfig(target_modules=[...]) with the base's linear layer names (e.g. query_key_value for "
+                  "ChatGLM/Falcon, W_pack for Baichuan), or target_modules='all-linear' on peft that knows it")]
+
+
+def _header(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    why = hit.match[0][-120:]
+    damaged = Cause("PD204", f"the safetensors file is damaged or truncated ({why})",
+                    "re-download or re-save the weights; `peftdoctor check ADAPTER` says what is wrong with the file")
+    if any(h in lowered for h in knowledge.ZERO3_HINTS):
+        return [damaged, Cause("PD214", "saved right after DeepSpeed ZeRO-3 training: the weights may be "
+                               "un-gathered partitions", ZERO3_FIX)]
+    return [damaged]
+
+
+def _missing_config(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [_no_adapter_config(lowered)]
+
+
+def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    from peftdoctor.rules.registry import rule
+
+    summary = rule(hit.message.code or "PD008").summary
+    return [Cause(hit.message.code or "PD008", f"{summary.rstrip('.')} ({hit.message.where()}: "
+                  f"{hit.match[0][:200]})", "see `peftdoctor rules` for the code")]
+
+
+DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
+    "PD354": _merge_refused, "PD408": _rank_limit, "PD416": _no_lora_architecture, "PD405": _unsupported_weight,
+    "PD415": _ignored_modules, "PD364": _vocab_limit, "PD360": _no_targets, "PD204": _header,
+    "PD004": _missing_config, "PD403": _dora,
+    "PD406": _engine_feature("lora_bias"), "PD407": _engine_feature("bias"),
+    "PD413": _engine_feature("base_mutating_init"),
+}
+# Codes the older pattern table already words well: a catalogue hit only adds the releases.
+OLDER_TABLE_CODES = frozenset({"PD350", "PD355", "PD356", "PD116", "PD114", "PD501", "PD502", "PD503", "PD106"})
+
+
+def catalogue_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
+    for hit in catalogue.find(text, lowered):
+        code = hit.message.code or ""
+        if code in OLDER_TABLE_CODES:
+            continue
+        causes = DECIDERS.get(code, _generic)(hit, text, lowered)
+        yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})")
