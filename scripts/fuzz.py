@@ -37,8 +37,8 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.ops.check import check
 from peftdoctor.ops.explain import explain
 from peftdoctor.ops.fix import new_text, plan
-from peftdoctor.ops.scan import render_text, scan, spool_line
-from peftdoctor.render.report import REPORTER_BY_NAME
+from peftdoctor.ops.scan import scan
+from peftdoctor.render import render
 from tests.test_fuzz import (
     CONFIG,
     CONFIG_BYTES,
@@ -98,7 +98,7 @@ def run_one(tally: Tally, work: Path, config: bytes, weights: Optional[bytes], o
 def _pipeline(tally: Tally, work: Path, directory: Path, config: bytes, peft: str, serve: Optional[str]) -> None:
     try:
         report = tally.timed("check", check, str(directory), peft=peft, serve=serve)
-        tally.timed("render", lambda: [render(report) for render in REPORTER_BY_NAME.values()])
+        tally.timed("render", lambda: [render(report, fmt) for fmt in ("text", "json", "sarif")])
         tally.outcomes[f"check {report.worst().value if report.worst() else 'clean'}"] += 1
     except UnusableInput:
         tally.outcomes["check unusable"] += 1
@@ -118,8 +118,8 @@ def _pipeline(tally: Tally, work: Path, directory: Path, config: bytes, peft: st
                 tally.fail("idempotence", f"peft={peft} serve={serve} first={the_plan.result!r}\n"
                                           f"second changes={again.changes} refusals={again.refusals}"[:2000])
     if tally.inputs % 4 == 0:
-        result = tally.timed("scan", scan, str(work), peft=peft, each=spool_line)
-        tally.timed("render", render_text, result)
+        result = tally.timed("scan", scan, str(work), peft=peft, spool=str(work.parent / "spool.jsonl"))
+        tally.timed("render", lambda: [render(result, fmt) for fmt in ("text", "json", "sarif")])
     tally.timed("explain", explain, config.decode("utf-8", errors="replace"))
 
 

@@ -83,7 +83,11 @@ def test_racing_fixes_never_lose_an_update_or_overwrite_a_backup(tmp_path: Path)
             final = digest((directory / CONFIG).read_bytes())
             wrote = [r for r in replies if r["outcome"] == "wrote"]
             lost = [r for r in replies if r["outcome"].startswith("refused")]
-            assert len(wrote) + len(lost) == 2, replies
+            idle = [r for r in replies if r["outcome"] == "nothing"]
+            # "nothing" only when that run came second and read the other's rewrite (a busy machine
+            # serialises the two): the 0.6.2 rewrite also loads in 0.13.2.
+            assert len(wrote) + len(lost) + len(idle) == 2 and len(wrote) >= 1, replies
+            assert all(r["read"] == wrote[0]["wrote"] for r in idle), f"race {race}: {replies}"
             for reply in lost:  # a lost race is reported, in one line, as exit 2 says it
                 assert "changed since it was read" in reply["outcome"] or "already exists" in reply["outcome"], reply
             detected += sum("changed since it was read" in r["outcome"] for r in lost)  # both read one file

@@ -466,10 +466,10 @@ def meaning_changes(plan: Any, force: bool = False) -> list[str]:
 
     problems = []
     if plan.snapshot is not None and _standard_json(plan.snapshot.text):  # a NaN already there is kept
-        try:
+        try:  # new_text refuses (ValueError) to write NaN/Infinity, json.loads to read them: either says so
             json.loads(new_text(plan), parse_constant=_refuse_constant)
         except ValueError as exc:
-            problems.append(f"fix output: {exc}")
+            problems.append(f"fix output is not standard JSON: {exc}")
     if plan.refused:
         return problems  # nothing is written
     before, after = plan.original, plan.result
