@@ -284,9 +284,9 @@ def _add_sparse_tensor(weights: Path, name: str, nbytes: int) -> None:
 
 def _huge() -> int:
     """More bytes than this machine can allocate: 100 GB, or twice the memory available if that is more."""
-    from peftdoctor.merge.run import _available_memory
+    from peftdoctor.io.machine import memory_available
 
-    return max(100 * 2**30, 2 * (_available_memory() or 0)) // 4 * 4
+    return max(100 * 2**30, 2 * (memory_available() or 0)) // 4 * 4
 
 
 def test_merge_reads_the_adapter_on_demand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -346,3 +346,14 @@ def test_multi_path_check_keeps_the_other_reports(tmp_path: Path, monkeypatch: p
     done = RUNNER.invoke(app, ["check", str(first), str(second), "--format", "json", "--peft", "0.21.2"])
     assert done.exit_code == 2 and "internal error: TypeError" in done.output
     assert json.loads(done.stdout)["path"] == str(second)
+
+
+def test_exclude_modules_of_another_type_found_by_the_fuzz_run(tmp_path: Path) -> None:
+    """scripts/fuzz.py after the merge of the one matcher: `exclude_modules: 2.43e-11` escaped as TypeError
+    from targeting.excluded ("argument of type 'float' is not iterable"). peft itself raises there; check
+    reports the type (PD104) and judges the weights without crashing."""
+    directory = adapter(tmp_path / "a", {**REAL_CONFIG, "exclude_modules": 2.431756581150541e-11})
+    report = check(str(directory), peft="0.14.0")
+    assert "PD104" in codes(report)
+    result = RUNNER.invoke(app, ["fix", str(directory), "--peft", "0.14.0", "--dry-run"])
+    assert result.exit_code in (0, 1) and "internal error" not in result.output

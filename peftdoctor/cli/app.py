@@ -96,6 +96,11 @@ def _adapters(paths: List[str]) -> List[str]:
     return list(chosen.values())
 
 
+# Options several commands share, declared once.
+JUDGE_FOR = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one.")
+FAIL_ON = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1.")
+
+
 def _format(result_type: str) -> Any:
     """--format, offering what the registry can write for this command's result (others: exit 2)."""
     return typer.Option("text", "--format", help=" or ".join(formats(result_type)) + ".")
@@ -104,9 +109,9 @@ def _format(result_type: str) -> Any:
 @app.command()
 def check(
     paths: List[str] = typer.Argument(..., help="Adapter directories, adapter_config.json files, or OWNER/NAME[@REV]."),
-    peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
+    peft: Optional[str] = JUDGE_FOR,
     fmt: str = _format(CHECK),
-    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
+    fail_on: FailOn = FAIL_ON,
     combine_as: Optional[str] = typer.Option(None, "--combine", help="Also say whether these adapters can be "
                                              "combined by add_weighted_adapter: linear, ties, svd, cat, ..."),
     serve: Optional[str] = typer.Option(None, "--target", help="Also judge for a serving engine: vllm, sglang or "
@@ -272,9 +277,9 @@ def merge(
 @app.command()
 def scan(
     root: Optional[str] = typer.Argument(None, help="A tree to search for adapters (training output, a monorepo)."),
-    peft: Optional[str] = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one."),
+    peft: Optional[str] = JUDGE_FOR,
     fmt: str = _format(SCAN),
-    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1."),
+    fail_on: FailOn = FAIL_ON,
     hub: Optional[str] = typer.Option(None, "--hub", help="Instead of a tree: every adapter repo of this Hub user "
                                       "or organisation (config and weights header only)."),
     from_file: Optional[str] = typer.Option(None, "--from-file", help="Instead of a tree: the Hub repos named in "

@@ -17,6 +17,7 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
+from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
@@ -351,7 +352,7 @@ class _AdapterTensors:
         import torch
 
         info = self.infos[key]
-        needed, available = expected_nbytes(info), _available_memory()
+        needed, available = expected_nbytes(info), memory_available()
         if available is not None and needed > available:
             raise P.MergeRefused(f"adapter tensor {key} takes {needed:,} bytes, more than the {available:,} bytes "
                                  "of memory available: not read")
@@ -367,18 +368,6 @@ class _AdapterTensors:
 
     def under(self, prefix: str) -> dict[str, Any]:
         return {key: self.get(key) for key in self.infos if key.startswith(prefix)}
-
-
-def _available_memory() -> Optional[int]:
-    """Bytes of memory the kernel says can be allocated without swapping (Linux), else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 # How numpy sees each float dtype's bytes: bfloat16, which numpy lacks, as its raw 16 bits.

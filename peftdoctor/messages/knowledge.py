@@ -12,7 +12,8 @@ from typing import Optional
 
 from packaging.version import Version
 
-from peftdoctor.peft import releases
+from peftdoctor.peft import compat, releases
+from peftdoctor.peft.compat import KeyHistory
 
 # Arguments of huggingface_hub's download functions that old peft releases passed on to the config
 # class together with the config's own keys (PeftConfig.from_pretrained(..., **kwargs)).
@@ -56,20 +57,30 @@ PEFT_BASES = frozenset({"PeftConfig", "PeftConfigMixin", "PromptLearningConfig",
 
 @dataclass(frozen=True)
 class KeyStory:
+    """What is known of a key named in an error text: which releases know it (compat.KeyHistory, for the
+    peft_type given or any), and whether it belongs to a model config, the Hub or a loader instead."""
+
     key: str
-    first: Optional[Version]  # the first release whose schema has the key (any peft_type, or the one given)
-    last: Optional[Version]
+    span: KeyHistory
     model_config: bool  # a transformers model/generation config key
     hub: bool
     loader: bool
 
     @property
+    def first(self) -> Optional[Version]:
+        return self.span.first
+
+    @property
+    def last(self) -> Optional[Version]:
+        return self.span.last
+
+    @property
     def known(self) -> bool:
-        return self.first is not None
+        return self.span.known
 
     @property
     def legacy(self) -> bool:
-        return self.last is not None and self.last < releases.known_versions()[-1]
+        return self.span.legacy
 
     @property
     def introduced_later(self) -> bool:
@@ -77,13 +88,9 @@ class KeyStory:
 
 
 def key_story(key: str, peft_type: Optional[str] = None) -> KeyStory:
-    versions: list[Version] = []
-    for release in releases.all_releases():
-        types = [peft_type] if peft_type in release.peft_types else list(release.peft_types)
-        if any(key in release.fields(t) for t in types):
-            versions.append(release.version)
-    return KeyStory(key, versions[0] if versions else None, versions[-1] if versions else None,
-                    key in model_config_keys(), key in HUB_KWARGS, key in LOADER_KWARGS)
+    known_type = peft_type is not None and any(peft_type in r.peft_types for r in releases.all_releases())
+    span = compat.history(peft_type, key) if known_type else compat.history_any(key)
+    return KeyStory(key, span, key in model_config_keys(), key in HUB_KWARGS, key in LOADER_KWARGS)
 
 
 @functools.lru_cache(maxsize=1)

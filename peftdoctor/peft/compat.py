@@ -39,6 +39,20 @@ def _histories(peft_type: str) -> dict[str, KeyHistory]:
     return {k: KeyHistory(v[0], v[-1]) for k, v in seen.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _histories_any() -> dict[str, KeyHistory]:
+    seen: dict[str, list[Version]] = {}
+    for release in releases.all_releases():
+        for key in {k for t in release.peft_types for k in release.fields(t)}:
+            seen.setdefault(key, []).append(release.version)
+    return {k: KeyHistory(v[0], v[-1]) for k, v in seen.items()}
+
+
+def history_any(key: str) -> KeyHistory:
+    """The releases that know `key` for any peft_type (an error text that does not say which)."""
+    return _histories_any().get(key, KeyHistory(None, None))
+
+
 def history(peft_type: object, key: str) -> KeyHistory:
     if not isinstance(peft_type, str):
         return KeyHistory(None, None)

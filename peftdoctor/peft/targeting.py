@@ -193,6 +193,8 @@ def excluded(config: Mapping[str, Any], name: str, version: Version) -> bool:
         if isinstance(exclude, str):
             if bounded.fullmatch(exclude, name):
                 return True
+        elif not isinstance(exclude, (list, tuple, set, frozenset, dict)):  # peft: `key in 2.4e-11` raises TypeError
+            raise ValueError(f"exclude_modules {exclude!r} is neither a pattern nor a list of names")
         elif name in exclude or any(name.endswith(f".{e}") for e in exclude if isinstance(e, str)):
             return True
     saved = config.get("modules_to_save")

@@ -16,7 +16,7 @@ from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
 
-SKIPPED = "base-aware checks (target modules, layer shapes, vocabulary) skipped: "
+SKIPPED = "base-aware checks (target modules, layer shapes, vocabulary) not run: "
 # Layer indices tried against a regex target_modules: the tables fold every index into {i}.
 _INDICES = tuple(str(i) for i in range(256))
 

@@ -6,32 +6,14 @@ verify cannot run the probe; it can still produce the merged model, shard by sha
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
+from peftdoctor.io.machine import BUDGET_VARIABLE, memory_available  # noqa: F401 (tests set the budget here)
 from peftdoctor.model.base import Base
 
 # Bytes per element as saved, to scale the checkpoint's size to the float32 it is merged in.
 _SAVED_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-# A deliberate override of what the machine reports, in bytes (tests, or a cgroup limit that
-# /proc/meminfo does not show).
-BUDGET_VARIABLE = "PEFTDOCTOR_MEMORY_BUDGET"
-
-
-def memory_available() -> Optional[int]:
-    if os.environ.get(BUDGET_VARIABLE, "").isdigit():
-        return int(os.environ[BUDGET_VARIABLE])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def float32_bytes(base: Base) -> int:
     on_disk = sum(p.stat().st_size for p in Path(base.directory).glob("*.safetensors"))
     return on_disk * 4 // _SAVED_BYTES.get(str(base.saved_dtype), 4)
