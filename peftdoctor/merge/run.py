@@ -8,6 +8,7 @@ adapter plus the largest tensor being merged, whatever the model's size.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,12 @@ from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
 from peftdoctor.merge import plan as P
+from peftdoctor.merge import delta as D
 from peftdoctor.merge.layer import HEADERS_ONLY
+from peftdoctor.merge.pipeline import Ahead
 from peftdoctor.merge.prefill import Prefill
 from peftdoctor.merge.result import MergeReport, equality_statement, peak_rss
+from peftdoctor.merge.shortcut import needs_model_class
 from peftdoctor.merge.stream import (
     OutShard,
     OutTensor,
@@ -37,6 +41,7 @@ from peftdoctor.merge.stream import (
     write_shard,
 )
 from peftdoctor.model.adapter import Adapter
+from peftdoctor.peft import targeting
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
@@ -95,12 +100,17 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
             # Known layout: copy the unchanged bytes while torch loads, fill in the merged ones after.
             prefill = Prefill(staging, guess[0], _stand_ins(base_files)) if guess is not None else None
             try:
-                say("reading the base's structure")
-                from peftdoctor.merge.layer import load_skeleton  # torch and transformers from here on
+                _check_device(device)  # torch from here on
+                headers = guess if guess is not None else _headers_only(base_files, adapter_plan, adapter_files, dtype)
+                if needs_model_class(base_files, adapter_plan, config, headers) is None:
+                    skeleton, layout = HEADERS_ONLY, headers  # neither transformers nor peft is imported
+                else:
+                    say("reading the base's structure")
+                    from peftdoctor.merge.layer import load_skeleton  # transformers from here on
 
-                _check_device(device)
-                skeleton = load_skeleton(base_files.directory, config.get("task_type"))
-                layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
+                    skeleton = load_skeleton(base_files.directory, config.get("task_type"))
+                    layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
+                assert layout is not None
                 if prefill is not None and layout != guess:  # the model class ties or renames tensors
                     prefill.abandon()
                     prefill = None
@@ -108,11 +118,13 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                 if prefill is None:
                     _require_space(out_path, shards)
                 producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
-                for number, shard in enumerate(shards, 1):
-                    say(f"writing shard {number}/{len(shards)} ({shard.name})")
-                    if prefill is not None:
-                        prefill.wait(shard.name)
-                    write_shard(staging / shard.name, shard, producer)
+                changed = [t for s in shards for t in s.tensors if not isinstance(t.source, Raw)]
+                with Ahead(producer, changed) as ahead:
+                    for number, shard in enumerate(shards, 1):
+                        say(f"writing shard {number}/{len(shards)} ({shard.name})")
+                        if prefill is not None:
+                            prefill.wait(shard.name)
+                        write_shard(staging / shard.name, shard, ahead)
             finally:
                 if prefill is not None:
                     prefill.close()
@@ -154,6 +166,10 @@ def _header_layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapt
     """
     if dtype != "auto":  # every tensor is cast: there is nothing to copy unchanged
         return None
+    return _headers_only(base, plan, adapter, dtype)
+
+
+def _headers_only(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapter, dtype: str) -> Optional[_Layout]:
     try:
         return _layout(base, plan, adapter, HEADERS_ONLY, dtype)
     except P.MergeRefused:  # e.g. a weight found only under the model's prefix: let the real layout decide
@@ -268,14 +284,14 @@ class _Producer:
 
     def __init__(self, base: P.BaseLayoutLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job], device: str,
                  adapter_dir: Path, say: Progress) -> None:
+        import torch
         from safetensors.torch import load_file
 
-        from peftdoctor.merge.layer import peft_config
-
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
+        self.adapter_config, self.adapter_dir, self._peft_config = adapter.config or {}, adapter_dir, None
+        torch.set_num_threads(os.cpu_count() or 1)  # matmuls use every core (torch's default: physical cores)
         try:  # an OSError here is a read failure, not one of the output's write failures
             self.adapter_tensors = load_file(str(adapter_dir / P.SAFETENSORS_NAME))
-            self.config = peft_config(adapter_dir)
         except OSError as exc:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
         self.pending: dict[str, Any] = {}
@@ -314,8 +330,6 @@ class _Producer:
             return {tensor.name: self.adapter_tensors[job.adapter_key].to(_torch_dtype(tensor.dtype))}
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
-        from peftdoctor.merge.layer import merge_module
-
         self.say(f"merging {job.module}")
         params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
         prefix = f"{P.PREFIX}{job.module}."
@@ -323,8 +337,16 @@ class _Producer:
         whole = saved.pop(f"{prefix}base_layer.weight", None)
         if whole is not None:  # peft would load it into the layer: start from it instead of the base's
             params["weight"] = whole.to(params["weight"].dtype)
+        fast = self._plain(job.module, saved, params)
+        if fast is not None:
+            self.merged += 0 if job.module in self.ignored else len(job.outputs)
+            return {out: fast[param] for out, param in job.outputs.items()}
+        from peftdoctor.merge.layer import merge_module, peft_config
+
         try:
-            merged = merge_module(self.skeleton, self.config, job.module, params, saved, self.device)
+            if self._peft_config is None:
+                self._peft_config = peft_config(self.adapter_dir)
+            merged = merge_module(self.skeleton, self._peft_config, job.module, params, saved, self.device)
         except ValueError as exc:
             if "not found in the base model" in str(exc) or "Target modules" in str(exc):
                 self.ignored.add(job.module)
@@ -336,6 +358,59 @@ class _Producer:
         else:
             self.merged += len(job.outputs)
         return {out: merged[param] for out, param in job.outputs.items()}
+
+    def _plain(self, module: str, saved: dict[str, Any], params: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The module merged by merge/delta.py (torch alone), or None where peft's layer code must do it."""
+        config = self.adapter_config
+        try:
+            if not (targeting.names_all_linear(config.get("target_modules"))  # the weights say which, as in layer.py
+                    or targeting.targeted(config, module, _peft_version())):
+                self.ignored.add(module)
+                return params
+        except (*targeting.PROBLEMS, LookupError):
+            return None
+        tensors = {k[len(P.PREFIX) + len(module) + 1:]: v for k, v in saved.items()}
+        weight = params["weight"]
+        lora = D.plain(config, module, tensors, weight, _kind(self.skeleton, config, module, tensors))
+        if isinstance(lora, str):
+            return None
+        if self.device != "cpu":
+            weight = weight.to(self.device)
+            lora = D.PlainLora(lora.kind, lora.A.to(self.device), lora.B.to(self.device), lora.scaling)
+        merged = D.merge_into(weight, lora).to("cpu")
+        return {**params, "weight": merged}
+
+
+def _peft_version() -> Any:
+    """The installed peft's version, from its metadata (importing peft would cost seconds)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("peft").split("@")[0])
+
+
+def _kind(skeleton: Any, config: dict[str, Any], module: str, tensors: dict[str, Any]) -> str:
+    """The layer type peft wraps `module` in (lora dispatch_default's order), as merge/layer.py builds it."""
+    layer = None
+    if skeleton.model is not None:
+        try:
+            layer = skeleton.model.get_submodule(module)
+        except AttributeError:
+            layer = None
+    if layer is None:  # no model class: layer._layer's guess from the saved tensors and fan_in_fan_out
+        if any(k.startswith("lora_embedding_") for k in tensors):
+            return "embedding"
+        return "conv1d" if config.get("fan_in_fan_out") else "linear"
+    import torch
+    from transformers.pytorch_utils import Conv1D  # the skeleton was built by transformers: already imported
+
+    for cls, kind in ((torch.nn.Embedding, "embedding"), (torch.nn.Conv1d, "conv"), (torch.nn.Conv2d, "conv"),
+                      (torch.nn.Conv3d, "conv"), (torch.nn.MultiheadAttention, "attention"),
+                      (torch.nn.Linear, "linear"), (Conv1D, "conv1d")):
+        if isinstance(layer, cls):
+            return kind
+    return type(layer).__name__
 
 
 # How numpy sees each float dtype's bytes: bfloat16, which numpy lacks, as its raw 16 bits.

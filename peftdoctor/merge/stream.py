@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 from peftdoctor.errors import UnusableInput, WriteFailed
 from peftdoctor.io.files import open_regular
 from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
+from peftdoctor.io.modes import staging_dir
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
@@ -197,7 +197,7 @@ def staged(out: Path) -> Iterator[Path]:
     --out removes the staging directories of runs no longer alive (each the size of a model)."""
     for note in clear_dead_stagings(out):
         print(f"peftdoctor: {note}", file=sys.stderr)
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out), dir=out.parent))
+    staging = staging_dir(staging_prefix(out), out.parent)  # 0755 under umask 022, as mkdir would make it
     try:
         yield staging
         _fsync_dir(staging)

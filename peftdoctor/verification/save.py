@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
+from peftdoctor.io.modes import staging_dir
 from peftdoctor.model.base import Base
 
 
@@ -31,7 +31,7 @@ def check_out(out: Optional[str]) -> Optional[Path]:
 
 
 def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = staging_dir(f".{out.name}.partial-", out.parent)  # renamed into place: the mode mkdir gives
     try:
         # safetensors only: a merged model must not need pickle to load.
         model.save_pretrained(str(staging), safe_serialization=True)
