@@ -133,9 +133,11 @@ def delta(lora: PlainLora) -> Any:
     if half is not None:  # never after autocast; kept as peft has it for adapters built otherwise
         A, B = A.float(), B.float()
     product = B @ A
-    if lora.kind != "linear":  # transpose(..., fan_in_fan_out) for Conv1D, transpose(..., True) for embeddings
-        product = product.T
-    output = product * lora.scaling
+    # peft: transpose(B @ A, fan_in_fan_out) * scaling (transpose(..., True) for embeddings). Scaling in
+    # place is the same correctly rounded product per element, without a second model-sized buffer.
+    output = product.mul_(lora.scaling)
+    if lora.kind != "linear":
+        output = output.T
     return output.to(dtype=half) if half is not None else output
 
 
