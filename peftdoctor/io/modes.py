@@ -31,3 +31,12 @@ def staging_dir(prefix: str, parent: Path) -> Path:
     directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(directory, 0o777 & ~umask())
     return directory
+
+
+def follow_umask(directory: Path) -> None:
+    """Give every file under `directory` 0666 & ~umask, every directory 0777 & ~umask: safetensors'
+    save_file (used by save_pretrained) creates its files 0600 whatever the umask."""
+    mask = umask()
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)

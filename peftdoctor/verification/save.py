@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
-from peftdoctor.io.modes import staging_dir
+from peftdoctor.io.modes import follow_umask, staging_dir
 from peftdoctor.model.base import Base
 
 
@@ -40,6 +40,7 @@ def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
         generation = base.directory / "generation_config.json"
         if generation.is_file() and not (staging / "generation_config.json").exists():
             shutil.copyfile(generation, staging / "generation_config.json")
+        follow_umask(staging)  # safetensors writes its files 0600
         _fsync_tree(staging)
         if out.is_dir():
             out.rmdir()  # check_out() made sure it is empty
