@@ -12,6 +12,11 @@ What peft does for a plain LoRA layer, read from peft/tuners/lora/layer.py and t
   `weight.data += delta` (in the delta's float32: one rounding into a half weight);
 - Embedding.get_delta_weight: transpose(B @ A, True) * scaling; Embedding.merge:
   `weight.data += delta.to(weight.dtype)` (the delta is rounded to a half weight's dtype first).
+Half precision, as a consequence: a bfloat16/float16 merge rounds the base to the dtype, computes the
+delta in float32 and rounds once more when adding (embeddings: the delta is rounded before the add),
+so with u = eps/2 of the dtype a merged weight is within u * (|W| + |W + delta|) * (1 + u) of the exact
+sum (plus the delta's float32 rounding; an embedding adds u * |delta|), where a float32 merge cast at
+the end would be within u * |W + delta| (README, merge).
 The same torch calls run here on the same inputs, so the results are the same bits (tests/
 test_merge_delta.py holds this against peft's layer code for every variant). Everything else (DoRA,
 lora_bias, other layer types, initialisations that touch the base) goes through merge/layer.py:

@@ -1,9 +1,12 @@
-"""`merge`: stream a LoRA adapter into a safetensors base, one tensor in memory at a time.
+"""`merge`: stream a LoRA adapter into a safetensors base, a few tensors in memory at a time.
 
 The base is read tensor by tensor and written once: tensors the adapter does not touch are copied
-byte for byte (or cast, with --dtype), targeted weights are merged by peft's own code
-(peftdoctor/merge/layer.py), modules_to_save copies replace the base's tensors. Peak memory is the
-adapter plus the largest tensor being merged, whatever the model's size.
+byte for byte (or cast, with --dtype), targeted weights are merged with torch alone in peft's order
+(merge/delta.py) or, for the variants that need it, by peft's own layer code (merge/layer.py),
+modules_to_save copies replace the base's tensors. A worker thread produces the merged tensors
+ahead of the writer (merge/pipeline.py). When the headers say enough (merge/shortcut.py), the base's
+model class is never built, so neither transformers nor peft is imported. Peak memory is the adapter
+plus a few of the largest merged tensors, whatever the model's size.
 """
 from __future__ import annotations
 
@@ -166,7 +169,8 @@ def _header_layout(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapt
                    dtype: str) -> Optional[_Layout]:
     """The layout as far as the safetensors headers tell it, or None where a cast needs torch.
 
-    Without the model class it cannot see tied weights or a base-model prefix; the caller checks it
+    Without the model class it cannot see tied weights or a base-model prefix; the caller uses it as
+    it is only where merge/shortcut.py finds nothing the model class could change, else checks it
     against the real layout once the skeleton is built and falls back to writing everything if they
     differ, so the output never depends on this guess.
     """
