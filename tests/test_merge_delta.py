@@ -177,7 +177,7 @@ def test_conv1d_model_types_cover_transformers() -> None:
         if not re.search(r"\bConv1D\b", modeling.read_text(encoding="utf-8")):
             continue
         for configuration in modeling.parent.glob("configuration_*.py"):
-            found.update(re.findall(r'^    model_type = "([^"]+)"', configuration.read_text(encoding="utf-8"), re.M))
+            found.update(re.findall(r'^    model_type = "([^"]+)"', configuration.read_text(encoding="utf-8"), re.MULTILINE))
     assert "gpt2" in found and found <= CONV1D_MODEL_TYPES, sorted(found - CONV1D_MODEL_TYPES)
 
 
@@ -196,10 +196,9 @@ def test_half_merge_error_is_bounded_by_the_dtype(dtype: str, bases: dict[str, P
     dtype, the delta computed in float32, their sum rounded once more. With u = eps/2 of each dtype:
     |merged - (W + delta)| <= u * (|W| + |W + delta|) * (1 + u) + (r + 2) * u_f32 * (|B||A| s + |W| + |delta|)
     elementwise, against float64 arithmetic on the float32 inputs; and it equals peft's bf16 merge."""
+    from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
-
-    from peft import PeftModel
 
     adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"], r=8, lora_alpha=16,
                                   target_modules="all-linear")

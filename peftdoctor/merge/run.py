@@ -21,8 +21,8 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
-from peftdoctor.merge import plan as P
 from peftdoctor.merge import delta as D
+from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
 from peftdoctor.merge.pipeline import Ahead
 from peftdoctor.merge.prefill import Prefill
