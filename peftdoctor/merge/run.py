@@ -24,7 +24,7 @@ from peftdoctor.io.files import require_safe
 from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
-from peftdoctor.merge.pipeline import Ahead
+from peftdoctor.merge.pipeline import Ahead, ReadAhead
 from peftdoctor.merge.prefill import Prefill
 from peftdoctor.merge.result import MergeReport, equality_statement, peak_rss
 from peftdoctor.merge.shortcut import needs_model_class
@@ -123,7 +123,9 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                     _require_space(out_path, shards)
                 producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
                 changed = [t for s in shards for t in s.tensors if not isinstance(t.source, Raw)]
-                with Ahead(producer, changed) as ahead:
+                # Exits in reverse: the worker stops before the reader it reads from.
+                with ReadAhead(producer.read_now, _reads(jobs, changed)) as reads, Ahead(producer, changed) as ahead:
+                    producer.reads = reads
                     for number, shard in enumerate(shards, 1):
                         say(f"writing shard {number}/{len(shards)} ({shard.name})")
                         if prefill is not None:
@@ -305,6 +307,7 @@ class _Producer:
         except OSError as exc:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
         self.pending: dict[str, Any] = {}
+        self.reads: Optional[ReadAhead] = None  # reads planned ahead, when the caller sets one up
         self.merged = self.replaced = 0
         self.ignored: set[str] = set()
 
@@ -325,6 +328,10 @@ class _Producer:
         return data
 
     def _read(self, name: str, code: str) -> Any:
+        return self.reads.get(name, code) if self.reads is not None else self.read_now(name, code)
+
+    def read_now(self, name: str, code: str) -> Any:
+        """Base tensor `name` in dtype `code`, read from its shard now."""
         import torch
 
         shard, info = self.base.find(name)  # type: ignore[misc]
@@ -388,6 +395,18 @@ class _Producer:
             lora = D.PlainLora(lora.kind, lora.A.to(self.device), lora.B.to(self.device), lora.scaling)
         merged = D.merge_into(weight, lora).to("cpu")
         return {**params, "weight": merged}
+
+
+def _reads(jobs: dict[str, _Job], changed: list[OutTensor]) -> list[tuple[str, str]]:
+    """The base tensors the producer reads, in the order it reads them: (name, dtype code)."""
+    seen: set[int] = set()
+    keys: list[tuple[str, str]] = []
+    for tensor in changed:
+        job = jobs[tensor.name]
+        if id(job) not in seen and job.kind != "copy":
+            seen.add(id(job))
+            keys.extend((name, tensor.dtype) for name in job.params.values())
+    return keys
 
 
 def _peft_version() -> Any:
