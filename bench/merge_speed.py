@@ -187,6 +187,7 @@ def run_workload(name: str, layers: int, shard_bytes: int, targets: tuple[str, .
             with open(path, "rb") as fh:
                 while fh.read(1 << 26):
                     pass
+        os.sync()  # the build's own writes must not be flushed inside the first timed step
         steps = {}
         for label, code in (("copy", COPY), ("stream", STREAM), ("peft", PEFT)):
             print(f"{name}: running {label} ...", file=sys.stderr)
