@@ -23,7 +23,6 @@ pytest.importorskip("peft")
 
 from peftdoctor.merge import delta as D  # noqa: E402
 from peftdoctor.merge import layer as L  # noqa: E402
-from peftdoctor.merge import run as merge_run  # noqa: E402
 from peftdoctor.merge import stream_merge  # noqa: E402
 from peftdoctor.merge.shortcut import CONV1D_MODEL_TYPES  # noqa: E402
 
@@ -92,7 +91,7 @@ def test_torch_path_is_bit_identical_to_peft_layer_code(variant: str, dtype: str
     for module in modules:
         weight = _base_weight(bases[family], module).to(getattr(torch, dtype))
         mine = D.module_tensors(saved, module)
-        kind = merge_run._kind(skeleton, config, module, mine)
+        kind = D.layer_kind(skeleton.model, config, module, mine)
         ours = D.merged_weight(config, module, mine, weight, kind)
         prefix = f"base_model.model.{module}."
         theirs_in = {k: v for k, v in saved.items() if k.startswith(prefix)}
@@ -108,11 +107,13 @@ def test_torch_path_is_bit_identical_to_peft_layer_code(variant: str, dtype: str
 def test_kinds_follow_the_layer_class(bases: dict[str, Path]) -> None:
     gpt2 = L.load_skeleton(bases["gpt2"], "CAUSAL_LM")
     llama = L.load_skeleton(bases["llama"], "CAUSAL_LM")
-    assert merge_run._kind(gpt2, {"fan_in_fan_out": False}, "transformer.h.0.attn.c_proj", {}) == "conv1d"
-    assert merge_run._kind(llama, {"fan_in_fan_out": True}, "model.layers.0.self_attn.q_proj", {}) == "linear"
-    assert merge_run._kind(llama, {}, "model.embed_tokens", {}) == "embedding"
-    assert merge_run._kind(L.HEADERS_ONLY, {"fan_in_fan_out": True}, "x.c_attn", {}) == "conv1d"
-    assert merge_run._kind(L.HEADERS_ONLY, {}, "x.embed", {"lora_embedding_A": None}) == "embedding"
+    assert D.layer_kind(gpt2.model, {"fan_in_fan_out": False}, "transformer.h.0.attn.c_proj", {}) == "conv1d"
+    assert D.layer_kind(llama.model, {"fan_in_fan_out": True}, "model.layers.0.self_attn.q_proj", {}) == "linear"
+    assert D.layer_kind(llama.model, {}, "model.embed_tokens", {}) == "embedding"
+    assert D.layer_kind(llama.model, {}, "model.norm", {}) == "LlamaRMSNorm"
+    assert D.layer_kind(None, {"fan_in_fan_out": True}, "x.c_attn", {}) == "conv1d"
+    assert D.layer_kind(None, {}, "x.embed", {"lora_embedding_A": None}) == "embedding"
+    assert D.layer_kind(None, {}, "x.q_proj", {}) == "linear"
 
 
 def test_variants_that_need_peft_are_refused_by_the_torch_path() -> None:
@@ -218,3 +219,32 @@ def test_half_merge_error_is_bounded_by_the_dtype(dtype: str, bases: dict[str, P
         assert bool((error <= bound).all()), float((error - bound).max())
         worst = max(worst, float((error / bound).max()))
     assert worst > 0.25  # the bound is tight enough to mean something: rounding to the dtype shows
+
+
+def test_pipeline_keeps_order_and_raises_the_workers_error() -> None:
+    from peftdoctor.merge.pipeline import Ahead, ReadAhead
+    from peftdoctor.merge.stream import OutTensor
+
+    tensors = [OutTensor(f"t{i}", "F32", (1,), f"t{i}") for i in range(5)]
+    seen: list[str] = []
+
+    def produce(tensor: OutTensor) -> str:
+        seen.append(tensor.name)
+        if tensor.name == "t3":
+            raise ValueError("broken t3")
+        return tensor.name.upper()
+
+    with Ahead(produce, tensors, depth=2) as ahead:
+        assert [ahead(t) for t in tensors[:3]] == ["T0", "T1", "T2"]
+        with pytest.raises(ValueError, match="broken t3"):
+            ahead(tensors[3])
+    # One worker: the producer runs in the plan's order; t4, queued, may or may not have started.
+    assert seen in (["t0", "t1", "t2", "t3"], ["t0", "t1", "t2", "t3", "t4"])
+    with Ahead(produce, tensors) as ahead, pytest.raises(RuntimeError, match="out of order"):
+        ahead(tensors[1])
+    reads: list[tuple[str, str]] = []
+    with ReadAhead(lambda *key: reads.append(key) or key, [("a", "F32"), ("b", "F32")], depth=1) as reader:
+        assert reader.get("a", "F32") == ("a", "F32")
+        assert reader.get("c", "BF16") == ("c", "BF16")  # out of plan: read directly
+        assert reader.get("b", "F32") == ("b", "F32")
+    assert sorted(reads) == [("a", "F32"), ("b", "F32"), ("c", "BF16")]

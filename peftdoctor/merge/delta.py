@@ -168,6 +168,31 @@ def merged_weight(config: Mapping[str, Any], module: str, tensors: Mapping[str, 
     return merge_into(start, lora)
 
 
+def layer_kind(model: Any, config: Mapping[str, Any], module: str, tensors: Mapping[str, Any]) -> str:
+    """The layer type peft wraps `module` in, in lora's dispatch_default order: "linear", "conv1d",
+    "embedding", or another name (peft's layer code). `model`: the base model (e.g. on the meta
+    device), or None, then as merge/layer.py guesses: embedding keys, else fan_in_fan_out."""
+    layer = None
+    if model is not None:
+        try:
+            layer = model.get_submodule(module)
+        except AttributeError:
+            layer = None
+    if layer is None:
+        if any(k.startswith("lora_embedding_") for k in tensors):
+            return "embedding"
+        return "conv1d" if config.get("fan_in_fan_out") else "linear"
+    import torch
+    from transformers.pytorch_utils import Conv1D  # a model was built, so transformers is imported already
+
+    for cls, kind in ((torch.nn.Embedding, "embedding"), (torch.nn.Conv1d, "conv"), (torch.nn.Conv2d, "conv"),
+                      (torch.nn.Conv3d, "conv"), (torch.nn.MultiheadAttention, "attention"),
+                      (torch.nn.Linear, "linear"), (Conv1D, "conv1d")):
+        if isinstance(layer, cls):
+            return kind
+    return type(layer).__name__
+
+
 def module_tensors(adapter_tensors: Mapping[str, Any], module: str, prefix: str = "base_model.model.") -> dict[str, Any]:
     """The saved tensors of `module`, keyed relative to it."""
     head = f"{prefix}{module}."

@@ -387,7 +387,7 @@ class _Producer:
             return None
         tensors = {k[len(P.PREFIX) + len(module) + 1:]: v for k, v in saved.items()}
         weight = params["weight"]
-        lora = D.plain(config, module, tensors, weight, _kind(self.skeleton, config, module, tensors))
+        lora = D.plain(config, module, tensors, weight, D.layer_kind(self.skeleton.model, config, module, tensors))
         if isinstance(lora, str):
             return None
         if self.device != "cpu":
@@ -416,29 +416,6 @@ def _peft_version() -> Any:
     from packaging.version import Version
 
     return Version(version("peft").split("@")[0])
-
-
-def _kind(skeleton: Any, config: dict[str, Any], module: str, tensors: dict[str, Any]) -> str:
-    """The layer type peft wraps `module` in (lora dispatch_default's order), as merge/layer.py builds it."""
-    layer = None
-    if skeleton.model is not None:
-        try:
-            layer = skeleton.model.get_submodule(module)
-        except AttributeError:
-            layer = None
-    if layer is None:  # no model class: layer._layer's guess from the saved tensors and fan_in_fan_out
-        if any(k.startswith("lora_embedding_") for k in tensors):
-            return "embedding"
-        return "conv1d" if config.get("fan_in_fan_out") else "linear"
-    import torch
-    from transformers.pytorch_utils import Conv1D  # the skeleton was built by transformers: already imported
-
-    for cls, kind in ((torch.nn.Embedding, "embedding"), (torch.nn.Conv1d, "conv"), (torch.nn.Conv2d, "conv"),
-                      (torch.nn.Conv3d, "conv"), (torch.nn.MultiheadAttention, "attention"),
-                      (torch.nn.Linear, "linear"), (Conv1D, "conv1d")):
-        if isinstance(layer, cls):
-            return kind
-    return type(layer).__name__
 
 
 # How numpy sees each float dtype's bytes: bfloat16, which numpy lacks, as its raw 16 bits.
