@@ -178,7 +178,8 @@ def test_conv1d_model_types_cover_transformers() -> None:
         if not re.search(r"\bConv1D\b", modeling.read_text(encoding="utf-8")):
             continue
         for configuration in modeling.parent.glob("configuration_*.py"):
-            found.update(re.findall(r'^    model_type = "([^"]+)"', configuration.read_text(encoding="utf-8"), re.MULTILINE))
+            text = configuration.read_text(encoding="utf-8")
+            found.update(re.findall(r'^    model_type = "([^"]+)"', text, re.MULTILINE))
     assert "gpt2" in found and found <= CONV1D_MODEL_TYPES, sorted(found - CONV1D_MODEL_TYPES)
 
 

@@ -193,7 +193,8 @@ def layer_kind(model: Any, config: Mapping[str, Any], module: str, tensors: Mapp
     return type(layer).__name__
 
 
-def module_tensors(adapter_tensors: Mapping[str, Any], module: str, prefix: str = "base_model.model.") -> dict[str, Any]:
+def module_tensors(adapter_tensors: Mapping[str, Any], module: str,
+                   prefix: str = "base_model.model.") -> dict[str, Any]:
     """The saved tensors of `module`, keyed relative to it."""
     head = f"{prefix}{module}."
     return {k[len(head):]: v for k, v in adapter_tensors.items() if k.startswith(head)}
