@@ -1,10 +1,15 @@
 """Streaming merge against peft's merge_and_unload + save_pretrained and against a plain copy.
 
-    python bench/merge_speed.py [--layers 30] [--dir /tmp] [--keep]
+    python bench/merge_speed.py [--quick] [--dir /tmp] [--keep]
 
-Builds a synthetic Llama-style base (random float32 weights, hidden 2048, MLP 5632, vocab 32000,
-untied head: about 6.7 GB with 30 layers, in 1 GB shards) and a rank-16 LoRA adapter on q/v/o_proj,
-then runs, each in its own process so that its peak RSS is its own (os.wait4 rusage):
+Two synthetic Llama-style bases (random float32 weights, hidden 2048, MLP 5632, vocab 32000, untied
+head), each with a rank-16 LoRA adapter, run one after the other:
+
+  all-linear  7 layers, about 2 GB in 5 shards, LoRA on every linear layer (q/k/v/o, gate/up/down):
+              most bytes change, so this measures the merge itself;
+  qvo         30 layers, about 6.7 GB in 1 GB shards, LoRA on q/v/o_proj: most bytes are copied.
+
+Each runs three steps, each in its own process so that its peak RSS is its own (os.wait4 rusage):
 
   copy   shutil.copy of the shards and side files: the I/O floor;
   stream peftdoctor.merge.merge_command (streaming merge);
@@ -13,13 +18,10 @@ then runs, each in its own process so that its peak RSS is its own (os.wait4 rus
 
 Every step ends with os.sync(), so that each is timed until its data is on disk, not in the page
 cache; the base is read once beforehand so that all three read it from the page cache. Finally
-the stream's output is compared with peft's, tensor by tensor. Targets (issue 5): peak RSS of the
-stream at most 1/4 of peft's, wall time at most 1.5x the copy. Exit 0 when both are met, 1 if not.
-
-The stream pays a fixed ~4-5 s (2 cores) to import torch, transformers and peft, which it overlaps
-with copying the unchanged bytes; on a base whose copy takes less than that (14 layers, 3.4 GB: copy
-~2.5 s, stream ~6.5 s) the ratio measures the import, not the merge, hence 30 layers by default
-(peft then needs about 7 GiB of RSS and the run about 27 GB of free disk).
+the stream's output is compared with peft's, tensor by tensor. Targets (issue 13): for both
+workloads, peak RSS of the stream at most 1/4 of peft's and wall time at most 1.5x the copy, and
+every tensor equal to peft's. Exit 0 when all are met, 1 if not. The run needs about 27 GB of free
+disk and peft about 7 GiB of memory (the 6.7 GB base); --quick runs 3 and 8 layers instead.
 """
 from __future__ import annotations
 
@@ -35,10 +37,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HIDDEN, MLP, VOCAB, RANK = 2048, 5632, 32000, 16
-SHARD_BYTES = 1 << 30
+ATTENTION, MLP_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj")
+# name -> (layers, --quick layers, shard bytes, LoRA targets)
+WORKLOADS = {
+    "all-linear": (7, 3, 420_000_000, ATTENTION + MLP_NAMES),
+    "qvo": (30, 8, 1 << 30, ("q_proj", "v_proj", "o_proj")),
+}
 
 
-def build_base(directory: Path, layers: int) -> None:
+def build_base(directory: Path, layers: int, shard_bytes: int) -> None:
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
@@ -61,7 +68,7 @@ def build_base(directory: Path, layers: int) -> None:
     size = 0
     for name, shape in shapes.items():
         nbytes = 4 * int(torch.Size(shape).numel())
-        if size and size + nbytes > SHARD_BYTES:
+        if size and size + nbytes > shard_bytes:
             groups.append({})
             size = 0
         groups[-1][name] = shape
@@ -78,20 +85,23 @@ def build_base(directory: Path, layers: int) -> None:
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def build_adapter(directory: Path, base: Path, layers: int) -> None:
+def build_adapter(directory: Path, base: Path, layers: int, targets: tuple[str, ...]) -> None:
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    LoraConfig(r=RANK, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM",
+    LoraConfig(r=RANK, lora_alpha=32, target_modules=list(targets), task_type="CAUSAL_LM",
                base_model_name_or_path=str(base)).save_pretrained(str(directory))
     generator = torch.Generator().manual_seed(1)
     tensors = {}
     for i in range(layers):
-        for name in ("q_proj", "v_proj", "o_proj"):
-            key = f"base_model.model.model.layers.{i}.self_attn.{name}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, HIDDEN, generator=generator) * 0.02
-            tensors[f"{key}.lora_B.weight"] = torch.randn(HIDDEN, RANK, generator=generator) * 0.02
+        for name in targets:
+            group = "self_attn" if name in ATTENTION else "mlp"
+            rows = MLP if name in ("gate_proj", "up_proj") else HIDDEN
+            cols = MLP if name == "down_proj" else HIDDEN
+            key = f"base_model.model.model.layers.{i}.{group}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, cols, generator=generator) * 0.02
+            tensors[f"{key}.lora_B.weight"] = torch.randn(rows, RANK, generator=generator) * 0.02
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
@@ -158,62 +168,92 @@ def compare(ours: Path, theirs: Path) -> tuple[int, int]:
     return equal, len(set(a) | set(b))
 
 
+def run_workload(name: str, layers: int, shard_bytes: int, targets: tuple[str, ...], directory: str,
+                 keep: bool) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix=f"peftdoctor-merge-bench-{name}-", dir=directory))
+    try:
+        base, adapter = root / "base", root / "adapter"
+        base.mkdir()
+        print(f"{name}: building a {layers}-layer synthetic Llama base in {root} ...", file=sys.stderr)
+        # In child processes: Linux keeps ru_maxrss across fork and exec, so the steps must be
+        # started from a parent that never grew (this one imports neither torch nor peft).
+        subprocess.run([sys.executable, __file__, "--build", str(root), "--layers", str(layers),
+                        "--shard-bytes", str(shard_bytes), "--targets", ",".join(targets)], check=True)
+        shards = sorted(base.glob("*.safetensors"))
+        size = sum(p.stat().st_size for p in shards)
+        if shutil.disk_usage(root).free < 3.2 * size:
+            raise SystemExit(f"need {3.2 * size / 1e9:.1f} GB free in {root}")
+        for path in shards:  # page cache warm for all three steps alike
+            with open(path, "rb") as fh:
+                while fh.read(1 << 26):
+                    pass
+        os.sync()  # the build's own writes must not be flushed inside the first timed step
+        steps = {}
+        for label, code in (("copy", COPY), ("stream", STREAM), ("peft", PEFT)):
+            print(f"{name}: running {label} ...", file=sys.stderr)
+            steps[label] = run_step(code, base, root / f"out-{label}", adapter)
+            if label == "copy":  # its page cache would push the base's out before the next steps read it
+                shutil.rmtree(root / "out-copy")
+        counted = subprocess.run([sys.executable, __file__, "--compare", str(root)], check=True,
+                                 capture_output=True, text=True).stdout.split()
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return {"size": size, "shards": len(shards), "layers": layers, "targets": targets, "steps": steps,
+            "equal": int(counted[0]), "total": int(counted[1])}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="smaller bases (3 and 8 layers)")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload")
     parser.add_argument("--dir", default=tempfile.gettempdir())
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic base and the outputs")
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic bases and the outputs")
     parser.add_argument("--build", help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--shard-bytes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--targets", help=argparse.SUPPRESS)
     parser.add_argument("--compare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
-        build_base(Path(args.build) / "base", args.layers)
-        build_adapter(Path(args.build) / "adapter", Path(args.build) / "base", args.layers)
+        build_base(Path(args.build) / "base", args.layers, args.shard_bytes)
+        build_adapter(Path(args.build) / "adapter", Path(args.build) / "base", args.layers,
+                      tuple(args.targets.split(",")))
         return 0
     if args.compare:
         print(*compare(Path(args.compare) / "out-stream", Path(args.compare) / "out-peft"))
         return 0
-    root = Path(tempfile.mkdtemp(prefix="peftdoctor-merge-bench-", dir=args.dir))
-    try:
-        base, adapter = root / "base", root / "adapter"
-        base.mkdir()
-        print(f"building a {args.layers}-layer synthetic Llama base in {root} ...", file=sys.stderr)
-        # In child processes: Linux keeps ru_maxrss across fork and exec, so the steps must be
-        # started from a parent that never grew (this one imports neither torch nor peft).
-        subprocess.run([sys.executable, __file__, "--build", str(root), "--layers", str(args.layers)], check=True)
-        size = sum(p.stat().st_size for p in base.glob("*.safetensors"))
-        needed = 4 * size
-        if shutil.disk_usage(root).free < needed:
-            print(f"need {needed / 1e9:.1f} GB free in {root}", file=sys.stderr)
-            return 2
-        for path in base.glob("*.safetensors"):  # page cache warm for all three steps alike
-            with open(path, "rb") as fh:
-                while fh.read(1 << 26):
-                    pass
-        results = {}
-        for label, code in (("copy", COPY), ("stream", STREAM), ("peft", PEFT)):
-            print(f"running {label} ...", file=sys.stderr)
-            results[label] = run_step(code, base, root / f"out-{label}", adapter)
-            if label == "copy":
-                shutil.rmtree(root / "out-copy")
-        counted = subprocess.run([sys.executable, __file__, "--compare", str(root)], check=True,
-                                 capture_output=True, text=True).stdout.split()
-        equal, total = int(counted[0]), int(counted[1])
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    print(f"base: {size / 1e9:.2f} GB in shards of <= 1 GB, "
-          f"{args.layers} layers; LoRA r={RANK} on q/v/o_proj; {os.cpu_count()} CPU cores")
-    print(f"{'step':<32}{'wall s':>9}{'peak RSS GiB':>14}")
+    results = {}
+    for name, (layers, quick, shard_bytes, targets) in WORKLOADS.items():
+        if args.only in (None, name):
+            results[name] = run_workload(name, quick if args.quick else layers, shard_bytes, targets, args.dir,
+                                         args.keep)
+    return report(results)
+
+
+def report(results: dict[str, dict]) -> int:
     names = {"copy": "copy of the shards (I/O floor)", "stream": "peftdoctor streaming merge",
              "peft": "peft merge_and_unload + save"}
-    for label, (seconds, rss) in results.items():
-        print(f"{names[label]:<32}{seconds:>9.1f}{rss / 2**30:>14.2f}")
-    rss_ratio = results["stream"][1] / results["peft"][1]
-    time_ratio = results["stream"][0] / results["copy"][0]
-    print(f"stream/peft peak RSS: {rss_ratio:.3f} (target <= 0.25); stream/copy wall time: {time_ratio:.2f} "
-          f"(target <= 1.5); tensors equal to peft's: {equal}/{total}")
-    return 0 if rss_ratio <= 0.25 and time_ratio <= 1.5 and equal == total else 1
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} CPU cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; LoRA r={RANK}")
+    for name, found in results.items():
+        print(f"{name}: {found['size'] / 1e9:.2f} GB in {found['shards']} shards, {found['layers']} layers, "
+              f"LoRA on {'/'.join(found['targets'])}")
+    print(f"{'step':<32}" + "".join(f"{name + ' s':>16}{'GiB':>8}" for name in results))
+    for label, title in names.items():
+        cells = "".join(f"{r['steps'][label][0]:>16.1f}{r['steps'][label][1] / 2**30:>8.2f}" for r in results.values())
+        print(f"{title:<32}{cells}")
+    met = True
+    for name, found in results.items():
+        steps = found["steps"]
+        rss_ratio = steps["stream"][1] / steps["peft"][1]
+        time_ratio = steps["stream"][0] / steps["copy"][0]
+        ok = rss_ratio <= 0.25 and time_ratio <= 1.5 and found["equal"] == found["total"]
+        met = met and ok
+        print(f"{name}: stream/copy wall time {time_ratio:.2f} (target <= 1.5), stream/peft peak RSS {rss_ratio:.3f} "
+              f"(target <= 0.25), tensors equal to peft's {found['equal']}/{found['total']}: "
+              f"{'met' if ok else 'NOT met'}")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -102,11 +102,11 @@ def test_write_failure_leaves_no_output(bases: dict[str, Path], tmp_path: Path,
     adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
     real, calls = merge_run.write_shard, []
 
-    def fail_on_second(path: Path, shard: Any, produce: Any) -> None:
+    def fail_on_second(path: Path, shard: Any, produce: Any, **options: Any) -> None:
         calls.append(path)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, shard, produce)
+        real(path, shard, produce, **options)
 
     capsys.readouterr()
     monkeypatch.setattr(merge_run, "write_shard", fail_on_second)
@@ -158,7 +158,7 @@ def test_interrupted_process_leaves_no_complete_output(bases: dict[str, Path], t
     adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
     script = ("import sys, time; from peftdoctor.merge import stream, run\n"
               "real = stream.write_shard\n"
-              "def slow(*a):\n    real(*a); print('shard', flush=True); time.sleep(60)\n"
+              "def slow(*a, **k):\n    real(*a, **k); print('shard', flush=True); time.sleep(60)\n"
               "run.write_shard = slow\n"
               f"run.stream_merge({str(adapter)!r}, {str(bases['llama'])!r}, {str(tmp_path / 'out')!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)

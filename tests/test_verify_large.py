@@ -69,7 +69,13 @@ def test_a_wrong_streamed_merge_fails_with_its_figures(made: dict[str, Path], tm
         done = real(skeleton, config, module, params, tensors, device)
         return {n: start[n] + (t - start[n]) / 2 for n, t in done.items()}
 
-    monkeypatch.setattr(layer, "merge_module", half)  # what the stream calls
+    monkeypatch.setattr(layer, "merge_module", half)  # what the stream calls for DoRA, lora_bias, ...
+    from peftdoctor.merge import delta
+
+    real_into = delta.merge_into
+    # ... and merge/delta.py's torch path for plain LoRA and rsLoRA, this adapter's: half the delta too.
+    monkeypatch.setattr(delta, "merge_into", lambda weight, lora: real_into(weight, delta.PlainLora(
+        lora.kind, lora.A, lora.B, lora.scaling / 2)))
     # The judge's reference stays peft's own merge.
     from peftdoctor.verification import merged as judged
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Why the output equals peft's: each changed tensor is produced by peft's own merge_and_unload on a
-# model holding just that module, from the same inputs in the same dtype on the same device, so the
-# same kernels run in the same order. Tested bit-identical in float32 on CPU (tests/test_merge.py).
+# Why the output equals peft's: each changed tensor is produced either by the torch calls peft's layer
+# makes, in its order and dtypes (merge/delta.py: plain LoRA, rsLoRA, patterns, Conv1D, embeddings), or
+# by peft's own merge_and_unload on a model holding just that module (DoRA, lora_bias, ...), from the
+# same inputs in the same dtype on the same device. Tested bit-identical on CPU in float32 (tests/
+# test_merge.py) and, layer by layer, in bfloat16 and float16 too (tests/test_merge_delta.py).
 EQUALITY_CPU = ("bit-identical to peft's merge_and_unload + save_pretrained on {device} in {dtype}: each changed "
-                "tensor is computed by peft's own merge on a one-module model, every other tensor is copied byte for byte")
+                "tensor is computed by peft's operations in peft's order (or by peft's own layer code), every "
+                "other tensor is copied byte for byte")
 EQUALITY_CUDA = ("same peft merge code and inputs as merge_and_unload on {device} in {dtype}; GPU matmul kernels may "
                  "be chosen per call, so equality with a full-model merge there is expected but not tested here")
 

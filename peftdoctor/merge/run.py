@@ -1,13 +1,17 @@
-"""`merge`: stream a LoRA adapter into a safetensors base, one tensor in memory at a time.
+"""`merge`: stream a LoRA adapter into a safetensors base, a few tensors in memory at a time.
 
 The base is read tensor by tensor and written once: tensors the adapter does not touch are copied
-byte for byte (or cast, with --dtype), targeted weights are merged by peft's own code
-(peftdoctor/merge/layer.py), modules_to_save copies replace the base's tensors. Peak memory is the
-adapter plus the largest tensor being merged, whatever the model's size.
+byte for byte (or cast, with --dtype), targeted weights are merged with torch alone in peft's order
+(merge/delta.py) or, for the variants that need it, by peft's own layer code (merge/layer.py),
+modules_to_save copies replace the base's tensors. A worker thread produces the merged tensors
+ahead of the writer (merge/pipeline.py). When the headers say enough (merge/shortcut.py), the base's
+model class is never built, so neither transformers nor peft is imported. Peak memory is the adapter
+plus a few of the largest merged tensors, whatever the model's size.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +23,13 @@ from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
 from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
+from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
+from peftdoctor.merge.pipeline import Ahead, ReadAhead
 from peftdoctor.merge.prefill import Prefill
 from peftdoctor.merge.result import MergeReport, equality_statement, peak_rss
+from peftdoctor.merge.shortcut import needs_model_class
 from peftdoctor.merge.stream import (
     OutShard,
     OutTensor,
@@ -31,6 +38,7 @@ from peftdoctor.merge.stream import (
     check_out,
     copy_file,
     free_space_problem,
+    fsync_file,
     read_exact,
     staged,
     write_failure,
@@ -39,6 +47,7 @@ from peftdoctor.merge.stream import (
     write_shard,
 )
 from peftdoctor.model.adapter import Adapter
+from peftdoctor.peft import targeting
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
@@ -97,12 +106,17 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
             # Known layout: copy the unchanged bytes while torch loads, fill in the merged ones after.
             prefill = Prefill(staging, guess[0], _stand_ins(base_files)) if guess is not None else None
             try:
-                say("reading the base's structure")
-                from peftdoctor.merge.layer import load_skeleton  # torch and transformers from here on
+                _check_device(device)  # torch from here on
+                headers = guess if guess is not None else _headers_only(base_files, adapter_plan, adapter_files, dtype)
+                if needs_model_class(base_files, adapter_plan, config, headers) is None:
+                    skeleton, layout = HEADERS_ONLY, headers  # neither transformers nor peft is imported
+                else:
+                    say("reading the base's structure")
+                    from peftdoctor.merge.layer import load_skeleton  # transformers from here on
 
-                _check_device(device)
-                skeleton = load_skeleton(base_files.directory, config.get("task_type"))
-                layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
+                    skeleton = load_skeleton(base_files.directory, config.get("task_type"))
+                    layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
+                assert layout is not None
                 if prefill is not None and layout != guess:  # the model class ties or renames tensors
                     prefill.abandon()
                     prefill = None
@@ -110,11 +124,17 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                 if prefill is None:
                     _require_space(out_path, shards)
                 producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
-                for number, shard in enumerate(shards, 1):
-                    say(f"writing shard {number}/{len(shards)} ({shard.name})")
-                    if prefill is not None:
-                        prefill.wait(shard.name)
-                    write_shard(staging / shard.name, shard, producer)
+                changed = [t for s in shards for t in s.tensors if not isinstance(t.source, Raw)]
+                # Exits in reverse: the worker stops before the reader it reads from.
+                with ReadAhead(producer.read_now, _reads(jobs, changed)) as reads, Ahead(producer, changed) as ahead:
+                    producer.reads = reads
+                    for number, shard in enumerate(shards, 1):
+                        say(f"writing shard {number}/{len(shards)} ({shard.name})")
+                        if prefill is not None:
+                            prefill.wait(shard.name)
+                        write_shard(staging / shard.name, shard, ahead, sync=False)
+                for shard in shards:  # the kernel wrote back meanwhile: these wait for what is left
+                    fsync_file(staging / shard.name)
             finally:
                 if prefill is not None:
                     prefill.close()
@@ -136,6 +156,9 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
 
 
 def _check_device(device: str) -> None:
+    # Before torch's first allocation: large tensors on transparent huge pages (madvise), which makes
+    # the model-sized buffers of a merge ~2x cheaper to fault in. Read once by torch; the user's setting wins.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     import torch
 
     try:
@@ -150,12 +173,17 @@ def _header_layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter,
                    dtype: str) -> Optional[_Layout]:
     """The layout as far as the safetensors headers tell it, or None where a cast needs torch.
 
-    Without the model class it cannot see tied weights or a base-model prefix; the caller checks it
+    Without the model class it cannot see tied weights or a base-model prefix; the caller uses it as
+    it is only where merge/shortcut.py finds nothing the model class could change, else checks it
     against the real layout once the skeleton is built and falls back to writing everything if they
     differ, so the output never depends on this guess.
     """
     if dtype != "auto":  # every tensor is cast: there is nothing to copy unchanged
         return None
+    return _headers_only(base, plan, adapter, dtype)
+
+
+def _headers_only(base: P.BaseLayoutLayout, plan: P.AdapterPlan, adapter: Adapter, dtype: str) -> Optional[_Layout]:
     try:
         return _layout(base, plan, adapter, HEADERS_ONLY, dtype)
     except P.MergeRefused:  # e.g. a weight found only under the model's prefix: let the real layout decide
@@ -270,15 +298,17 @@ class _Producer:
 
     def __init__(self, base: P.BaseLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job], device: str,
                  adapter_dir: Path, say: Progress) -> None:
-        from peftdoctor.merge.layer import peft_config
+        import torch
 
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
+        self.adapter_config, self.adapter_dir, self._peft_config = adapter.config or {}, adapter_dir, None
+        torch.set_num_threads(os.cpu_count() or 1)  # matmuls use every core (torch's default: physical cores)
         try:  # an OSError here is a read failure, not one of the output's write failures
             self.adapter_tensors = _AdapterTensors(adapter_dir / P.SAFETENSORS_NAME, adapter.header.tensors)
-            self.config = peft_config(adapter_dir)
         except OSError as exc:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
         self.pending: dict[str, Any] = {}
+        self.reads: Optional[ReadAhead] = None  # reads planned ahead, when the caller sets one up
         self.merged = self.replaced = 0
         self.ignored: set[str] = set()
 
@@ -299,14 +329,17 @@ class _Producer:
         return data
 
     def _read(self, name: str, code: str) -> Any:
+        return self.reads.get(name, code) if self.reads is not None else self.read_now(name, code)
+
+    def read_now(self, name: str, code: str) -> Any:
+        """Base tensor `name` in dtype `code`, read from its shard now."""
         import torch
 
         shard, info = self.base.find(name)  # type: ignore[misc]
-        buffer = read_exact(shard.path, shard.data_start + info.start, info.end - info.start)
-        if not buffer:
-            return torch.empty(info.shape, dtype=_torch_dtype(info.dtype)).to(_torch_dtype(code))
-        tensor = torch.frombuffer(buffer, dtype=_torch_dtype(info.dtype)).reshape(info.shape)
-        return tensor.to(_torch_dtype(code))
+        # Read straight into torch's memory: no zero-filled bytearray, and torch's allocator uses huge pages.
+        raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+        read_exact(shard.path, shard.data_start + info.start, info.end - info.start, into=raw.numpy())
+        return raw.view(_torch_dtype(info.dtype)).reshape(info.shape).to(_torch_dtype(code))
 
     def _run(self, job: _Job, tensor: OutTensor) -> dict[str, Any]:
         if job.kind == "copy":
@@ -314,8 +347,6 @@ class _Producer:
             return {tensor.name: self.adapter_tensors.get(job.adapter_key).to(_torch_dtype(tensor.dtype))}
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
-        from peftdoctor.merge.layer import merge_module
-
         self.say(f"merging {job.module}")
         params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
         prefix = f"{P.PREFIX}{job.module}."
@@ -323,8 +354,16 @@ class _Producer:
         whole = saved.pop(f"{prefix}base_layer.weight", None)
         if whole is not None:  # peft would load it into the layer: start from it instead of the base's
             params["weight"] = whole.to(params["weight"].dtype)
+        fast = self._plain(job.module, saved, params)
+        if fast is not None:
+            self.merged += 0 if job.module in self.ignored else len(job.outputs)
+            return {out: fast[param] for out, param in job.outputs.items()}
+        from peftdoctor.merge.layer import merge_module, peft_config
+
         try:
-            merged = merge_module(self.skeleton, self.config, job.module, params, saved, self.device)
+            if self._peft_config is None:
+                self._peft_config = peft_config(self.adapter_dir)
+            merged = merge_module(self.skeleton, self._peft_config, job.module, params, saved, self.device)
         except ValueError as exc:
             if "not found in the base model" in str(exc) or "Target modules" in str(exc):
                 self.ignored.add(job.module)
@@ -336,6 +375,48 @@ class _Producer:
         else:
             self.merged += len(job.outputs)
         return {out: merged[param] for out, param in job.outputs.items()}
+
+    def _plain(self, module: str, saved: dict[str, Any], params: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The module merged by merge/delta.py (torch alone), or None where peft's layer code must do it."""
+        config = self.adapter_config
+        try:
+            if not (targeting.names_all_linear(config.get("target_modules"))  # the weights say which, as in layer.py
+                    or targeting.targeted(config, module, _peft_version())):
+                self.ignored.add(module)
+                return params
+        except (*targeting.PROBLEMS, LookupError):
+            return None
+        tensors = {k[len(P.PREFIX) + len(module) + 1:]: v for k, v in saved.items()}
+        weight = params["weight"]
+        lora = D.plain(config, module, tensors, weight, D.layer_kind(self.skeleton.model, config, module, tensors))
+        if isinstance(lora, str):
+            return None
+        if self.device != "cpu":
+            weight = weight.to(self.device)
+            lora = D.PlainLora(lora.kind, lora.A.to(self.device), lora.B.to(self.device), lora.scaling)
+        merged = D.merge_into(weight, lora).to("cpu")
+        return {**params, "weight": merged}
+
+
+def _reads(jobs: dict[str, _Job], changed: list[OutTensor]) -> list[tuple[str, str]]:
+    """The base tensors the producer reads, in the order it reads them: (name, dtype code)."""
+    seen: set[int] = set()
+    keys: list[tuple[str, str]] = []
+    for tensor in changed:
+        job = jobs[tensor.name]
+        if id(job) not in seen and job.kind != "copy":
+            seen.add(id(job))
+            keys.extend((name, tensor.dtype) for name in job.params.values())
+    return keys
+
+
+def _peft_version() -> Any:
+    """The installed peft's version, from its metadata (importing peft would cost seconds)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("peft").split("@")[0])
 
 
 class _AdapterTensors:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 from peftdoctor.errors import UnusableInput, WriteFailed
 from peftdoctor.io.files import open_regular
 from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
+from peftdoctor.io.modes import staging_dir
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
@@ -88,10 +88,11 @@ def header_bytes(shard: OutShard) -> bytes:
     return raw + b" " * (-(len(raw) + 8) % 8)  # data starts 8-byte aligned, as safetensors writes it
 
 
-def read_exact(path: Path, offset: int, nbytes: int) -> bytearray:
-    """nbytes of `path` from `offset`; a short or failed read is one line of unusable input."""
-    buffer = bytearray(nbytes)
-    view = memoryview(buffer)
+def read_exact(path: Path, offset: int, nbytes: int, into: Any = None) -> Any:
+    """nbytes of `path` from `offset` (into the writable buffer `into` when given, else a new
+    bytearray); a short or failed read is one line of unusable input."""
+    buffer = bytearray(nbytes) if into is None else into
+    view = memoryview(buffer).cast("B")
     try:
         with open_regular(path) as fh:
             fh.seek(offset)
@@ -171,9 +172,10 @@ def _write_fixed_parts(fd: int, shard: OutShard) -> None:
     os.ftruncate(fd, 8 + len(head) + shard.nbytes)  # the file's full size, holes included
 
 
-def write_shard(path: Path, shard: OutShard, produce: Producer) -> None:
+def write_shard(path: Path, shard: OutShard, produce: Producer, sync: bool = True) -> None:
     """Write `shard` to `path`, or complete it when prefill_shard already wrote it (the staging
-    directory is private, so an existing file there can only be a prefill)."""
+    directory is ours, so an existing file there can only be a prefill). sync=False leaves the fsync
+    to the caller (fsync_file), so that the disk writes back while the next shard is computed."""
     prefilled = path.exists()
     with open(path, "r+b" if prefilled else "wb", buffering=0) as fh:
         if not prefilled:
@@ -186,6 +188,12 @@ def write_shard(path: Path, shard: OutShard, produce: Producer) -> None:
                 raise RuntimeError(f"{tensor.name}: produced {data.nbytes} bytes, planned {tensor.nbytes}")
             _pwrite_all(fh.fileno(), data, offset)
             del data
+        if sync:
+            os.fsync(fh.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 
 
@@ -197,7 +205,7 @@ def staged(out: Path) -> Iterator[Path]:
     --out removes the staging directories of runs no longer alive (each the size of a model)."""
     for note in clear_dead_stagings(out):
         print(f"peftdoctor: {note}", file=sys.stderr)
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out), dir=out.parent))
+    staging = staging_dir(staging_prefix(out), out.parent)  # 0755 under umask 022, as mkdir would make it
     try:
         yield staging
         _fsync_dir(staging)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
+from peftdoctor.io.modes import follow_umask, staging_dir
 from peftdoctor.model.base import Base
 
 
@@ -31,7 +31,7 @@ def check_out(out: Optional[str]) -> Optional[Path]:
 
 
 def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = staging_dir(f".{out.name}.partial-", out.parent)  # renamed into place: the mode mkdir gives
     try:
         # safetensors only: a merged model must not need pickle to load.
         model.save_pretrained(str(staging), safe_serialization=True)
@@ -40,6 +40,7 @@ def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
         generation = base.directory / "generation_config.json"
         if generation.is_file() and not (staging / "generation_config.json").exists():
             shutil.copyfile(generation, staging / "generation_config.json")
+        follow_umask(staging)  # safetensors writes its files 0600
         _fsync_tree(staging)
         if out.is_dir():
             out.rmdir()  # check_out() made sure it is empty
