@@ -27,6 +27,7 @@ from typing import Optional
 from peftdoctor.errors import WriteRefused
 from peftdoctor.io.files import read_limited
 from peftdoctor.io.leftovers import sweep, temp_prefix
+from peftdoctor.io.staging import fsync_dir
 
 try:
     import fcntl
@@ -116,18 +117,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         _unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # platforms without directory fds: the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _make_backup(backup: Path, original: Path, current: bytes, mode: int) -> Optional[str]:
@@ -145,7 +135,7 @@ def _make_backup(backup: Path, original: Path, current: bytes, mode: int) -> Opt
         _exclusive_copy(tmp, backup)  # a filesystem without hard links
     finally:
         _unlink(tmp)
-    _fsync_dir(backup.parent)
+    fsync_dir(backup.parent)
     return None
 
 

@@ -23,6 +23,7 @@ from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
 from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
+from peftdoctor.io.staging import staged
 from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.layer import HEADERS_ONLY
@@ -40,7 +41,6 @@ from peftdoctor.merge.stream import (
     free_space_problem,
     fsync_file,
     read_exact,
-    staged,
     write_failure,
     write_index,
     write_json,
@@ -102,7 +102,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
     if guess is not None:
         _require_space(out_path, guess[0])
     try:
-        with staged(out_path) as staging:
+        with staged(out_path, say) as staging:
             # Known layout: copy the unchanged bytes while torch loads, fill in the merged ones after.
             prefill = Prefill(staging, guess[0], _stand_ins(base_files)) if guess is not None else None
             try:

@@ -14,16 +14,12 @@ import errno
 import json
 import os
 import shutil
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from peftdoctor.errors import UnusableInput, WriteFailed
 from peftdoctor.io.files import open_regular
-from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
-from peftdoctor.io.modes import staging_dir
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
@@ -195,36 +191,6 @@ def write_shard(path: Path, shard: OutShard, produce: Producer, sync: bool = Tru
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """Yield a staging directory beside `out`; rename it to `out` on success, remove it otherwise.
-
-    Its name carries this process's pid: a kill -9 runs no cleanup, so the next merge into the same
-    --out removes the staging directories of runs no longer alive (each the size of a model)."""
-    for note in clear_dead_stagings(out):
-        print(f"peftdoctor: {note}", file=sys.stderr)
-    staging = staging_dir(staging_prefix(out), out.parent)  # 0755 under umask 022, as mkdir would make it
-    try:
-        yield staging
-        _fsync_dir(staging)
-        os.rename(staging, out)  # fails rather than replace if someone created --out meanwhile
-        _fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_index(directory: Path, shards: tuple[OutShard, ...]) -> None:

@@ -6,13 +6,12 @@ staging directory is removed. Nothing else is written.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
-from peftdoctor.io.modes import follow_umask, staging_dir
+from peftdoctor.io.staging import staged
 from peftdoctor.model.base import Base
 
 
@@ -31,8 +30,7 @@ def check_out(out: Optional[str]) -> Optional[Path]:
 
 
 def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
-    staging = staging_dir(f".{out.name}.partial-", out.parent)  # renamed into place: the mode mkdir gives
-    try:
+    with staged(out, sync_files=True) as staging:  # renamed into place when complete, with the umask's modes
         # safetensors only: a merged model must not need pickle to load.
         model.save_pretrained(str(staging), safe_serialization=True)
         if tokenizer is not None:
@@ -40,19 +38,4 @@ def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
         generation = base.directory / "generation_config.json"
         if generation.is_file() and not (staging / "generation_config.json").exists():
             shutil.copyfile(generation, staging / "generation_config.json")
-        follow_umask(staging)  # safetensors writes its files 0600
-        _fsync_tree(staging)
-        if out.is_dir():
-            out.rmdir()  # check_out() made sure it is empty
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
