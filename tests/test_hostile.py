@@ -357,3 +357,13 @@ def test_exclude_modules_of_another_type_found_by_the_fuzz_run(tmp_path: Path) -
     assert "PD104" in codes(report)
     result = RUNNER.invoke(app, ["fix", str(directory), "--peft", "0.14.0", "--dry-run"])
     assert result.exit_code in (0, 1) and "internal error" not in result.output
+
+
+def test_layers_to_transform_of_another_type_found_by_the_fuzz_run(tmp_path: Path) -> None:
+    """scripts/fuzz.py --count 100000 --seed 1 on the merged tree: a string layers_to_transform escaped as
+    TypeError ("'in <string>' requires string as left operand") from the one matcher; peft raises there too."""
+    directory = adapter(tmp_path / "a", {**REAL_CONFIG, "layers_to_transform": "0", "layers_pattern": "layers"})
+    report = check(str(directory), peft="0.12.0", serve="tgi")
+    assert "PD104" in codes(report)
+    result = RUNNER.invoke(app, ["fix", str(directory), "--peft", "0.12.0", "--target", "tgi", "--dry-run"])
+    assert result.exit_code in (0, 1) and "internal error" not in result.output

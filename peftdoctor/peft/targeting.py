@@ -164,7 +164,11 @@ def _in_layers(config: Mapping[str, Any], name: str, reg: Regime) -> bool:
     index = layer_index(name, pattern, reg)
     if index is None:
         return False
-    return index == wanted if isinstance(wanted, int) else index in wanted
+    if isinstance(wanted, int):
+        return index == wanted
+    if not isinstance(wanted, (list, tuple, set, frozenset, dict)):  # peft: `3 in "abc"` raises TypeError
+        raise ValueError(f"layers_to_transform {wanted!r} is neither a layer index nor a list of them")
+    return index in wanted
 
 
 def layer_index(name: str, layers_pattern: Any, reg: Regime) -> Optional[int]:
