@@ -102,11 +102,12 @@ def is_base_mutating(value: Any) -> bool:
     return isinstance(value, str) and value.lower().startswith(keys.BASE_MUTATING_INITS)
 
 
-def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, Optional[str]]] = None
-            ) -> Compatibility:
+def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, Optional[str]]] = None,
+            seen: Optional[dict[str, bool]] = None) -> Compatibility:
     """What `release` does when PeftModel.from_pretrained loads this config.
 
-    `noops` maps keys to noop_reason(config, key); compatibility() computes it once for all releases.
+    `noops` maps keys to noop_reason(config, key) and `seen` remembers post-init clause verdicts:
+    compatibility() shares both across all releases.
     """
     name = release.name
     peft_type = config.get("peft_type")
@@ -115,8 +116,7 @@ def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, 
     if not isinstance(peft_type, str) or peft_type not in release.peft_types:
         error = release.info["unknown_peft_type_error"].replace("{peft_type}", str(peft_type))
         return Compatibility(name, "fails", error=error)
-    known = release.fields(peft_type)
-    unknown = tuple(k for k in config if k not in known)
+    unknown = _unknown(release, peft_type, tuple(config))
     message = release.info.get("unknown_key_message")
     if unknown and release.unknown_keys == "raise":
         error = message.replace("{config_class}", release.config_class(peft_type)).replace("{key}", unknown[0])
@@ -127,7 +127,7 @@ def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, 
     task_error = _task_type_error(release, config.get("task_type"))
     if task_error:
         return Compatibility(name, "fails", error=task_error)
-    post_init_error = postinit.refusal(release, peft_type, config)
+    post_init_error = postinit.refusal(release, peft_type, config, seen)
     if post_init_error:
         return Compatibility(name, "fails", error=post_init_error)
     if unknown:
@@ -139,6 +139,14 @@ def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, 
         lost = tuple((k, keys.LOSS_IF_DROPPED.get(k, keys.DEFAULT_LOSS)) for k in unknown if noops[k] is None)
         return Compatibility(name, "drops_keys", dropped=unknown, warning=warning, lost=lost)
     return Compatibility(name, "ok")
+
+
+@functools.lru_cache(maxsize=4096)
+def _unknown(release: Release, peft_type: str, keys_in_order: tuple[str, ...]) -> tuple[str, ...]:
+    """The config's keys `release` does not know for `peft_type` (the checkpoints of one run share their
+    keys: scan asks this 36 times per adapter)."""
+    known = release.fields(peft_type)
+    return tuple(k for k in keys_in_order if k not in known)
 
 
 def _refusal(release: Release, peft_type: str, config: dict[str, Any]) -> Optional[str]:
@@ -157,7 +165,8 @@ def _task_type_error(release: Release, task_type: Any) -> Optional[str]:
 
 def compatibility(config: dict[str, Any]) -> tuple[Compatibility, ...]:
     noops = {k: noop_reason(config, k) for k in config}
-    return tuple(predict(r, config, noops) for r in releases.all_releases())
+    seen: dict[str, bool] = {}
+    return tuple(predict(r, config, noops, seen) for r in releases.all_releases())
 
 
 @dataclass(frozen=True)

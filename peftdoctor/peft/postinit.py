@@ -9,6 +9,7 @@ decides what a release refuses.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable, Optional
 
 from peftdoctor.peft.releases import Release
@@ -52,28 +53,37 @@ def meets(clause: dict[str, Any], config: dict[str, Any]) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _by_type(release: Release) -> dict[str, list[dict[str, Any]]]:
-    table: dict[str, list[dict[str, Any]]] = {}
-    for rule in release.info.get("post_init_rules", ()):
-        for peft_type in rule["peft_types"]:
-            table.setdefault(peft_type, []).append(rule)
+def _by_type(release: Release) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """peft_type -> [(the rule's clauses as a stable key, rule)], config-stage rules first, each stage in
+    probe order. Most releases repeat the same clauses: the key lets one check evaluate them once."""
+    table: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for stage in ("config", "model"):
+        for rule in release.info.get("post_init_rules", ()):
+            if rule["stage"] == stage:
+                for peft_type in rule["peft_types"]:
+                    table.setdefault(peft_type, []).append((json.dumps(rule["when"], sort_keys=True), rule))
     return table
 
 
 def rules(release: Release, peft_type: str) -> list[dict[str, Any]]:
-    """The rules `release` showed for `peft_type`, in probe order."""
-    return _by_type(release).get(peft_type, [])
+    """The rules `release` showed for `peft_type`, config-stage first, in probe order."""
+    return [rule for _key, rule in _by_type(release).get(peft_type, [])]
 
 
-def refusal(release: Release, peft_type: str, config: dict[str, Any]) -> Optional[str]:
+def refusal(release: Release, peft_type: str, config: dict[str, Any],
+            seen: Optional[dict[str, bool]] = None) -> Optional[str]:
     """The error `release` raises for this config after construction, or None.
 
     Config-stage rules come first (the config is built before the model); within a stage the
-    first matching rule in probe order, which follows the order of peft's own checks."""
-    for stage in ("config", "model"):
-        for rule in rules(release, peft_type):
-            if rule["stage"] == stage and all(meets(c, config) for c in rule["when"]):
-                return fill(rule, config)
+    first matching rule in probe order, which follows the order of peft's own checks. `seen`
+    remembers, for one config, whether each set of clauses holds (shared across releases)."""
+    seen = {} if seen is None else seen
+    for key, rule in _by_type(release).get(peft_type, []):
+        holds = seen.get(key)
+        if holds is None:
+            holds = seen[key] = all(meets(c, config) for c in rule["when"])
+        if holds:
+            return fill(rule, config)
     return None
 
 
