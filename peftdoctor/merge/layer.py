@@ -132,16 +132,22 @@ def merge_module(skeleton: Skeleton, config: Any, module: str, params: dict[str,
     adapter_tensors: the adapter's saved tensors for this module, keyed as saved.
     """
 
+    import torch
+
     with warnings.catch_warnings():
         # peft warns about what it sees in the one-module model (rank_pattern keys matching other
         # modules, ...): true of the stand-in, misleading about the adapter; `check` covers the adapter.
         warnings.simplefilter("ignore")
-        return _merge(skeleton, config, module, params, adapter_tensors, device)
+        merged = adapted_model(skeleton, config, module, params, adapter_tensors, device).merge_and_unload()
+    leaf = merged.get_submodule(module)
+    with torch.no_grad():
+        return {n: leaf.get_parameter(n).detach().to("cpu") for n in params}
 
 
-def _merge(skeleton: Skeleton, config: Any, module: str, params: dict[str, Any], adapter_tensors: dict[str, Any],
-           device: str) -> dict[str, Any]:
-    import torch
+def adapted_model(skeleton: Skeleton, config: Any, module: str, params: dict[str, Any],
+                  adapter_tensors: dict[str, Any], device: str) -> Any:
+    """A PeftModel over a model holding only `module`, adapted as PeftModel.from_pretrained adapts it:
+    what merge_module merges, and what verify (verification/layerwise.py) runs its probe through."""
     from peft import PeftModel
     from peft.utils import set_peft_model_state_dict
 
@@ -153,15 +159,14 @@ def _merge(skeleton: Skeleton, config: Any, module: str, params: dict[str, Any],
     embedding = any(".lora_embedding_" in k for k in adapter_tensors)
     layer = _layer(skeleton, module, on_device, bool(config.fan_in_fan_out), embedding)
     container = _container(module, layer)
-    # The order PeftModel.from_pretrained follows: inject, cast, load the weights, cast again.
-    wrapped = PeftModel(container, config, adapter_name=ADAPTER_NAME, autocast_adapter_dtype=True)
-    result = set_peft_model_state_dict(wrapped, adapter_tensors, adapter_name=ADAPTER_NAME)
-    unexpected = [k for k in result.unexpected_keys if k.startswith("base_model.")]
-    if unexpected:
-        raise ValueError(f"{module}: peft did not use the adapter tensors {unexpected[:2]}")
-    wrapped.base_model._cast_adapter_dtype(adapter_name=ADAPTER_NAME, autocast_adapter_dtype=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in merge_module: warnings about the one-module stand-in
+        # The order PeftModel.from_pretrained follows: inject, cast, load the weights, cast again.
+        wrapped = PeftModel(container, config, adapter_name=ADAPTER_NAME, autocast_adapter_dtype=True)
+        result = set_peft_model_state_dict(wrapped, adapter_tensors, adapter_name=ADAPTER_NAME)
+        unexpected = [k for k in result.unexpected_keys if k.startswith("base_model.")]
+        if unexpected:
+            raise ValueError(f"{module}: peft did not use the adapter tensors {unexpected[:2]}")
+        wrapped.base_model._cast_adapter_dtype(adapter_name=ADAPTER_NAME, autocast_adapter_dtype=True)
     wrapped.eval()
-    merged = wrapped.merge_and_unload()
-    leaf = merged.get_submodule(module)
-    with torch.no_grad():
-        return {n: leaf.get_parameter(n).detach().to("cpu") for n in params}
+    return wrapped

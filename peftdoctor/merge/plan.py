@@ -166,6 +166,18 @@ def adapter_plan(adapter: Adapter) -> AdapterPlan:
     return AdapterPlan({m: ModuleDelta(m, tuple(sorted(k))) for m, k in sorted(lora.items())}, copies)
 
 
+def module_inputs(module: str, params: dict[str, Any], saved: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The base parameters and the adapter tensors peft reads for `module` (`saved` keyed as saved, may hold
+    other modules' too): a layer saved whole (an embedding with a resized vocabulary) replaces the base's
+    weight, as peft loads it. Used by the stream and by verify's judge of merged models alike."""
+    prefix = f"{PREFIX}{module}."
+    mine = {k: v for k, v in saved.items() if k.startswith(prefix)}
+    whole = mine.pop(f"{prefix}base_layer.weight", None)
+    if whole is not None:
+        params = {**params, "weight": whole.to(params["weight"].dtype)}
+    return params, mine
+
+
 def checkpoint_name(base: BaseLayout, model_name: str, prefix: Optional[str]) -> Optional[str]:
     """The base checkpoint's name for a model parameter: the same, or without the base model prefix
     (old checkpoints such as gpt2's were saved from the bare transformer)."""

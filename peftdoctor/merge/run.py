@@ -348,12 +348,8 @@ class _Producer:
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
         self.say(f"merging {job.module}")
-        params = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
-        prefix = f"{P.PREFIX}{job.module}."
-        saved = self.adapter_tensors.under(prefix)
-        whole = saved.pop(f"{prefix}base_layer.weight", None)
-        if whole is not None:  # peft would load it into the layer: start from it instead of the base's
-            params["weight"] = whole.to(params["weight"].dtype)
+        params, saved = P.module_inputs(job.module, {p: self._read(n, tensor.dtype) for p, n in job.params.items()},
+                                        self.adapter_tensors.under(f"{P.PREFIX}{job.module}."))
         fast = self._plain(job.module, saved, params)
         if fast is not None:
             self.merged += 0 if job.module in self.ignored else len(job.outputs)

@@ -69,15 +69,16 @@ def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
     return releases.load(stand_in), notes
 
 
-def find_base(config: dict, given: Optional[str]) -> tuple[Optional[Base], Optional[str]]:
-    """The base's config.json (from --base, else base_model_name_or_path), or why there is none."""
+def find_base(config: dict, given: Optional[str], online: bool = False) -> tuple[Optional[Base], Optional[str]]:
+    """The base's config.json (from --base, else base_model_name_or_path), or why there is none. `online`:
+    a Hub adapter's base is fetched too (its config.json alone, into the cache the engine rules read)."""
     if given is not None:
         found = find_base_config(given, online=True)
         if found is None:
             raise UnusableInput(f"--base {given!r}: no config.json there, nor on the Hub or in its local cache")
         return found, None
     name = config.get("base_model_name_or_path")
-    found = find_base_config(name)
+    found = find_base_config(name, online=online)
     if found is not None:
         return found, None
     if not isinstance(name, str) or not name:
@@ -101,9 +102,6 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         engine = parse_target(serve)
     adapter = target if isinstance(target, Adapter) else open_adapter(target, online=True)
     release, findings = choose_target(peft)
-    if adapter.origin == "hub" and adapter.config is not None:
-        # A Hub adapter's base is fetched too (its config.json only, into the cache the base-aware rules read).
-        find_base_config(adapter.config.get("base_model_name_or_path"), online=True)
     shown = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
     if adapter.kind != "peft-adapter":
         return Report(**shown, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
@@ -114,7 +112,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)
         return Report(**shown, findings=tuple(findings + weights), skipped=tuple(skipped))
-    ctx = Context(adapter, adapter.config, release, *find_base(adapter.config, base))
+    ctx = Context(adapter, adapter.config, release, *find_base(adapter.config, base, adapter.origin == "hub"))
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)

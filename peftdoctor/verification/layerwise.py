@@ -11,14 +11,11 @@ torch and peft are imported inside the functions.
 """
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from peftdoctor.peft import targeting
 from peftdoctor.verification.judge import unit_roundoff
 
 PROBE_SEED, PROBE_ROWS = 1234, 8
@@ -61,16 +58,6 @@ class LayerParity:
         return self.within
 
 
-def module_inputs(module: str, params: dict[str, Any], saved: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The base parameters and the adapter tensors peft reads for `module`: a layer saved whole
-    (an embedding with a resized vocabulary) replaces the base's weight, as peft loads it."""
-    mine = {k: v for k, v in saved.items() if k.startswith(f"{prefix}{module}.")}
-    whole = mine.pop(f"{prefix}{module}.base_layer.weight", None)
-    if whole is not None:
-        params = {**params, "weight": whole.to(params["weight"].dtype)}
-    return params, mine
-
-
 def reference(skeleton: Any, config: Any, module: str, params: dict[str, Any], adapter_tensors: dict[str, Any]) -> Reference:
     """Expected merged parameters (float32) and the adapted output on the probe for `module`."""
     from peftdoctor.merge.layer import merge_module
@@ -95,27 +82,10 @@ def _adapter_name() -> str:
 
 
 def _adapted(skeleton: Any, config: Any, module: str, params: dict[str, Any], adapter_tensors: dict[str, Any]) -> Any:
-    """peft's adapted layer for `module`, built as PeftModel.from_pretrained builds it (inject, cast,
-    load the weights, cast again) on a model holding only that module; merge/layer.py merges the same."""
-    from peft import PeftModel
-    from peft.utils import set_peft_model_state_dict
+    """peft's adapted layer for `module`, built as merge/layer.py builds the one it merges."""
+    from peftdoctor.merge.layer import adapted_model
 
-    from peftdoctor.merge import layer as L
-
-    config = copy.deepcopy(config)
-    config.modules_to_save = None
-    if targeting.names_all_linear(config.target_modules):
-        config.target_modules = {module}
-    embedding = any(".lora_embedding_" in k for k in adapter_tensors)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base_layer = L._layer(skeleton, module, params, bool(config.fan_in_fan_out), embedding)
-        wrapped = PeftModel(L._container(module, base_layer), config, adapter_name=L.ADAPTER_NAME,
-                            autocast_adapter_dtype=True)
-        set_peft_model_state_dict(wrapped, adapter_tensors, adapter_name=L.ADAPTER_NAME)
-        wrapped.base_model._cast_adapter_dtype(adapter_name=L.ADAPTER_NAME, autocast_adapter_dtype=True)
-    wrapped.eval()
-    return wrapped.base_model.model.get_submodule(module)
+    return adapted_model(skeleton, config, module, params, adapter_tensors, "cpu").base_model.model.get_submodule(module)
 
 
 def _probe(leaf: Any, module: str) -> tuple[Any, Any]:

@@ -23,7 +23,7 @@ from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding
 from peftdoctor.rules.registry import rule
 from peftdoctor.verification import judge as J
-from peftdoctor.verification.layerwise import LayerParity, Reference, module_inputs, output_parity, reference
+from peftdoctor.verification.layerwise import LayerParity, Reference, output_parity, reference
 from peftdoctor.verification.result import Parity
 
 Say = Callable[[str], None]
@@ -221,7 +221,7 @@ class _Walk:
         if "bias" not in params and bias is not None:  # not judged, but the probe runs the layer with it
             params["bias"] = self.base.read(bias)
         base_dtype = params["weight"].dtype
-        params, tensors = module_inputs(module, params, self.saved, P.PREFIX)
+        params, tensors = P.module_inputs(module, params, self.saved)
         self.say(f"judging {module}")
         try:
             ref = reference(self.skeleton, self.config, module, params, tensors)
