@@ -1,6 +1,6 @@
 """Streaming merge against peft's merge_and_unload + save_pretrained and against a plain copy.
 
-    python bench/merge_speed.py [--quick] [--dir /tmp] [--keep]
+    python bench/merge_speed.py [--quick] [--only NAME] [--repeat 3] [--dir /tmp] [--keep]
 
 Two synthetic Llama-style bases (random float32 weights, hidden 2048, MLP 5632, vocab 32000, untied
 head), each with a rank-16 LoRA adapter, run one after the other:
@@ -17,7 +17,9 @@ Each runs three steps, each in its own process so that its peak RSS is its own (
          + save_pretrained (same shard size).
 
 Every step ends with os.sync(), so that each is timed until its data is on disk, not in the page
-cache; the base is read once beforehand so that all three read it from the page cache. Finally
+cache; the base is read once beforehand so that all three read it from the page cache. The disk's
+write-back speed varies between runs, so copy and stream run --repeat times, alternating, and their
+medians are compared (every run's time is printed too); peft runs once. Finally
 the stream's output is compared with peft's, tensor by tensor. Targets (issue 13): for both
 workloads, peak RSS of the stream at most 1/4 of peft's and wall time at most 1.5x the copy, and
 every tensor equal to peft's. Exit 0 when all are met, 1 if not. The run needs about 27 GB of free
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,7 +172,7 @@ def compare(ours: Path, theirs: Path) -> tuple[int, int]:
 
 
 def run_workload(name: str, layers: int, shard_bytes: int, targets: tuple[str, ...], directory: str,
-                 keep: bool) -> dict[str, object]:
+                 keep: bool, repeat: int) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix=f"peftdoctor-merge-bench-{name}-", dir=directory))
     try:
         base, adapter = root / "base", root / "adapter"
@@ -188,19 +191,33 @@ def run_workload(name: str, layers: int, shard_bytes: int, targets: tuple[str, .
                 while fh.read(1 << 26):
                     pass
         os.sync()  # the build's own writes must not be flushed inside the first timed step
-        steps = {}
-        for label, code in (("copy", COPY), ("stream", STREAM), ("peft", PEFT)):
-            print(f"{name}: running {label} ...", file=sys.stderr)
-            steps[label] = run_step(code, base, root / f"out-{label}", adapter)
-            if label == "copy":  # its page cache would push the base's out before the next steps read it
-                shutil.rmtree(root / "out-copy")
+        # The disk's write-back speed varies from run to run (copy + sync of the same 2 GB took 1.9 to
+        # 4.1 s here), so copy and stream alternate `repeat` times and their medians are compared.
+        samples: dict[str, list[tuple[float, int]]] = {"copy": [], "stream": []}
+        for attempt in range(repeat):
+            for label, code in (("copy", COPY), ("stream", STREAM)):
+                print(f"{name}: running {label} ({attempt + 1}/{repeat}) ...", file=sys.stderr)
+                out = root / f"out-{label}"
+                shutil.rmtree(out, ignore_errors=True)  # the last stream's output stays for the comparison
+                samples[label].append(run_step(code, base, out, adapter))
+                if label == "copy":  # its page cache would push the base's out before the next steps read it
+                    shutil.rmtree(out)
+                    os.sync()
+        print(f"{name}: running peft ...", file=sys.stderr)
+        steps = {label: median(found) for label, found in samples.items()}
+        steps["peft"] = run_step(PEFT, base, root / "out-peft", adapter)
         counted = subprocess.run([sys.executable, __file__, "--compare", str(root)], check=True,
                                  capture_output=True, text=True).stdout.split()
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     return {"size": size, "shards": len(shards), "layers": layers, "targets": targets, "steps": steps,
-            "equal": int(counted[0]), "total": int(counted[1])}
+            "samples": samples, "equal": int(counted[0]), "total": int(counted[1])}
+
+
+def median(samples: list[tuple[float, int]]) -> tuple[float, int]:
+    """The median wall time and the median peak RSS (each on its own)."""
+    return (statistics.median(s for s, _ in samples), int(statistics.median(r for _, r in samples)))
 
 
 def main() -> int:
@@ -209,6 +226,7 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(WORKLOADS), help="run one workload")
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--keep", action="store_true", help="keep the synthetic bases and the outputs")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of copy and of stream, alternating (median)")
     parser.add_argument("--build", help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shard-bytes", type=int, help=argparse.SUPPRESS)
@@ -227,7 +245,7 @@ def main() -> int:
     for name, (layers, quick, shard_bytes, targets) in WORKLOADS.items():
         if args.only in (None, name):
             results[name] = run_workload(name, quick if args.quick else layers, shard_bytes, targets, args.dir,
-                                         args.keep)
+                                         args.keep, args.repeat)
     return report(results)
 
 
@@ -243,6 +261,9 @@ def report(results: dict[str, dict]) -> int:
     for label, title in names.items():
         cells = "".join(f"{r['steps'][label][0]:>16.1f}{r['steps'][label][1] / 2**30:>8.2f}" for r in results.values())
         print(f"{title:<32}{cells}")
+    for name, found in results.items():
+        for label, runs in found["samples"].items():
+            print(f"{name} {label} runs (s): {' '.join(f'{s:.2f}' for s, _ in runs)}  (median above)")
     met = True
     for name, found in results.items():
         steps = found["steps"]

@@ -58,6 +58,7 @@ def _tensors(directory: Path) -> dict[str, Any]:
 
 CASES: dict[str, tuple[str, Callable[..., Path], dict[str, Any]]] = {
     "lora": ("llama", A.make_lora_adapter, {}),
+    "all-linear": ("llama", A.make_lora_adapter, {"target_modules": "all-linear"}),
     "rslora": ("llama", A.make_rslora_adapter, {}),
     "dora": ("llama", A.make_dora_adapter, {}),
     "patterns": ("llama", A.make_pattern_lora_adapter, {}),
@@ -71,11 +72,21 @@ CASES: dict[str, tuple[str, Callable[..., Path], dict[str, Any]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bit_identical_to_peft(case: str, bases: dict[str, Path], tmp_path: Path) -> None:
+def test_bit_identical_to_peft(case: str, bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     family, make, kwargs = CASES[case]
     base = bases[family]
     adapter = make(tmp_path / "adapter", base, **kwargs)
+    pools: list[Any] = []
+
+    class Spy(merge_run.BufferPool):
+        def __init__(self, keep_bytes: int) -> None:
+            super().__init__(keep_bytes)
+            pools.append(self)
+
+    monkeypatch.setattr(merge_run, "BufferPool", Spy)
     report = stream_merge(str(adapter), str(base), str(tmp_path / "out"))
+    if case in ("lora", "all-linear"):  # same-sized modules: later ones reuse earlier buffers, dirty
+        assert pools[0].reused >= 4
     _reference(base, adapter, tmp_path / "ref", untie=case == "tied-embedding")
     ours, theirs = _tensors(tmp_path / "out"), _tensors(tmp_path / "ref")
     assert set(ours) == set(theirs)
@@ -88,6 +99,26 @@ def test_bit_identical_to_peft(case: str, bases: dict[str, Path], tmp_path: Path
     if case == "tied-embedding":
         assert report.untied == ("lm_head.weight",)
         assert '"tie_word_embeddings": false' in (tmp_path / "out" / "config.json").read_text()
+
+
+def test_tokenizer_comes_from_the_directory_that_ships_one(bases: dict[str, Path], tmp_path: Path) -> None:
+    """An adapter with a partial tokenizer (a special_tokens_map.json alone) does not ship one: the merged
+    model takes the base's whole tokenizer (it once took that one file and no tokenizer loaded); an adapter
+    with its own tokenizer (added tokens) wins over the base's."""
+    from transformers import AutoTokenizer
+
+    base = bases["llama"]
+    adapter = A.make_lora_adapter(tmp_path / "adapter", base)
+    (adapter / "special_tokens_map.json").write_text('{"pad_token": "<pad>"}')
+    stream_merge(str(adapter), str(base), str(tmp_path / "partial"))
+    names = sorted(p.name for p in (tmp_path / "partial").iterdir() if "token" in p.name)
+    assert names == sorted(p.name for p in base.iterdir() if "token" in p.name) and "tokenizer.json" in names
+    assert len(AutoTokenizer.from_pretrained(str(tmp_path / "partial"))) == len(AutoTokenizer.from_pretrained(str(base)))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.add_tokens(["<added-in-training>"])
+    tokenizer.save_pretrained(str(adapter))
+    stream_merge(str(adapter), str(base), str(tmp_path / "own"))
+    assert "<added-in-training>" in AutoTokenizer.from_pretrained(str(tmp_path / "own")).get_vocab()
 
 
 def test_merged_model_loads_with_transformers(bases: dict[str, Path], tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ pytest.importorskip("peft")
 from peftdoctor.merge import delta as D  # noqa: E402
 from peftdoctor.merge import layer as L  # noqa: E402
 from peftdoctor.merge import stream_merge  # noqa: E402
+from peftdoctor.merge.buffers import BufferPool  # noqa: E402
 from peftdoctor.merge.shortcut import CONV1D_MODEL_TYPES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,9 @@ def test_torch_path_is_bit_identical_to_peft_layer_code(variant: str, dtype: str
         mine = D.module_tensors(saved, module)
         kind = D.layer_kind(skeleton.model, config, module, mine)
         ours = D.merged_weight(config, module, mine, weight, kind)
+        pool = BufferPool(keep_bytes=1 << 30)  # the stream's path: the product in a reused buffer full of NaN
+        pool.give(pool.take(4 * weight.numel()).fill_(255))
+        assert torch.equal(D.merged_weight(config, module, mine, weight, kind, pool), ours) and pool.reused == 1
         prefix = f"base_model.model.{module}."
         theirs_in = {k: v for k, v in saved.items() if k.startswith(prefix)}
         whole = theirs_in.pop(f"{prefix}{D.WHOLE}", None)  # as the stream does: start from a weight saved whole
@@ -249,3 +253,34 @@ def test_pipeline_keeps_order_and_raises_the_workers_error() -> None:
         assert reader.get("c", "BF16") == ("c", "BF16")  # out of plan: read directly
         assert reader.get("b", "F32") == ("b", "F32")
     assert sorted(reads) == [("a", "F32"), ("b", "F32"), ("c", "BF16")]
+
+
+def test_buffer_pool_reuses_by_size_and_keeps_a_bounded_idle_set() -> None:
+    pool = BufferPool(keep_bytes=64)
+    first = pool.take(32)
+    view = first.view(torch.float32).reshape(2, 4)
+    assert pool.give(view) and pool.take(32).data_ptr() == first.data_ptr() and pool.reused == 1
+    assert not pool.give(torch.zeros(8))  # memory the pool did not hand out is never taken
+    assert pool.take(0).numel() == 0  # empty tensors are not pooled (they share one pointer)
+    a, b, c = pool.take(32), pool.take(32), pool.take(16)
+    assert pool.give(a) and pool.give(b) and pool.give(c)  # 80 idle bytes > 64: the oldest size (32) drops one
+    assert pool.take(16).data_ptr() == c.data_ptr() and pool.take(32).data_ptr() == b.data_ptr()
+    assert pool.take(32).data_ptr() not in (a.data_ptr(), b.data_ptr())  # a was dropped: a new buffer
+    reused = pool.reused
+    assert pool.give(pool.take(128))  # larger than keep_bytes: taken back but not kept
+    pool.take(128)
+    assert pool.reused == reused
+    scratch = pool.scratch((3, 5), torch.bfloat16)
+    assert scratch.shape == (3, 5) and scratch.dtype == torch.bfloat16 and pool.give(scratch)
+
+
+def test_flusher_syncs_each_shard_and_raises_its_error(tmp_path: Path) -> None:
+    from peftdoctor.merge.pipeline import Flusher
+
+    (tmp_path / "a").write_bytes(b"x")
+    with Flusher() as flusher:
+        flusher.flush(tmp_path / "a")
+        flusher.wait()
+        flusher.flush(tmp_path / "missing")
+        with pytest.raises(FileNotFoundError):
+            flusher.wait()

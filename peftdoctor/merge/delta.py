@@ -129,15 +129,19 @@ def plain(config: Mapping[str, Any], module: str, tensors: Mapping[str, Any], we
     return PlainLora(kind, A, B, scaling)
 
 
-def delta(lora: PlainLora) -> Any:
-    """get_delta_weight, line for line (lora.A/B already in the adapter dtype, on the merge device)."""
+def delta(lora: PlainLora, pool: Any = None) -> Any:
+    """get_delta_weight, line for line (lora.A/B already in the adapter dtype, on the merge device).
+    pool: a merge/buffers.BufferPool for the product (CPU only); matmul's out= runs the same kernel."""
     import torch
 
     A, B = lora.A, lora.B
     half = B.dtype if A.device.type == "cpu" and B.dtype in (torch.float16, torch.bfloat16) else None
     if half is not None:  # never after autocast; kept as peft has it for adapters built otherwise
         A, B = A.float(), B.float()
-    product = B @ A
+    if pool is not None and A.device.type == "cpu":
+        product = torch.matmul(B, A, out=pool.scratch((B.shape[0], A.shape[1]), B.dtype))
+    else:
+        product = B @ A
     # peft: transpose(B @ A, fan_in_fan_out) * scaling (transpose(..., True) for embeddings). Scaling in
     # place is the same correctly rounded product per element, without a second model-sized buffer.
     output = product.mul_(lora.scaling)
@@ -146,18 +150,21 @@ def delta(lora: PlainLora) -> Any:
     return output.to(dtype=half) if half is not None else output
 
 
-def merge_into(weight: Any, lora: PlainLora) -> Any:
-    """Linear.merge / Embedding.merge (safe_merge=False): add the delta to `weight` in place."""
-    change = delta(lora)
+def merge_into(weight: Any, lora: PlainLora, pool: Any = None) -> Any:
+    """Linear.merge / Embedding.merge (safe_merge=False): add the delta to `weight` in place (the
+    product's memory taken from and given back to `pool` when one is given)."""
+    change = delta(lora, pool)
     if lora.kind == "embedding":
         weight += change.to(weight.dtype)
     else:
         weight += change
+    if pool is not None:
+        pool.give(change)
     return weight
 
 
 def merged_weight(config: Mapping[str, Any], module: str, tensors: Mapping[str, Any], weight: Any,
-                  kind: str = "linear") -> Any:
+                  kind: str = "linear", pool: Any = None) -> Any:
     """`weight` (a new tensor) after peft merges the module's plain LoRA into it; ValueError where
     peft's layer code is needed (see plain()). For reuse by verification (layer-by-layer parity)."""
     start = tensors.get(WHOLE)
@@ -165,7 +172,7 @@ def merged_weight(config: Mapping[str, Any], module: str, tensors: Mapping[str, 
     lora = plain(config, module, tensors, start, kind)
     if isinstance(lora, str):
         raise ValueError(f"{module}: needs peft's layer code ({lora})")
-    return merge_into(start, lora)
+    return merge_into(start, lora, pool)
 
 
 def layer_kind(model: Any, config: Mapping[str, Any], module: str, tensors: Mapping[str, Any]) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from peftdoctor.merge.stream import OutTensor, Producer
+from peftdoctor.merge.stream import OutTensor, Producer, fsync_file
 
 
 class Ahead:
@@ -87,3 +88,28 @@ class ReadAhead:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class Flusher:
+    """fsyncs finished shards in a thread, one after the other, so that the disk writes shard k back
+    while shard k + 1 is computed (the kernel's own write-back starts only at dirty_background_ratio
+    of memory, which a model-sized merge may never reach). wait() returns once all are on disk and
+    raises the first fsync's error."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peftdoctor-flush")
+        self._pending: list[Future[None]] = []
+
+    def flush(self, path: Path) -> None:
+        self._pending.append(self._pool.submit(fsync_file, path))
+
+    def wait(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+    def __enter__(self) -> "Flusher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -3,8 +3,8 @@
 Importing them costs seconds (peft's top-level import pulls in transformers) that a plain copy of the
 shards does not pay. When the output layout follows from the safetensors headers alone (see
 run._header_layout), nothing about the unchanged tensors needs torch: a worker thread writes each
-shard's header, copies its unchanged tensors into place (copy_file_range releases the GIL) and
-flushes them to disk, while the merged tensors' byte ranges wait for write_shard. The imports stay in the main thread, where
+shard's header and copies its unchanged tensors into place (copy_file_range releases the GIL), while
+the merged tensors' byte ranges wait for write_shard. The imports stay in the main thread, where
 libraries that install signal handlers or check for the main thread expect them.
 """
 from __future__ import annotations

@@ -24,10 +24,12 @@ from peftdoctor.io.files import require_safe
 from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
 from peftdoctor.io.staging import staged
+from peftdoctor.io.tokenizer import tokenizer_files, tokenizer_source
 from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
+from peftdoctor.merge.buffers import BufferPool
 from peftdoctor.merge.layer import HEADERS_ONLY
-from peftdoctor.merge.pipeline import Ahead, ReadAhead
+from peftdoctor.merge.pipeline import Ahead, Flusher, ReadAhead
 from peftdoctor.merge.prefill import Prefill
 from peftdoctor.merge.result import MergeReport, equality_statement, peak_rss
 from peftdoctor.merge.shortcut import needs_model_class
@@ -39,7 +41,6 @@ from peftdoctor.merge.stream import (
     check_out,
     copy_file,
     free_space_problem,
-    fsync_file,
     read_exact,
     write_failure,
     write_index,
@@ -50,8 +51,6 @@ from peftdoctor.model.adapter import Adapter
 from peftdoctor.peft import targeting
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-_TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
-                    "spiece.model", "sentencepiece*.model", "chat_template.*")
 Progress = Callable[[str], None]
 
 
@@ -123,18 +122,19 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                 shards, jobs, untied = layout
                 if prefill is None:
                     _require_space(out_path, shards)
-                producer = _Producer(base_files, adapter_files, skeleton, jobs, device, found.directory, say)
+                producer = _Producer(base_files, adapter_files, skeleton, jobs, shards, device, found.directory, say)
                 changed = [t for s in shards for t in s.tensors if not isinstance(t.source, Raw)]
-                # Exits in reverse: the worker stops before the reader it reads from.
-                with ReadAhead(producer.read_now, _reads(jobs, changed)) as reads, Ahead(producer, changed) as ahead:
+                # Exits in reverse: the worker stops before the reader it reads from, the flusher last.
+                with Flusher() as flusher, ReadAhead(producer.read_now, _reads(jobs, changed), depth=1) as reads, \
+                        Ahead(producer, changed) as ahead:
                     producer.reads = reads
                     for number, shard in enumerate(shards, 1):
                         say(f"writing shard {number}/{len(shards)} ({shard.name})")
                         if prefill is not None:
                             prefill.wait(shard.name)
-                        write_shard(staging / shard.name, shard, ahead, sync=False)
-                for shard in shards:  # the kernel wrote back meanwhile: these wait for what is left
-                    fsync_file(staging / shard.name)
+                        write_shard(staging / shard.name, shard, ahead, sync=False, written=producer.written)
+                        flusher.flush(staging / shard.name)  # to disk while the next shard is computed
+                    flusher.wait()
             finally:
                 if prefill is not None:
                     prefill.close()
@@ -296,8 +296,8 @@ def _untied_partners(name: str, base: P.BaseLayout, skeleton: Any, jobs: dict[st
 class _Producer:
     """Produces changed tensors on demand, in stream order; holds at most one job's results."""
 
-    def __init__(self, base: P.BaseLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job], device: str,
-                 adapter_dir: Path, say: Progress) -> None:
+    def __init__(self, base: P.BaseLayout, adapter: Adapter, skeleton: Any, jobs: dict[str, _Job],
+                 shards: tuple[OutShard, ...], device: str, adapter_dir: Path, say: Progress) -> None:
         import torch
 
         self.base, self.skeleton, self.jobs, self.device, self.say = base, skeleton, jobs, device, say
@@ -309,6 +309,11 @@ class _Producer:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
         self.pending: dict[str, Any] = {}
         self.reads: Optional[ReadAhead] = None  # reads planned ahead, when the caller sets one up
+        # Idle buffers kept for reuse: room for every stage of the pipeline (reads and results ahead, the
+        # tensor being written, the product) at the largest size merged.
+        largest = max((t.nbytes for s in shards for t in s.tensors if not isinstance(t.source, Raw)), default=0)
+        self.pool = BufferPool(keep_bytes=4 * largest)
+        self.lent: dict[str, Any] = {}  # output name -> its tensor, until the writer has written it
         self.merged = self.replaced = 0
         self.ignored: set[str] = set()
 
@@ -322,24 +327,35 @@ class _Producer:
         if result.dtype != want or tuple(result.shape) != tensor.shape:
             raise RuntimeError(f"{tensor.name}: produced {result.dtype} {tuple(result.shape)}, planned "
                                f"{want} {tensor.shape}")
-        data = result.contiguous().reshape(-1).view(torch.uint8).numpy()
+        result = result.contiguous()
+        data = result.reshape(-1).view(torch.uint8).numpy()
         if tensor.dtype in _FLOAT_VIEWS and not _all_finite(data, tensor.dtype):
             raise P.MergeRefused(f"merging produced NaN or infinite values in {tensor.name}: the adapter is "
                                  "broken or overflows in this dtype (try --dtype float32)")
+        self.lent[tensor.name] = result
         return data
+
+    def written(self, tensor: OutTensor) -> None:
+        """The writer is done with `tensor`'s bytes: its buffer goes back to the pool."""
+        result = self.lent.pop(tensor.name, None)
+        if result is not None:
+            self.pool.give(result)
 
     def _read(self, name: str, code: str) -> Any:
         return self.reads.get(name, code) if self.reads is not None else self.read_now(name, code)
 
     def read_now(self, name: str, code: str) -> Any:
         """Base tensor `name` in dtype `code`, read from its shard now."""
-        import torch
 
         shard, info = self.base.find(name)  # type: ignore[misc]
         # Read straight into torch's memory: no zero-filled bytearray, and torch's allocator uses huge pages.
-        raw = torch.empty(info.end - info.start, dtype=torch.uint8)
+        raw = self.pool.take(info.end - info.start)
         read_exact(shard.path, shard.data_start + info.start, info.end - info.start, into=raw.numpy())
-        return raw.view(_torch_dtype(info.dtype)).reshape(info.shape).to(_torch_dtype(code))
+        value = raw.view(_torch_dtype(info.dtype)).reshape(info.shape)
+        cast = value.to(_torch_dtype(code))
+        if cast is not value:
+            self.pool.give(raw)
+        return cast
 
     def _run(self, job: _Job, tensor: OutTensor) -> dict[str, Any]:
         if job.kind == "copy":
@@ -348,8 +364,16 @@ class _Producer:
         if job.kind == "cast":
             return {tensor.name: self._read(job.params["weight"], tensor.dtype)}
         self.say(f"merging {job.module}")
-        params, saved = P.module_inputs(job.module, {p: self._read(n, tensor.dtype) for p, n in job.params.items()},
-                                        self.adapter_tensors.under(f"{P.PREFIX}{job.module}."))
+        read = {p: self._read(n, tensor.dtype) for p, n in job.params.items()}
+        params, saved = P.module_inputs(job.module, read, self.adapter_tensors.under(f"{P.PREFIX}{job.module}."))
+        produced = self._merged(job, params, saved)
+        kept = {value.untyped_storage().data_ptr() for value in produced.values()}
+        for value in read.values():  # inputs that are not outputs: nothing reads them any more
+            if value.untyped_storage().data_ptr() not in kept:
+                self.pool.give(value)
+        return produced
+
+    def _merged(self, job: _Job, params: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
         fast = self._plain(job.module, saved, params)
         if fast is not None:
             self.merged += 0 if job.module in self.ignored else len(job.outputs)
@@ -390,7 +414,7 @@ class _Producer:
         if self.device != "cpu":
             weight = weight.to(self.device)
             lora = D.PlainLora(lora.kind, lora.A.to(self.device), lora.B.to(self.device), lora.scaling)
-        merged = D.merge_into(weight, lora).to("cpu")
+        merged = D.merge_into(weight, lora, self.pool).to("cpu")
         return {**params, "weight": merged}
 
 
@@ -491,11 +515,6 @@ def _copy_side_files(base: P.BaseLayout, adapter_dir: Path, staging: Path, dtype
     write_json(staging / "config.json", config)
     if (base.directory / "generation_config.json").is_file():
         copy_file(base.directory / "generation_config.json", staging / "generation_config.json")
-    source = adapter_dir if _tokenizer_files(adapter_dir) else base.directory
-    for path in _tokenizer_files(source):
+    source = tokenizer_source((adapter_dir, base.directory))
+    for path in tokenizer_files(source) if source is not None else ():
         copy_file(path, staging / path.name)
-
-
-def _tokenizer_files(directory: Path) -> list[Path]:
-    found = {p for pattern in _TOKENIZER_GLOBS for p in directory.glob(pattern) if p.is_file()}
-    return sorted(found)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from peftdoctor.io.tokenizer import has_tokenizer
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.peft import targeting
@@ -114,7 +115,7 @@ def load_tokenizer(adapter: Adapter, base: Base, trust_remote_code: bool) -> tup
     base's; (None, None) when neither loads."""
     from transformers import AutoTokenizer
 
-    sources = ([adapter.directory] if adapter_facts.has_tokenizer(adapter) else []) + [base.directory]
+    sources = ([adapter.directory] if has_tokenizer(adapter.directory) else []) + [base.directory]
     for source in sources:
         try:
             return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code), str(source)

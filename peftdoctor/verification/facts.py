@@ -16,7 +16,6 @@ from peftdoctor.model.base import Base
 # to fold them into, so they are deployed as PeftModel and only load + forward can be verified.
 NOT_MERGEABLE = frozenset({"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING",
                            "ADAPTION_PROMPT", "CPT"})
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt")
 
 
 class BaseUnavailable(Exception):
@@ -25,10 +24,6 @@ class BaseUnavailable(Exception):
 
 def mergeable(adapter: Adapter) -> bool:
     return adapter.peft_type not in NOT_MERGEABLE
-
-
-def has_tokenizer(adapter: Adapter) -> bool:
-    return any((adapter.directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 def _within(module: str, saved: str) -> bool:
