@@ -225,11 +225,16 @@ def verify(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
     merged: Optional[str] = typer.Option(None, "--merged", help="Judge this merged model (made by any tool) "
                                          "against base + adapter, tensor by tensor, instead of merging."),
+    offload_folder: Optional[str] = typer.Option(None, "--offload-folder", help="A base too large for memory is "
+                                                 "loaded with accelerate (device_map=auto), what does not fit "
+                                                 "offloaded to disk here; without it: layer by layer."),
 ) -> None:
     """Load base + adapter on the target device, merge, compare, and save a deployable merged model.
 
     With --merged DIR: judge a merged model made elsewhere, tensor by tensor in bounded memory (delta
-    missing, wrong scale and its factor, applied twice, extra changes); exit 0 only when it is right."""
+    missing, wrong scale and its factor, applied twice, extra changes); exit 0 only when it is right.
+    A base too large for memory: loaded with accelerate (device_map=auto) across the GPUs, the CPU and
+    --offload-folder when given, else verified layer by layer; step `memory` says which path ran."""
     from peftdoctor.cli.heavy import library_output_to_stderr, progress, require_extra
 
     require_format((VERIFY,), fmt)
@@ -239,7 +244,8 @@ def verify(
     display, say = progress(fmt == "text")
     with library_output_to_stderr(), display:
         report = run_verify(adapter, base=base, device=device, dtype=dtype, out=out, tolerance=tolerance,
-                            trust_remote_code=trust_remote_code, progress=say, merged=merged)
+                            trust_remote_code=trust_remote_code, progress=say, merged=merged,
+                            offload_folder=offload_folder)
     typer.echo(render(report, fmt), nl=False)
     # 0 only when verified: a run that could not verify (skipped) must not pass a CI gate.
     raise typer.Exit(EXIT_CLEAN if report.verdict == "verified" else EXIT_FINDINGS)

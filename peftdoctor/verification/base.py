@@ -48,9 +48,11 @@ def head_labels(adapter: Adapter) -> Optional[int]:
 
 
 def load_base(base: Base, adapter: Adapter, *, dtype: str, device: str, trust_remote_code: bool,
-              quantized: bool) -> LoadedBase:
+              quantized: bool, placement: Optional[dict[str, Any]] = None) -> LoadedBase:
     """The base as the adapter expects it. `quantized`: keep a bitsandbytes checkpoint quantized
-    (else such a checkpoint is dequantized and cast to `dtype`)."""
+    (else such a checkpoint is dequantized and cast to `dtype`). `placement`: from_pretrained's
+    big-model arguments (device_map, max_memory, offload_folder): accelerate places the weights and
+    the model is not moved afterwards."""
     import transformers
 
     cls = getattr(transformers, auto_class_name(adapter.task_type))
@@ -59,14 +61,17 @@ def load_base(base: Base, adapter: Adapter, *, dtype: str, device: str, trust_re
     labels = head_labels(adapter)
     if labels is not None and labels != base.config.get("num_labels", len(base.config.get("id2label") or {}) or 2):
         kwargs.update(num_labels=labels, ignore_mismatched_sizes=True)
-    if base.bnb_quantized:
+    if placement is not None:
+        kwargs.update(placement)
+    elif base.bnb_quantized:
         # bitsandbytes places weights itself; .to() on a 4-bit model is refused.
         kwargs["device_map"] = {"": device}
     model, info = cls.from_pretrained(str(base.directory), **kwargs)
-    if base.bnb_quantized and not quantized:
+    # A model dispatched by accelerate is never moved: its hooks bring the weights in at each forward.
+    if base.bnb_quantized and not quantized and placement is None:
         model = model.dequantize()
         model = model.to(torch_dtype(dtype))
-    elif not base.bnb_quantized:
+    elif not base.bnb_quantized and placement is None:
         model = model.to(device)
     model.eval()
     missing = tuple(sorted(set(info.get("missing_keys") or ()) | set(_mismatched(info))))
@@ -92,9 +97,9 @@ def module_name(model: Any, module: Any) -> Optional[str]:
     return None
 
 
-def resize_for_adapter(model: Any, adapter: Adapter) -> Optional[tuple[int, int]]:
-    """Resize the base's token embeddings to the vocabulary the adapter was saved with, as the
-    training script did after adding tokens; returns (old, new) rows when it did."""
+def resized_rows(model: Any, adapter: Adapter) -> Optional[tuple[int, int]]:
+    """(base rows, adapter rows) when the adapter was saved for another vocabulary size than the
+    base's token embeddings (tokens added in training), else None."""
     embeddings = model.get_input_embeddings()
     if embeddings is None:
         return None
@@ -104,10 +109,16 @@ def resize_for_adapter(model: Any, adapter: Adapter) -> Optional[tuple[int, int]
     if head is not None:
         names.append(module_name(model, head))
     wanted = next((r for r in (adapter_facts.rows_of(adapter, n) for n in names if n) if r is not None and r != old), None)
-    if wanted is None:
-        return None
-    model.resize_token_embeddings(wanted)
-    return old, wanted
+    return None if wanted is None else (old, wanted)
+
+
+def resize_for_adapter(model: Any, adapter: Adapter) -> Optional[tuple[int, int]]:
+    """Resize the base's token embeddings to the vocabulary the adapter was saved with, as the
+    training script did after adding tokens; returns (old, new) rows when it did."""
+    rows = resized_rows(model, adapter)
+    if rows is not None:
+        model.resize_token_embeddings(rows[1])
+    return rows
 
 
 def load_tokenizer(adapter: Adapter, base: Base, trust_remote_code: bool) -> tuple[Any, Optional[str]]:

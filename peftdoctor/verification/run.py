@@ -89,11 +89,13 @@ def _one_line(exc: BaseException) -> str:
 def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype: str = "auto",
            out: Optional[str] = None, tolerance: Optional[float] = None, trust_remote_code: bool = False,
            progress: Optional[Progress] = None, merge_dtype: Optional[str] = "float32",
-           merged: Optional[str] = None) -> VerifyReport:
+           merged: Optional[str] = None, offload_folder: Optional[str] = None) -> VerifyReport:
     """Verify that `adapter` loads, computes the same merged as unmerged, and saves deployable.
 
     merge_dtype: the precision the merge is done in before casting to `dtype` (None: in `dtype`).
     merged: instead, judge this merged model (made by any tool) against base + adapter, tensor by tensor.
+    offload_folder: a base too large for memory is loaded with accelerate (device_map="auto"), what does
+    not fit the GPUs and the CPU offloaded to disk here (in a subfolder removed at the end).
     """
     if dtype not in DTYPES or (merge_dtype is not None and merge_dtype not in DTYPES[1:]):
         raise UnusableInput(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -104,6 +106,9 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
     if merged is not None and (out is not None or tolerance is not None):
         raise UnusableInput("--merged judges a merge that exists: --out and --tolerance do not apply (its "
                             "bounds come from the dtypes' rounding)")
+    if merged is not None and offload_folder is not None:
+        raise UnusableInput("--merged judges a merge that exists tensor by tensor: --offload-folder does not apply")
+    offload = check_offload_folder(offload_folder)
     facts = read_adapter(adapter)
     out_path = check_out(out)
     run = _Run(progress)
@@ -112,7 +117,7 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
         if merged is not None:
             _verify_merged(run, facts, base, merged, state)
         else:
-            _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state)
+            _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state, offload)
     except _Stop:
         pass
     finally:
@@ -136,7 +141,7 @@ def _verdict(run: _Run, facts: Adapter) -> Verdict:
 
 def _verify(run: _Run, facts: Adapter, base_arg: Optional[str], out: Optional[Path],
             tolerance: Optional[float], trust_remote_code: bool, merge_dtype: Optional[str],
-            state: dict[str, Any]) -> None:
+            state: dict[str, Any], offload: Optional[Path] = None) -> None:
     base = run.step("resolve base", "finding the base model", lambda: _resolve_base(facts, base_arg))
     state["base"] = base.display
     state["device"] = device = run.step("device", "choosing the device", lambda: _device(state["device"]))
@@ -150,7 +155,14 @@ def _verify(run: _Run, facts: Adapter, base_arg: Optional[str], out: Optional[Pa
     if not base.bnb_quantized and facts.peft_type == "LORA":
         reason = large.too_large(base)
         if reason:
+            budget = _accelerate_budget(run, facts, base, dtype, device, offload)
+            if budget is not None:
+                return _offloaded(run, facts, base, out, dtype, tol, reason, budget, offload, trust_remote_code, state)
             return _layer_by_layer(run, facts, base, out, dtype, reason, state)
+    if offload is not None:
+        run.notes.append("--offload-folder not used: " + (
+            "the base fits in memory and was loaded whole" if not base.bnb_quantized and facts.peft_type == "LORA"
+            else "it applies to LoRA adapters on a base not quantized; the base was loaded whole"))
 
     loaded = run.step("load base", f"loading base {base.display} ({dtype}, {device})",
                       lambda: _load(base, facts, dtype, device, trust_remote_code, quantized=True))
@@ -224,17 +236,10 @@ def _layer_by_layer(run: _Run, facts: Adapter, base: Base, out: Optional[Path], 
              lambda: (None, f"{reason}: verified layer by layer, one module in memory at a time, on the CPU"))
     merged_base: Optional[Base] = None
     if out is not None:
-        from peftdoctor.merge import stream_merge
-
         if out.is_dir():
             out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
-
-        def streamed() -> tuple[Any, str]:
-            report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype)
-            return report, (f"{report.tensors_merged} tensors merged with peft's per-layer merge, "
-                            f"{report.tensors_passed} copied; peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB")
-
-        run.step("merge (streaming)", "streaming the merge shard by shard", streamed)
+        run.step("merge (streaming)", "streaming the merge shard by shard",
+                 lambda: _streamed(facts, base, out, dtype, allow_noop=False))
         state["out"] = str(out)
         merged_base = merged_judge.merged_base(out)
     else:
@@ -243,6 +248,147 @@ def _layer_by_layer(run: _Run, facts: Adapter, base: Base, out: Optional[Path], 
     _judge_into(run, facts, base, merged_base, "layer parity",
                 "checking the merged model layer by layer against base + adapter")
     state["merge_base"] = f"{base.display} weights in {dtype}"
+
+
+def _streamed(facts: Adapter, base: Base, out: Path, dtype: str, allow_noop: bool) -> tuple[Any, str]:
+    from peftdoctor.merge import stream_merge
+
+    report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype, allow_noop=allow_noop)
+    return report, (f"{report.tensors_merged} tensors merged with peft's per-layer merge, "
+                    f"{report.tensors_passed} copied; peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB")
+
+
+def check_offload_folder(folder: Optional[str]) -> Optional[Path]:
+    """An --offload-folder that is a directory, or can be made one (its parent exists)."""
+    if folder is None:
+        return None
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UnusableInput(f"--offload-folder {folder}: exists and is not a directory")
+    if not path.exists() and not path.parent.is_dir():
+        raise UnusableInput(f"--offload-folder {folder}: parent directory {path.parent} does not exist")
+    return path
+
+
+def _accelerate_budget(run: _Run, facts: Adapter, base: Base, dtype: str, device: str,
+                       offload: Optional[Path]) -> Optional[dict[Any, int]]:
+    """accelerate's max_memory when this too-large base can be loaded across the devices present (GPUs,
+    CPU, --offload-folder) and the adapter probed on it, else None (layer by layer, noted when asked for)."""
+    from peftdoctor.verification import offload as accelerated
+
+    budget = large.max_memory(large.dtype_bytes(base, dtype), accelerated.gpu_free(device), offload is not None)
+    if budget is None:
+        return None
+    why = None if facts.config is None else P.refusal(facts.config)
+    if why is None and facts.config is not None and facts.config.get("use_dora"):
+        why = "DoRA's forward reads the base weight outside the layer accelerate's hook brings it into"
+    if why is not None:
+        if offload is not None:
+            run.notes.append(f"--offload-folder not used ({why.rstrip('.')}): verified layer by layer instead")
+        return None
+    return budget
+
+
+def _offloaded(run: _Run, facts: Adapter, base: Base, out: Optional[Path], dtype: str, tol: float, reason: str,
+               budget: dict[Any, int], offload: Optional[Path], trust_remote_code: bool,
+               state: dict[str, Any]) -> None:
+    """Too large for memory, not for the devices present: accelerate's big-model loading (device_map="auto",
+    max_memory, offload folder) for base + adapter, whose probe is the reference; the merge is streamed
+    into --out (or a temporary folder) and loaded the same way to be probed against it."""
+    from peftdoctor.verification import offload as accelerated
+
+    limits = ", ".join(f"{'cpu' if d == 'cpu' else f'cuda:{d}'} {large.size_text(n)}" for d, n in budget.items())
+    run.step("memory", "measuring the memory available", lambda: (None, (
+        f"{reason}: loaded with accelerate (device_map=auto, max_memory {limits}"
+        + (f", offload folder {offload}" if offload is not None else "") + ")")))
+    with accelerated.work_folder(offload) as scratch:
+        placement = accelerated.placement(budget, scratch / "offload" if offload is not None else None)
+        inputs, reference = _offloaded_reference(run, facts, base, dtype, tol, placement, trust_remote_code, scratch,
+                                                 state)
+        _free(state["device"])
+        target = out if out is not None else scratch / "merged"
+        if target.is_dir():
+            target.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
+        run.step("merge (streaming)", "streaming the merge shard by shard",
+                 lambda: _streamed(facts, base, target, dtype, allow_noop=True))
+        if out is not None:
+            state["out"] = str(out)
+        else:
+            run.notes.append("no --out given: the merged model was streamed to a temporary directory"
+                             + (f" in {offload}" if offload is not None else "") + ", probed and deleted; "
+                             "pass --out DIR to keep it")
+        state["merge_base"] = f"{base.display} weights in {dtype}"
+        output = run.step("probe merged", "loading the merged model with accelerate and running the probe batch",
+                          lambda: _probe_dispatched(target, facts, dtype, placement, trust_remote_code, inputs))
+    parity = compare("merged vs adapted", output, reference, tol)
+    run.parity.append(parity)
+    if not parity.passed:
+        run.findings.append(rule("PD304").finding(
+            f"merged logits differ from base + adapter by {parity.max_rel:.3g} of their scale "
+            f"(tolerance {tol:.3g}; top-1 agreement {parity.top1_agreement:.1%})",
+            "deploy with PeftModel instead, or merge again with `peftdoctor merge`"))
+
+
+def _offloaded_reference(run: _Run, facts: Adapter, base: Base, dtype: str, tol: float, placement: dict[str, Any],
+                         trust_remote_code: bool, scratch: Path, state: dict[str, Any]) -> tuple[Any, Any]:
+    """Load the base dispatched by accelerate, attach the adapter, probe: the reference the merge must match.
+    Returns (inputs, reference logits); the models are released on return."""
+    from peftdoctor.verification import offload as accelerated
+
+    loaded = run.step("load base", f"loading base {base.display} with accelerate ({dtype}, device_map=auto)",
+                      lambda: _load_dispatched(base, facts, dtype, placement, trust_remote_code, scratch))
+    state["device"] = device = accelerated.main_device(loaded.model.hf_device_map)
+    for key in basemod.untrained_head(loaded.missing, facts):
+        run.findings.append(rule("PD302").finding(
+            f"{key} is not in the base and not saved by the adapter: it is initialised at random on every "
+            "load", f"train with modules_to_save=[{key.rsplit('.', 2)[0].split('.')[-1]!r}] so the adapter "
+            "carries it", key="modules_to_save"))
+    peft_model = run.step("load adapter", "loading the adapter with PeftModel.from_pretrained onto the "
+                          "dispatched base", lambda: _attach(run, loaded.model, facts))
+    return run.step("probe adapted", "running the probe batch through base + adapter",
+                    lambda: _probe_adapted(run, peft_model, facts, device, tol))
+
+
+def _load_dispatched(base: Base, facts: Adapter, dtype: str, placement: dict[str, Any], trust_remote_code: bool,
+                     scratch: Path) -> tuple[basemod.LoadedBase, str]:
+    from peftdoctor.verification import offload as accelerated
+
+    loaded = basemod.load_base(base, facts, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code,
+                               quantized=False, placement=placement)
+    device_map = getattr(loaded.model, "hf_device_map", None) or {"": "cpu"}
+    loaded.model.hf_device_map = device_map
+    folder = Path(placement["offload_folder"]) if "offload_folder" in placement else None
+    return loaded, (f"{type(loaded.model).__name__}, {dtype}; loaded with accelerate device_map=auto: "
+                    f"{accelerated.describe(device_map, folder)}")
+
+
+def _attach(run: _Run, model: Any, facts: Adapter) -> tuple[Any, str]:
+    from peftdoctor.verification import offload as accelerated
+
+    rows = basemod.resized_rows(model, facts)
+    if rows is not None:
+        raise _Skip(f"the adapter was saved for {rows[1]} vocabulary rows, the base has {rows[0]}: a model "
+                    "dispatched by accelerate cannot be resized; run without --offload-folder (layer by layer)")
+    try:
+        peft_model = accelerated.attach_adapter(model, str(facts.directory))
+    except Exception as exc:
+        run.findings.extend(_load_failure_findings(facts, exc))
+        raise
+    return peft_model, (f"{type(peft_model).__name__}; adapter weights loaded onto each layer's execution device "
+                        "(peft alone re-dispatches an offloaded base and leaves them on meta)")
+
+
+def _probe_dispatched(directory: Path, facts: Adapter, dtype: str, placement: dict[str, Any],
+                      trust_remote_code: bool, inputs: dict[str, Any]) -> tuple[Any, str]:
+    from peftdoctor.verification import offload as accelerated
+
+    loaded = basemod.load_base(merged_judge.merged_base(directory), facts, dtype=dtype, device="cpu",
+                               trust_remote_code=trust_remote_code, quantized=False, placement=placement)
+    device_map = getattr(loaded.model, "hf_device_map", None) or {"": "cpu"}
+    folder = Path(placement["offload_folder"]) if "offload_folder" in placement else None
+    output = forward(loaded.model, inputs)
+    del loaded
+    return output, f"reloaded with transformers, device_map=auto: {accelerated.describe(device_map, folder)}"
 
 
 def _verify_merged(run: _Run, facts: Adapter, base_arg: Optional[str], merged: str, state: dict[str, Any]) -> None:
