@@ -74,7 +74,7 @@ def test_a_wrong_streamed_merge_fails_with_its_figures(made: dict[str, Path], tm
 
     real_into = delta.merge_into
     # ... and merge/delta.py's torch path for plain LoRA and rsLoRA, this adapter's: half the delta too.
-    monkeypatch.setattr(delta, "merge_into", lambda weight, lora: real_into(weight, delta.PlainLora(
+    monkeypatch.setattr(delta, "merge_into", lambda weight, lora, pool=None: real_into(weight, delta.PlainLora(
         lora.kind, lora.A, lora.B, lora.scaling / 2)))
     # The judge's reference stays peft's own merge.
     from peftdoctor.verification import merged as judged

@@ -114,7 +114,7 @@ def test_a_wrong_merge_fails_with_its_figures(made: dict[str, Path], tmp_path: P
     from peftdoctor.merge import delta
 
     real_into = delta.merge_into
-    monkeypatch.setattr(delta, "merge_into", lambda weight, lora: real_into(weight, delta.PlainLora(
+    monkeypatch.setattr(delta, "merge_into", lambda weight, lora, pool=None: real_into(weight, delta.PlainLora(
         lora.kind, lora.A, lora.B, lora.scaling / 2)))
     report = verify(str(made["lora"]), base=str(made["llama"]), offload_folder=str(tmp_path / "offload"))
     assert report.verdict == "failed", render_text(report)
