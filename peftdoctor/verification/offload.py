@@ -28,8 +28,9 @@ So the adapter is attached with the base's `hf_device_map` hidden (no re-dispatc
 left on meta is materialised on its base layer's execution device, and the adapter's weights are loaded
 with peft's own set_peft_model_state_dict. The merge is the streaming merge (memory: about one shard),
 whose output is loaded the same way to be probed. DoRA is not taken this way: its forward reads the base
-weight outside the base layer's own forward, where accelerate's hook has not brought it in. torch,
-transformers, peft and accelerate are imported inside the functions.
+weight outside the base layer's own forward, where accelerate's hook has not brought it in. The path
+that uses this (its steps and findings) is offloaded.py. torch, transformers, peft and accelerate are
+imported inside the functions.
 """
 from __future__ import annotations
 
