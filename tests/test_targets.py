@@ -20,6 +20,7 @@ from adapters import (
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from peftdoctor import check
 from peftdoctor.engines import (
     BEHAVIOURS,
     ENGINES,
@@ -31,7 +32,6 @@ from peftdoctor.engines import (
     parse_target,
     refusals_for,
     rewrites_for,
-    target_findings,
 )
 from peftdoctor.engines.features import DETECTORS, FEATURE_CODES
 from peftdoctor.errors import UnusableInput
@@ -112,8 +112,9 @@ def _release_in(engine: str, entry: Entry) -> Version:
 
 
 def _ids(engine: str, version: Version, adapter_dir: Path) -> str:
-    adapter = open_adapter(str(adapter_dir))
-    return " ".join(f"{f.code} {f.message}" for f in target_findings(adapter, adapter.config, Target(engine, version)))
+    """Through check itself: the base is what check finds (base_model_name_or_path, here a local directory)."""
+    report = check(str(adapter_dir), serve=f"{engine}=={version}")
+    return " ".join(f"{f.code} {f.message}" for f in report.findings if f.code.startswith("PD4"))
 
 
 @pytest.mark.parametrize("engine,entry", ALL_ENTRIES, ids=[e.id for _, e in ALL_ENTRIES])
@@ -237,8 +238,15 @@ def test_architecture_modules_gpt2_and_unknown_bases(zoo: dict[str, Path], tmp_p
     assert "[vllm-arch-modules-refused-d]" in seen and "GPT2LMHeadModel (from the base config.json)" in seen
     # Without the base config a GPT-2 adapter is not judged: c_attn is GPT-BigCode's name as well.
     assert "PD416" not in _ids("vllm", Version("0.33.0"), _hub_id_copy(zoo["gpt2"], tmp_path / "gpt2-hub"))
+    # --base names the base when base_model_name_or_path cannot: its config.json decides.
+    named = check(str(tmp_path / "gpt2-hub"), serve="vllm==0.33.0", base=str(_base_dir(zoo["gpt2"])))
+    assert "GPT2LMHeadModel (from the base config.json)" in " ".join(f.message for f in named.findings)
     # Llama lists embed_tokens and lm_head; the embedding-LoRA adapter is fine on it.
     assert "PD416" not in _ids("vllm", Version("0.33.0"), zoo["embedding"])
+
+
+def _base_dir(adapter_dir: Path) -> Path:
+    return Path(json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
 
 
 def _rekeyed_copy(adapter_dir: Path, destination: Path, old: str, new: str) -> Path:

@@ -21,6 +21,7 @@ from peftdoctor.engines.features import DETECTORS, FEATURE_CODES, FEATURE_KEYS
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.safetensors import Header
 from peftdoctor.model.adapter import Adapter
+from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding
 from peftdoctor.rules.registry import rule
 
@@ -111,10 +112,11 @@ def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
     return table, version, [e for e in table.entries if e.releases.contains(version, prereleases=True)]
 
 
-def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]) -> list[tuple[Entry, str]]:
+def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header],
+          base: Optional[Base] = None) -> list[tuple[Entry, str]]:
     found = []
     for entry in entries:
-        detail = DETECTORS[entry.feature](config, header, dict(entry.params))
+        detail = DETECTORS[entry.feature](config, header, {**dict(entry.params), "base": base})
         if detail is not None:
             found.append((entry, detail))
     # An adapter the engine cannot load as LoRA at all makes every finer finding noise.
@@ -122,12 +124,14 @@ def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]
     return fatal or found
 
 
-def target_findings(adapter: Adapter, config: dict[str, Any], target: Target) -> list[Finding]:
-    """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does."""
+def target_findings(adapter: Adapter, config: dict[str, Any], target: Target,
+                    base: Optional[Base] = None) -> list[Finding]:
+    """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does;
+    `base`: the base check found (its architecture decides which modules the engine serves)."""
     table, version, entries = applicable(target)
     label = f"{table.name} {version}" + ("" if target.version else " (newest release checked)")
     findings = []
-    for entry, detail in _hits(entries, config, adapter.header):
+    for entry, detail in _hits(entries, config, adapter.header, base):
         if entry.behaviour == "ok":
             continue
         findings.append(rule(FEATURE_CODES[entry.feature]).finding(

@@ -11,7 +11,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from peftdoctor.io.base import find_base_config
 from peftdoctor.io.safetensors import Header
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft import targeting, tensor_names
@@ -199,18 +198,12 @@ def target_modules_unsupported(config: dict[str, Any], header: Optional[Header],
     return f"modules {', '.join(odd)} are not among {', '.join(params['supported'])}" if odd else None
 
 
-def base_architecture(config: dict[str, Any]) -> Optional[str]:
-    """The base's architecture when the adapter can name it for sure: base_model_name_or_path's config.json,
-    from a local directory or the local hub cache (io/base.py; never downloads, never guesses)."""
-    base = find_base_config(config.get("base_model_name_or_path"))
-    return base.architecture if base is not None else None
-
-
 def architecture_modules_unsupported(config: dict[str, Any], header: Optional[Header],
                                      params: Mapping[str, Any]) -> Optional[str]:
     """params: supported ({architecture: module names the engine builds LoRA layers for}), names_from
     ("weights": the safetensors keys, falling back to target_modules; "target_modules": the config only),
-    fingerprints ({architecture: module names that, all present, identify it when the base cannot be read}).
+    fingerprints ({architecture: module names that, all present, identify it when the base cannot be read}),
+    and base (the Base check found: --base or base_model_name_or_path; None when it was not found).
     An architecture absent from `supported` is not judged; an unknown base without a fingerprint is skipped."""
     if params.get("names_from") == "target_modules" or header is None:
         names = _targets(config)
@@ -218,7 +211,8 @@ def architecture_modules_unsupported(config: dict[str, Any], header: Optional[He
         names = set(_lora_modules(header).values())
     if not names:
         return None
-    architecture, how = base_architecture(config), "base config.json"
+    base = params.get("base")
+    architecture, how = (base.architecture if base is not None else None), "base config.json"
     if architecture is None:
         matches = [arch for arch, prints in (params.get("fingerprints") or {}).items() if set(prints) <= names]
         if len(matches) != 1:

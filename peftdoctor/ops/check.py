@@ -122,6 +122,6 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     if engine is not None:
         from peftdoctor.engines import target_findings
 
-        weights += target_findings(adapter, adapter.config, engine)
+        weights += target_findings(adapter, adapter.config, engine, ctx.base)
     return Report(**shown, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
                   written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))
