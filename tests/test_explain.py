@@ -305,6 +305,21 @@ def test_pd350_target_modules_not_found(base: Path) -> None:
     assert "nope" in found.finding.message
 
 
+@pytest.mark.parametrize("fields", [{"target_modules": "q_proj["},
+                                    {"target_modules": ["q_proj"], "rank_pattern": {"*q_proj": 2}}])
+def test_pd118_regex_refused_by_re(base: Path, fields: dict[str, Any]) -> None:
+    """peft's own traceback when a regex built from the config does not compile names no key: PD118 says
+    which keys it comes from; re refusing a regex outside peft's matching is not an adapter problem."""
+    from peft import LoraConfig, get_peft_model
+
+    text = traceback_of(lambda: get_peft_model(A.load_base(base), LoraConfig(**fields)))
+    found = assert_explains(text, "PD118")
+    assert "at position" not in found.finding.message and ("unterminated" in found.finding.message
+                                                          or "nothing to repeat" in found.finding.message)
+    other = traceback_of(lambda: re.compile("[a-"))
+    assert "PD118" not in {e.finding.code for e in explain(other)}
+
+
 def test_pd206_rank_differs_from_weights(lora: Path, base: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 

@@ -350,3 +350,51 @@ def test_check_and_fix_finish_on_catastrophic_patterns(tmp_path: Path) -> None:
         done, seconds = _cli("fix", str(adapter), "--peft", release)
         assert seconds < 10, (release, seconds)
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+# Configs whose regexes `re` refuses in some releases (PD118), and valid ones beside them; OPT's module
+# names ("model.decoder.layers.0.self_attn.q_proj") are what tests/era/build_model.py builds on.
+_REGEX_CONFIGS: dict[str, dict[str, Any]] = {
+    "target-string": {"target_modules": "q_proj["},
+    "target-deep": {"target_modules": "(" * 1200 + "q_proj" + ")" * 1200},
+    "rank-key": {"target_modules": ["q_proj", "v_proj"], "rank_pattern": {"v_proj(": 4}},
+    "alpha-key": {"target_modules": ["q_proj", "v_proj"], "alpha_pattern": {"q_proj": 4, "*v_proj": 2}},
+    "layers-pattern": {"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": "lay[ers"},
+    "exclude-string": {"target_modules": ["q_proj", "v_proj"], "exclude_modules": "(v_proj"},
+    "valid-regexes": {"target_modules": r".*\.(q|v)_proj", "rank_pattern": {r"layers\.0\..*q_proj": 2},
+                      "layers_to_transform": [0], "layers_pattern": "(layers)"},
+}
+_REGEX_RELEASES = ["installed", "0.6.2", "0.13.2", "0.15.0"]
+
+
+def test_invalid_regexes_fail_the_load_exactly_where_pd118_says(tmp_path: Path) -> None:
+    """For each config and release, real peft builds the model (tests/era/build_model.py) and fails with
+    re's error (or RecursionError) exactly where check reports PD118 for that release; nothing else fails."""
+    from peftdoctor import check
+
+    directories = []
+    for name, fields in _REGEX_CONFIGS.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "task_type": "CAUSAL_LM", **fields}))
+        directories.append(directory)
+    for release in _REGEX_RELEASES:
+        if release != "installed":
+            peft_envs.ensure_env(release)
+        argv, env = ([sys.executable], None) if release == "installed" else peft_envs.env_python_cmd(release)
+        done = subprocess.run([*argv, str(ERA / "build_model.py"), *map(str, directories)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        built = json.loads(done.stdout.strip().splitlines()[-1])
+        target = installed_peft() if release == "installed" else release
+        seen = {}
+        for directory in directories:
+            outcome = built[str(directory)]
+            regex_failure = outcome["result"] == "fails" and outcome["error"].startswith(("error:", "RecursionError"))
+            codes = [f.code for f in check(str(directory), peft=target).findings]
+            seen[directory.name] = (regex_failure, "PD118" in codes)
+            if "exclude" in directory.name and Version(target) < Version("0.14.0"):
+                continue  # a key these releases do not know: PD105/PD109 speak for it, peft drops or refuses it
+            assert regex_failure == ("PD118" in codes), (release, directory.name, outcome, codes)
+        assert seen["valid-regexes"] == (False, False) and seen["target-string"] == (True, True), (release, seen)

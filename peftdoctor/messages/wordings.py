@@ -34,6 +34,10 @@ _UNRECOGNIZED = _re(r"Unrecognized model in (?P<path>[^\n]{0,300}?)\.? Should ha
 _MAGNITUDE = _re(r"(?:no match|unsupported|not supported)[^\n]{0,40}?(?P<name>[\w.]{0,300}lora_magnitude_vector)"
                  r"|(?P<name2>[\w.]{0,300}lora_magnitude_vector)[^\n]{0,20}?(?:unsupported|not supported)")
 
+# Python's re refusing a regex peft built from the config: re.error (PatternError from 3.13) names no key.
+_REGEX_REFUSED = _re(r"\b(?:re\.error|re\.PatternError|PatternError|error): (?P<msg>[^\n]{1,200}?) at position \d{1,9}")
+_PEFT_MATCHING = ("check_target_module_exists", "get_pattern_key", "_get_pattern_key", "inject_adapter",
+                  "target_modules", "rank_pattern", "alpha_pattern", "layers_pattern", "exclude_modules")
 _TENSOR_REFUSED = _re(r"\blora (?P<name>base_model\.model\.[\w.]{1,300}) is not supported")
 
 
@@ -71,6 +75,12 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
     m = _search(_MAGNITUDE, text, lowered, "lora_magnitude_vector")
     if m:
         yield _d(m[0], _dora_cause())
+    m = _search(_REGEX_REFUSED, text, lowered, " at position ")
+    if m and any(name in lowered for name in _PEFT_MATCHING):
+        yield _d(m[0], Cause("PD118", f"a regex peft built from the adapter's config is not one Python's re accepts "
+                             f"({m['msg']}): target_modules or exclude_modules (a string), a layers_pattern, or a "
+                             "rank_pattern / alpha_pattern key", "run `peftdoctor check ADAPTER`, which names the key; "
+                             "escape the regex characters (re.escape) or list plain module names"))
     m = _search(_TENSOR_REFUSED, text, lowered, " is not supported")
     if m:  # other engines' and releases' wording of "this saved tensor cannot be served"
         yield _d(m[0], *_weight_causes(m["name"]))

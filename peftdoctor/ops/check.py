@@ -15,7 +15,7 @@ from peftdoctor.rules import Check, Context
 from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
-from peftdoctor.rules.schema import peft_type_findings, value_findings
+from peftdoctor.rules.schema import pattern_findings, peft_type_findings, value_findings
 from peftdoctor.rules.traps import (
     base_mutating_init,
     base_not_portable,
@@ -27,7 +27,7 @@ from peftdoctor.rules.unknown_keys import unknown_key_findings
 from peftdoctor.rules.weights import weight_findings
 
 CONFIG_CHECKS: tuple[Check, ...] = (
-    peft_type_findings, value_findings, unknown_key_findings, version_findings,
+    peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
     base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
 )
 

@@ -31,8 +31,17 @@ def _first(keys: list[str], module: str, template: str) -> Optional[str]:
     return None
 
 
+# How a key is wrapped into the regex peft matches module names with.
+_OLD_KEY, _NEW_KEY = r".*\.{key}$", r"(.*\.)?({key})$"
+
+
+def key_regex(key: str, version: Version) -> str:
+    """The regex peft `version` matches module names against for a rank_pattern / alpha_pattern key."""
+    return (_NEW_KEY if version >= Version("0.15.0") else _OLD_KEY).format(key=key)
+
+
 def _combined(rank: dict, alpha: dict, module: str, r: Any, lora_alpha: Any) -> tuple[Any, Any]:
-    key = _first([*rank, *alpha], module, r".*\.{key}$") or module
+    key = _first([*rank, *alpha], module, _OLD_KEY) or module
     return rank.get(key, r), alpha.get(key, lora_alpha)
 
 
@@ -46,8 +55,8 @@ def _separate(template: str) -> Resolver:
 
 
 _REGIMES: list[tuple[Version, Resolver]] = [
-    (Version("0.15.0"), _separate(r"(.*\.)?({key})$")),
-    (Version("0.14.0"), _separate(r".*\.{key}$")),
+    (Version("0.15.0"), _separate(_NEW_KEY)),
+    (Version("0.14.0"), _separate(_OLD_KEY)),
     (Version("0.0"), _combined),
 ]
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from packaging.version import Version
 
-from peftdoctor.peft import bounded
+from peftdoctor.peft import bounded, patterns
 
 PROBLEMS = (re.error, ValueError)  # what the functions here raise where peft itself would fail
 ALL_LINEAR = "all-linear"  # INCLUDE_LINEAR_LAYERS_SHORTHAND
@@ -225,3 +225,42 @@ def declared_names(config: Mapping[str, Any], key: str = "target_modules") -> Op
     if not isinstance(value, list):
         return None
     return frozenset(t.rsplit(".", 1)[-1] for t in value if isinstance(t, str))
+
+
+def pattern_errors(config: Mapping[str, Any], version: Version) -> list[tuple[str, str, str]]:
+    """(config key, the value as written, re's message) for each regex of the config that Python's `re`
+    refuses to compile in the form peft `version` builds it: peft raises re.error (or RecursionError)
+    while it builds the adapter's layers. The regexes are the ones the functions above evaluate for that
+    release: a target_modules or exclude_modules string, list entries in 0.5.x, layers_pattern entries when
+    layers_to_transform is set, modules_to_save entries from 0.16.0, rank_pattern / alpha_pattern keys."""
+    reg = regime(version)
+    wanted: list[tuple[str, str, str]] = []  # (key, value, regex)
+    targets = config.get("target_modules")
+    if isinstance(targets, str) and not is_all_linear(targets, version):
+        wanted.append(("target_modules", targets, targets))
+    elif isinstance(targets, list) and reg.entry == "regex":
+        entries = _split_entries(tuple(t for t in targets if isinstance(t, str)))[1]
+        wanted += [("target_modules", t, rf".*\.{t}$") for t in sorted(entries)]
+    exclude = config.get("exclude_modules")
+    if reg.exclude_modules and isinstance(exclude, str) and exclude:
+        wanted.append(("exclude_modules", exclude, exclude))
+    layers = config.get("layers_pattern")
+    if reg.layers and config.get("layers_to_transform") is not None and layers:
+        wanted += [("layers_pattern", p, reg.layer_regex.format(pattern=p))
+                   for p in ([layers] if isinstance(layers, str) else layers if isinstance(layers, list) else [])
+                   if isinstance(p, str)]
+    saved = config.get("modules_to_save")
+    if reg.excludes_modules_to_save and isinstance(saved, list):
+        wanted += [("modules_to_save", m, rf"(^|.*\.){m}($|\..*)") for m in saved if isinstance(m, str)]
+    for key in ("rank_pattern", "alpha_pattern"):
+        if isinstance(config.get(key), dict):
+            wanted += [(key, k, patterns.key_regex(k, version)) for k in config[key]]
+    found = []
+    for key, value, regex in dict.fromkeys(wanted):
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            found.append((key, value, exc.msg))
+        except (RecursionError, OverflowError) as exc:  # parentheses nested thousands deep; huge repeat counts
+            found.append((key, value, f"{type(exc).__name__}: {exc}"))
+    return found

@@ -54,6 +54,7 @@ _TABLE = [
     ("PD115", "tied-layer-adapted", W, "A tied embedding/output layer is adapted: merging or saving may drop it."),
     ("PD116", "task-type-unknown", W, "The target release does not know this task_type."),
     ("PD117", "target-approximated", I, "No schema for the target peft release; the closest older one stood in."),
+    ("PD118", "pattern-invalid", E, "A regex in the config (target_modules, rank_pattern keys, ...) does not compile: loading fails."),
     ("PD190", "fix-refused", E, "fix has no exact rewrite for a key: nothing is written (--force drops it)."),
     ("PD191", "fix-rewrite", I, "fix rewrites a key for the target release (a --force rewrite changes the meaning)."),
     ("PD350", "target-modules-not-found", E, "target_modules match no module of the base (explain)."),

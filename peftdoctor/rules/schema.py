@@ -1,4 +1,5 @@
-"""Validate adapter_config.json against the target release's generated schema (PD102-PD104, PD116)."""
+"""Validate adapter_config.json against the target release's generated schema (PD102-PD104, PD116), and its
+regexes against Python's re as that release builds them (PD118)."""
 from __future__ import annotations
 
 import functools
@@ -125,3 +126,25 @@ def _fix_for(key: str, error: "ValidationError") -> str:
     if error.validator == "enum":
         return f"use one of {expected!r} for {key}"
     return f"correct {key} to what the config class accepts"
+
+
+def pattern_findings(ctx: Context) -> list[Finding]:
+    """PD118, one per config key: the regexes peft builds from it that `re` refuses; peft fails the load."""
+    from peftdoctor.peft import targeting
+
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    for key, value, message in targeting.pattern_errors(ctx.config, ctx.target.version):
+        by_key.setdefault(key, []).append((value, message))
+    findings = []
+    for key, bad in by_key.items():
+        value, message = bad[0]
+        more = f" (and {len(bad) - 1:,} more)" if len(bad) > 1 else ""
+        findings.append(rule("PD118").finding(
+            f"{key}{' key' if key.endswith('_pattern') and key != 'layers_pattern' else ''} {_shown(value)!r}{more} is not a regex Python's re accepts ({message}): peft "
+            f"{ctx.target.name} raises re.error while it builds the adapter's layers",
+            "escape the regex characters (re.escape) or name the modules as a list of plain names", key=key))
+    return findings
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
