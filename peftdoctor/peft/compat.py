@@ -8,7 +8,7 @@ from typing import Any, Optional
 from packaging.version import Version
 
 from peftdoctor.model.findings import Compatibility
-from peftdoctor.peft import postinit, releases
+from peftdoctor.peft import postinit, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft.releases import Release
 
@@ -130,6 +130,9 @@ def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, 
     post_init_error = postinit.refusal(release, peft_type, config, seen)
     if post_init_error:
         return Compatibility(name, "fails", error=post_init_error)
+    regex_errors = targeting.pattern_errors(config, release.version, release.fields(peft_type))
+    if regex_errors:  # raised while the layers are built, after the config loaded
+        return Compatibility(name, "fails", error=f"re.error: {regex_errors[0][2]}")
     if unknown:
         warning = None
         if release.unknown_keys == "warn" and message:

@@ -227,12 +227,14 @@ def declared_names(config: Mapping[str, Any], key: str = "target_modules") -> Op
     return frozenset(t.rsplit(".", 1)[-1] for t in value if isinstance(t, str))
 
 
-def pattern_errors(config: Mapping[str, Any], version: Version) -> list[tuple[str, str, str]]:
+def pattern_errors(config: Mapping[str, Any], version: Version,
+                   known: Collection[str] = ()) -> list[tuple[str, str, str]]:
     """(config key, the value as written, re's message) for each regex of the config that Python's `re`
     refuses to compile in the form peft `version` builds it: peft raises re.error (or RecursionError)
     while it builds the adapter's layers. The regexes are the ones the functions above evaluate for that
     release: a target_modules or exclude_modules string, list entries in 0.5.x, layers_pattern entries when
-    layers_to_transform is set, modules_to_save entries from 0.16.0, rank_pattern / alpha_pattern keys."""
+    layers_to_transform is set, modules_to_save entries from 0.16.0, rank_pattern / alpha_pattern keys.
+    `known`: the keys the release's config class knows, when given (a key it drops builds no regex)."""
     reg = regime(version)
     wanted: list[tuple[str, str, str]] = []  # (key, value, regex)
     targets = config.get("target_modules")
@@ -255,12 +257,17 @@ def pattern_errors(config: Mapping[str, Any], version: Version) -> list[tuple[st
     for key in ("rank_pattern", "alpha_pattern"):
         if isinstance(config.get(key), dict):
             wanted += [(key, k, patterns.key_regex(k, version)) for k in config[key]]
-    found = []
-    for key, value, regex in dict.fromkeys(wanted):
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            found.append((key, value, exc.msg))
-        except (RecursionError, OverflowError) as exc:  # parentheses nested thousands deep; huge repeat counts
-            found.append((key, value, f"{type(exc).__name__}: {exc}"))
-    return found
+    return [(key, value, problem) for key, value, regex in dict.fromkeys(wanted)
+            if (not known or key in known) and (problem := _refused_by_re(regex)) is not None]
+
+
+@functools.lru_cache(maxsize=65536)
+def _refused_by_re(regex: str) -> Optional[str]:
+    """re's message when it refuses to compile `regex` (asked once per regex across the 36 releases)."""
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        return str(exc.msg)
+    except (RecursionError, OverflowError) as exc:  # parentheses nested thousands deep; huge repeat counts
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -133,7 +133,8 @@ def pattern_findings(ctx: Context) -> list[Finding]:
     from peftdoctor.peft import targeting
 
     by_key: dict[str, list[tuple[str, str]]] = {}
-    for key, value, message in targeting.pattern_errors(ctx.config, ctx.target.version):
+    known = ctx.target.fields(ctx.peft_type) if ctx.peft_type in ctx.target.peft_types else ()
+    for key, value, message in targeting.pattern_errors(ctx.config, ctx.target.version, known):
         by_key.setdefault(key, []).append((value, message))
     findings = []
     for key, bad in by_key.items():
