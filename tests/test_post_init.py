@@ -9,8 +9,6 @@ ok everywhere.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,10 @@ import pytest
 from peftdoctor import check
 from peftdoctor.peft import postinit, releases
 from peftdoctor.peft.releases import installed_peft
+from tests.in_release import answer_of, written_by_releases
 
 ROOT = Path(__file__).resolve().parent.parent
-ERA = Path(__file__).resolve().parent / "era"
 SCHEMAS = ROOT / "schemas"
-sys.path.insert(0, str(ROOT / "scripts"))
-import peft_envs  # noqa: E402
 
 # 0.6.2 raises on unknown keys, 0.13.2 accepts total_step null and a lone layers_pattern, 0.15.0 is
 # the first to refuse total_step null, the installed release warns on unknown keys.
@@ -57,22 +53,10 @@ WRITTEN = {  # name: (writer release, config class, kwargs, edits made to the sa
 }
 
 
-def run_in(release: str, script: Path, *args: str) -> str:
-    if release == "installed":
-        argv, env = [sys.executable], None
-    else:
-        argv, env = peft_envs.env_python_cmd(release)
-    done = subprocess.run([*argv, str(script), *args], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {name: tmp_path_factory.mktemp(name) for name in WRITTEN}
-    for writer in {w for w, _, _, _ in WRITTEN.values()}:
-        jobs = [[str(out[n]), cls, kwargs] for n, (w, cls, kwargs, _) in WRITTEN.items() if w == writer]
-        run_in(writer, ERA / "save_config.py", json.dumps(jobs))
+    written_by_releases(out, {name: (w, cls, kwargs) for name, (w, cls, kwargs, _) in WRITTEN.items()})
     for name, (_, _, _, edits) in WRITTEN.items():
         path = out[name] / "adapter_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **edits}, indent=2))
@@ -82,9 +66,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def real_outcomes(written: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """{loader: {directory: outcome}}: each release loads every config and builds its PeftModel."""
-    dirs = [str(d) for d in written.values()]
-    return {loader: json.loads(run_in(loader, ERA / "build_model.py", *dirs).strip().splitlines()[-1])
-            for loader in LOADERS}
+    return {loader: answer_of(loader, "build_model.py", *map(str, written.values())) for loader in LOADERS}
 
 
 @pytest.mark.parametrize("loader", LOADERS)

@@ -6,9 +6,6 @@ compatibility entry for that release: result, error text and dropped keys.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +13,7 @@ import pytest
 
 from peftdoctor import check
 from peftdoctor.peft.releases import installed_peft
-
-ROOT = Path(__file__).resolve().parent.parent
-ERA = Path(__file__).resolve().parent / "era"
-sys.path.insert(0, str(ROOT / "scripts"))
-import peft_envs  # noqa: E402
+from tests.in_release import answer_of, written_by_releases
 
 # 0.3.0 ignores unknown keys silently, 0.6.2 and 0.13.2 raise TypeError, the installed one warns.
 OLD_RELEASES = ["0.3.0", "0.6.2", "0.13.2"]
@@ -40,32 +33,18 @@ WRITTEN = {  # name: (writer release, config class, kwargs)
 }
 
 
-def run_in(release: str, script: Path, *args: str) -> str:
-    if release == "installed":
-        argv, env = [sys.executable], None
-    else:
-        argv, env = peft_envs.env_python_cmd(release)
-    done = subprocess.run([*argv, str(script), *args], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each config saved by its writer release (one process per release: importing peft is slow)."""
+    """Each config saved by its writer release."""
     out = {name: tmp_path_factory.mktemp(name) for name in WRITTEN}
-    for writer in {w for w, _, _ in WRITTEN.values()}:
-        jobs = [[str(out[n]), cls, kwargs] for n, (w, cls, kwargs) in WRITTEN.items() if w == writer]
-        run_in(writer, ERA / "save_config.py", json.dumps(jobs))
+    written_by_releases(out, WRITTEN)
     return out
 
 
 @pytest.fixture(scope="module")
 def real_outcomes(written: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """{loader: {directory: outcome}}, each loader release loading every config in one process."""
-    dirs = [str(d) for d in written.values()]
-    return {loader: json.loads(run_in(loader, ERA / "load_config.py", *dirs).strip().splitlines()[-1])
-            for loader in LOADERS}
+    return {loader: answer_of(loader, "load_config.py", *map(str, written.values())) for loader in LOADERS}
 
 
 @pytest.mark.parametrize("loader", LOADERS)

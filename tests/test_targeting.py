@@ -22,12 +22,10 @@ from packaging.version import Version
 
 from peftdoctor.peft import bounded, targeting
 from peftdoctor.peft.releases import installed_peft
+from tests.in_release import answer_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ERA = Path(__file__).resolve().parent / "era"
-sys.path.insert(0, str(ROOT / "scripts"))
-import peft_envs  # noqa: E402
-
 sys.path.insert(0, str(ERA))
 import released_source  # noqa: E402
 import target_matches  # noqa: E402
@@ -104,11 +102,7 @@ def _ours(config: dict[str, Any], name: str, version: Version) -> object:
 
 
 def _peft(release: str, cases_file: Path) -> list[list[object]]:
-    argv, env = ([sys.executable], None) if release == "installed" else peft_envs.env_python_cmd(release)
-    done = subprocess.run([*argv, str(ERA / "target_matches.py"), str(cases_file)], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return answer_of(release, "target_matches.py", str(cases_file), timeout=600)
 
 
 def _differ(cases: list[dict[str, Any]], theirs: list[list[object]], version: Version) -> list[tuple]:
@@ -380,13 +374,7 @@ def test_invalid_regexes_fail_the_load_exactly_where_pd118_says(tmp_path: Path) 
             {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "task_type": "CAUSAL_LM", **fields}))
         directories.append(directory)
     for release in _REGEX_RELEASES:
-        if release != "installed":
-            peft_envs.ensure_env(release)
-        argv, env = ([sys.executable], None) if release == "installed" else peft_envs.env_python_cmd(release)
-        done = subprocess.run([*argv, str(ERA / "build_model.py"), *map(str, directories)], capture_output=True,
-                              text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        built = json.loads(done.stdout.strip().splitlines()[-1])
+        built = answer_of(release, "build_model.py", *map(str, directories))
         target = installed_peft() if release == "installed" else release
         seen = {}
         for directory in directories:

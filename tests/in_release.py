@@ -1,0 +1,42 @@
+"""Run the scripts of tests/era/ under a peft release: the installed one ("installed") or an old release in
+its side-by-side environment (scripts/peft_envs.py), one process per release (importing peft is slow)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+ERA = Path(__file__).resolve().parent / "era"
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+import peft_envs  # noqa: E402
+
+INSTALLED = "installed"
+
+
+def run_in(release: str, script: str, *args: str, timeout: float = 300) -> str:
+    """stdout of tests/era/`script` run with `args` under `release` (its env made when missing)."""
+    if release == INSTALLED:
+        argv, env = [sys.executable], None
+    else:
+        peft_envs.ensure_env(release)
+        argv, env = peft_envs.env_python_cmd(release)
+    done = subprocess.run([*argv, str(ERA / script), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, f"peft {release}, {script}: {done.stderr[-3000:]}"
+    return done.stdout
+
+
+def answer_of(release: str, script: str, *args: str, timeout: float = 300) -> Any:
+    """The JSON the script prints on its last line."""
+    return json.loads(run_in(release, script, *args, timeout=timeout).strip().splitlines()[-1])
+
+
+def written_by_releases(out: Mapping[str, Path], jobs: Mapping[str, tuple[str, str, dict[str, Any]]]) -> None:
+    """Save each config {name: (writer release, config class, kwargs)} into out[name] with the writer's own
+    save_pretrained (tests/era/save_config.py), one process per writer."""
+    for writer in sorted({w for w, _, _ in jobs.values()}):
+        batch = [[str(out[n]), cls, kwargs] for n, (w, cls, kwargs) in jobs.items() if w == writer]
+        run_in(writer, "save_config.py", json.dumps(batch))
