@@ -6,7 +6,8 @@ writer: torch's matmuls, numpy's checks, file reads and pwrite all release the G
 computing and writing overlap. One worker keeps the order (the producer holds state, e.g. a weight
 and bias produced together) and leaves torch's own threads the cores; memory holds at most
 depth + 1 produced tensors. ReadAhead, in a second thread, reads the base tensors the worker will
-merge next, so that its file reads overlap the matmuls too.
+merge next, so that its file reads overlap the matmuls too. Flusher, in a third, fsyncs each shard
+once it is written, so that the disk writes it back while the next one is computed.
 """
 from __future__ import annotations
 

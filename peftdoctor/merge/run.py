@@ -345,8 +345,7 @@ class _Producer:
         return self.reads.get(name, code) if self.reads is not None else self.read_now(name, code)
 
     def read_now(self, name: str, code: str) -> Any:
-        """Base tensor `name` in dtype `code`, read from its shard now."""
-
+        """Base tensor `name` in dtype `code`, read from its shard now (into a buffer of the pool)."""
         shard, info = self.base.find(name)  # type: ignore[misc]
         # Read straight into torch's memory: no zero-filled bytearray, and torch's allocator uses huge pages.
         raw = self.pool.take(info.end - info.start)
