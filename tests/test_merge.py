@@ -244,3 +244,21 @@ def test_overlapped_path_writes_the_same_bytes_as_the_sequential_one(case: str, 
     assert sorted(p.name for p in (tmp_path / "overlapped").iterdir()) == names
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "overlapped", tmp_path / "sequential", names, shallow=False)
     assert (mismatch, errors) == ([], []) and len(match) == len(names) > 3
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["embed_tokens", "q_proj", "lm_head"]])
+def test_bfloat16_base_equals_peft_in_bfloat16(bases: dict[str, Path], tmp_path: Path, targets: Any) -> None:
+    """A base saved in bfloat16 (dtype auto): the buffers read and reused hold bf16 bytes, the product float32;
+    the result equals peft's merge of the same base loaded in bfloat16, tensor for tensor."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(bases["llama"]), dtype=torch.bfloat16)
+    model.save_pretrained(str(tmp_path / "base"), max_shard_size="20KB")
+    adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"], target_modules=targets)
+    report = stream_merge(str(adapter), str(tmp_path / "base"), str(tmp_path / "out"))
+    ours = _tensors(tmp_path / "out")
+    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"), dtype=torch.bfloat16)
+    theirs = PeftModel.from_pretrained(reference, str(adapter)).merge_and_unload().state_dict()
+    assert report.tensors_merged > 0 and {v.dtype for v in ours.values()} == {torch.bfloat16}
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
