@@ -254,3 +254,22 @@ def test_merge_refuses_non_finite_weights(base: Path, tmp_path: Path) -> None:
     done = _cli("merge", str(adapter), "--base", str(base), "--out", str(out))
     assert done.returncode == 1 and "PD211" in done.stderr and not out.exists(), done.stderr
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.parametrize("code,edit", [
+    ("PD214", lambda t: t.update({k: torch.empty(0) for k in list(t) if "lora_A" in k})),  # ZeRO-3, not gathered
+    ("PD206", lambda t: t.update({k: torch.ones(3, v.shape[1]) for k, v in list(t.items()) if "lora_A" in k})),
+])
+def test_merge_refuses_weights_peft_cannot_load(base: Path, tmp_path: Path, code: str, edit: Any) -> None:
+    """Weights real peft refuses to load (a size mismatch in load_state_dict) are refused by merge up front
+    with check's own finding in one line, instead of peft's multi-line error from the middle of the stream."""
+    from peft import PeftModel
+
+    adapter = A.make_lora_adapter(tmp_path / "adapter", base)
+    _rewrite(adapter, edit)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        PeftModel.from_pretrained(A.load_base(base), str(adapter))
+    out = tmp_path / "merged"
+    done = _cli("merge", str(adapter), "--base", str(base), "--out", str(out))
+    refusal = [line for line in done.stderr.splitlines() if "merge refused" in line]
+    assert done.returncode == 1 and len(refusal) == 1 and code in refusal[0] and not out.exists(), done.stderr

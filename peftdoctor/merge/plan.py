@@ -137,19 +137,23 @@ def refusal(config: dict[str, Any]) -> Optional[str]:
     return None
 
 
-# Value findings (rules/values.py) that make a merge dishonest: NaN weights poison the model, and an
-# untrained adapter "merges" into a copy of the base. --allow-noop lets the second through, never the first.
-_REFUSED_VALUES = ("PD211", "PD212")
+# Weight findings (rules/weights.py, rules/values.py) that make a merge impossible or dishonest: peft
+# fails to load the adapter (a rank that does not fit its weights, ZeRO-3's empty tensors), NaN weights
+# poison the model, and an untrained adapter "merges" into a copy of the base. --allow-noop lets the last
+# through, never the others.
+_REFUSED_WEIGHTS = ("PD206", "PD214", "PD211", "PD212")
 
 
-def value_refusal(adapter: Adapter, allow_noop: bool) -> Optional[str]:
-    """Why the adapter's values forbid an honest merge (one line), or None."""
-    from peftdoctor.rules.values import value_findings
+def weights_refusal(adapter: Adapter, allow_noop: bool) -> Optional[str]:
+    """Why the adapter's weights forbid a merge (check's finding, one line), or None."""
+    from peftdoctor.rules.weights import weight_findings
 
-    for finding in value_findings(adapter):
-        if finding.code in _REFUSED_VALUES and not (finding.code == "PD212" and allow_noop):
-            extra = "; pass --allow-noop to write a copy of the base anyway" if finding.code == "PD212" else ""
-            return f"{finding.code}: {finding.message} ({finding.fix}){extra}"
+    findings, _ = weight_findings(adapter, adapter.config)
+    for code in _REFUSED_WEIGHTS:
+        for finding in findings:
+            if finding.code == code and not (code == "PD212" and allow_noop):
+                extra = "; pass --allow-noop to write a copy of the base anyway" if code == "PD212" else ""
+                return f"{finding.code}: {finding.message} ({finding.fix}){extra}"
     return None
 
 

@@ -85,7 +85,7 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                             f"run `peftdoctor check {adapter}`")
     require_safe(found.directory, found.display)
     config = found.config
-    why = P.refusal(config) or P.value_refusal(found, allow_noop)
+    why = P.refusal(config) or P.weights_refusal(found, allow_noop)
     if why:
         raise P.MergeRefused(why)
     name = base or config.get("base_model_name_or_path")
