@@ -72,8 +72,18 @@ def one_line(exc: BaseException) -> str:
         text = f"{exc.filename}: {exc.strerror}"  # str(OSError) reads "[Errno 5] ..."
     else:
         text = str(exc)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "") or type(exc).__name__
-    return (entry[1] if entry else "") + first
+    return (entry[1] if entry else "") + (message_line(text) or type(exc).__name__)
+
+
+def message_line(text: str, limit: int = 500) -> str:
+    """The line of a (possibly multi-line) error message to show: the first non-empty one, joined with the
+    next when it only announces a list ("Error(s) in loading state_dict for PeftModel:" then the size
+    mismatch), at most `limit` characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    shown = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def _entry(exc: BaseException) -> Optional[tuple[int, str]]:

@@ -268,13 +268,14 @@ def test_streamed_json_is_the_same_document(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- merge
 
-def _add_sparse_tensor(weights: Path, name: str, nbytes: int) -> None:
-    """Declare one more F32 tensor of `nbytes` at the end of the file and extend the file to hold it
-    with truncate(): sparse, so it takes no disk, but reading it whole needs `nbytes` of memory."""
+def _add_sparse_tensor(weights: Path, name: str, nbytes: int, rows: int = 1) -> None:
+    """Declare one more F32 tensor of `nbytes` (`rows` rows) at the end of the file and extend the file to
+    hold it with truncate(): sparse, so it takes no disk, but reading it whole needs `nbytes` of memory."""
     blob = weights.read_bytes()
     size = int.from_bytes(blob[:8], "little")
     header, data = json.loads(blob[8:8 + size]), blob[8 + size:]
-    header[name] = {"dtype": "F32", "shape": [nbytes // 4], "data_offsets": [len(data), len(data) + nbytes]}
+    shape = [nbytes // 4] if rows == 1 else [rows, nbytes // 4 // rows]
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + nbytes]}
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     with weights.open("wb") as fh:
@@ -303,8 +304,9 @@ def test_merge_reads_the_adapter_on_demand(tmp_path: Path, capsys: pytest.Captur
     capsys.readouterr()
     assert merge_cli.merge_command(str(lora), str(base), str(tmp_path / "plain"), fmt="json") == 0
     assert json.loads(capsys.readouterr().out)["tensors_merged"] > 0
-    huge = _huge()
-    _add_sparse_tensor(lora / WEIGHTS, "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight", huge)
+    huge = _huge() // 16 * 16
+    # rank 4, as the config declares (a 1-D tensor would be refused up front as a rank mismatch, PD206)
+    _add_sparse_tensor(lora / WEIGHTS, "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight", huge, rows=4)
     assert (lora / WEIGHTS).stat().st_size > huge
     code = merge_cli.merge_command(str(lora), str(base), str(tmp_path / "out"), fmt="json")
     err = capsys.readouterr().err

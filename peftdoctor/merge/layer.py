@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from peftdoctor.errors import message_line
 from peftdoctor.peft import targeting
 from peftdoctor.peft.semantics import AUTO_CLASS_BY_TASK
 
@@ -47,7 +48,7 @@ def load_skeleton(base_dir: Path, task_type: Optional[str]) -> Skeleton:
         with torch.device("meta"):
             model = cls.from_config(config)
     except Exception as exc:  # noqa: BLE001 - any failure means "no skeleton", never a crash
-        return Skeleton(None, None, (), f"the base's model class could not be built ({str(exc).splitlines()[0]}); "
+        return Skeleton(None, None, (), f"the base's model class could not be built ({message_line(str(exc))}); "
                                         "layer types were inferred from shapes and fan_in_fan_out")
     groups: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, message_line
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
 from peftdoctor.io.files import require_safe
@@ -388,9 +388,9 @@ class _Producer:
                 self.ignored.add(job.module)
                 merged = params
             else:
-                raise P.MergeRefused(f"peft cannot merge {job.module}: {str(exc).splitlines()[0]}") from None
+                raise P.MergeRefused(f"peft cannot merge {job.module}: {message_line(str(exc))}") from None
         except RuntimeError as exc:
-            raise P.MergeRefused(f"peft cannot merge {job.module}: {str(exc).splitlines()[0]}") from None
+            raise P.MergeRefused(f"peft cannot merge {job.module}: {message_line(str(exc))}") from None
         else:
             self.merged += len(job.outputs)
         return {out: merged[param] for out, param in job.outputs.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from peftdoctor.errors import message_line
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.verification import facts as adapter_facts
 from peftdoctor.verification.base import module_name
@@ -53,7 +54,7 @@ def merge(peft_model: Any) -> Any:
         merged = peft_model.merge_and_unload(safe_merge=True)
     except ValueError as exc:
         if "nan" in str(exc).lower():
-            raise MergeNotFinite(str(exc).splitlines()[0]) from None
+            raise MergeNotFinite(message_line(str(exc))) from None
         raise
     # safe_merge checks only the layers peft merges; modules_to_save copies are checked here.
     bad = [name for name, p in merged.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, message_line
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Severity
@@ -69,8 +69,7 @@ class Run:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    return f"{type(exc).__name__}: {message_line(str(exc), 480)}"
 
 
 def resolve_base(facts: Adapter, base_arg: Optional[str]) -> tuple[Base, str]:
