@@ -82,8 +82,13 @@ def message_line(text: str, limit: int = 500) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
-    shown = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+    return clip(f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0], limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first limit - 3 characters and "..." when it is longer than `limit`: how a
+    message or finding quotes a value that may be any size."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _entry(exc: BaseException) -> Optional[tuple[int, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from peftdoctor.errors import clip
 from peftdoctor.model.findings import FORMAT_VERSION, Finding, Severity
 from peftdoctor.model.results import Fixes
 from peftdoctor.ops.fix import Plan
@@ -13,8 +14,7 @@ from peftdoctor.rules.registry import rule
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 50 else text[:47] + "..."
+    return clip(json.dumps(value, sort_keys=True), 50)
 
 
 def render_plan(plan: Plan) -> str:

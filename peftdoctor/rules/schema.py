@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Callable
 
+from peftdoctor.errors import clip
 from peftdoctor.model.findings import Finding, Severity
-from peftdoctor.peft import releases
+from peftdoctor.peft import releases, targeting
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
@@ -114,8 +115,7 @@ def _float_for_int(error: "ValidationError") -> bool:
 
 
 def _short(error: "ValidationError") -> str:
-    text = error.message
-    return text if len(text) <= 160 else text[:157] + "..."
+    return clip(error.message, 160)
 
 
 def _fix_for(key: str, error: "ValidationError") -> str:
@@ -130,8 +130,6 @@ def _fix_for(key: str, error: "ValidationError") -> str:
 
 def pattern_findings(ctx: Context) -> list[Finding]:
     """PD118, one per config key: the regexes peft builds from it that `re` refuses; peft fails the load."""
-    from peftdoctor.peft import targeting
-
     by_key: dict[str, list[tuple[str, str]]] = {}
     known = ctx.target.fields(ctx.peft_type) if ctx.peft_type in ctx.target.peft_types else ()
     for key, value, message in targeting.pattern_errors(ctx.config, ctx.target.version, known):
@@ -139,13 +137,11 @@ def pattern_findings(ctx: Context) -> list[Finding]:
     findings = []
     for key, bad in by_key.items():
         value, message = bad[0]
+        what = f"{key} key" if key in ("rank_pattern", "alpha_pattern") else key
         more = f" (and {len(bad) - 1:,} more)" if len(bad) > 1 else ""
         findings.append(rule("PD118").finding(
-            f"{key}{' key' if key.endswith('_pattern') and key != 'layers_pattern' else ''} {_shown(value)!r}{more} is not a regex Python's re accepts ({message}): peft "
+            f"{what} {clip(value, 80)!r}{more} is not a regex Python's re accepts ({message}): peft "
             f"{ctx.target.name} raises re.error while it builds the adapter's layers",
             "escape the regex characters (re.escape) or name the modules as a list of plain names", key=key))
     return findings
 
-
-def _shown(value: str, limit: int = 80) -> str:
-    return value if len(value) <= limit else value[:limit] + "..."

@@ -6,6 +6,7 @@ import json
 import reprlib
 from typing import Any
 
+from peftdoctor.errors import clip
 from peftdoctor.model.findings import Finding
 from peftdoctor.peft import compat
 from peftdoctor.peft import semantics as keys
@@ -92,4 +93,4 @@ def _show(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, default=str)
     except (RecursionError, ValueError):  # nested deeper than the stack allows, or an int too long to print
         text = reprlib.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clip(text, 60)
