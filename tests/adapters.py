@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -304,6 +305,20 @@ def save_adapter(
     model.save_pretrained(str(directory))
     normalise_adapter_config(directory / "adapter_config.json", base_model_name_or_path)
     return directory
+
+
+def edited_copy(src: PathLike, dst: PathLike, changes: Mapping[str, Any], *, indent: Optional[int] = None,
+                sort_keys: bool = False, newline: bool = False) -> Path:
+    """A copy of the adapter directory `src` at `dst` whose adapter_config.json has `changes` applied (a
+    value of ... removes the key), written in the layout asked for (a test of fix's output may depend on it)."""
+    target = Path(shutil.copytree(src, dst))
+    config = json.loads((target / "adapter_config.json").read_text())
+    config.update(changes)
+    for key in [k for k, v in changes.items() if v is ...]:
+        config.pop(key)
+    text = json.dumps(config, indent=indent, sort_keys=sort_keys)
+    (target / "adapter_config.json").write_text(text + "\n" if newline else text)
+    return target
 
 
 def load_base(base_dir: PathLike) -> "PreTrainedModel":

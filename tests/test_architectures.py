@@ -17,6 +17,7 @@ from peftdoctor.errors import UnusableInput
 from peftdoctor.peft import architectures
 from peftdoctor.rules.base import SKIPPED
 from tests.adapters import (
+    edited_copy,
     load_base,
     make_gpt2_base,
     make_llama_base,
@@ -256,11 +257,7 @@ def test_cli_base_option(bases: dict[str, Path], tmp_path: Path) -> None:
 
 
 def _edited(src: Path, dst: Path, **changes: object) -> Path:
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "adapter_config.json").read_text())
-    config.update(changes)
-    (dst / "adapter_config.json").write_text(json.dumps(config))
-    return dst
+    return edited_copy(src, dst, changes)
 
 
 def test_an_uncached_base_costs_no_huggingface_hub_import(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,20 +14,14 @@ import pytest
 
 from peftdoctor.io.atomic import WriteRefused
 from peftdoctor.ops import fix as fixing
+from tests.adapters import edited_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"
 
 
 def adapter(tmp_path: Path, **changes: object) -> Path:
-    target = tmp_path / "adapter"
-    shutil.copytree(CLEAN, target)
-    config = json.loads((target / "adapter_config.json").read_text())
-    config.update(changes)
-    for key in [k for k, v in changes.items() if v is ...]:
-        config.pop(key)
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return target
+    return edited_copy(CLEAN, tmp_path / "adapter", changes, indent=2, sort_keys=True, newline=True)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

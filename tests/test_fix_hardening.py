@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,14 @@ from typing import Any
 import pytest
 
 from peftdoctor.ops import fix as fixing
+from tests.adapters import edited_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"
 
 
 def adapter(tmp_path: Path, **changes: Any) -> Path:
-    target = tmp_path / "adapter"
-    shutil.copytree(CLEAN, target)
-    config = json.loads((target / "adapter_config.json").read_text())
-    config.update(changes)
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")  # a surrogate as its escape
-    return target
+    return edited_copy(CLEAN, tmp_path / "adapter", changes, indent=2, newline=True)  # a surrogate as its escape
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,7 @@ from jsonschema import Draft7Validator
 
 from peftdoctor import errors, render
 from peftdoctor.model.results import Checks
+from tests.adapters import edited_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"
@@ -33,12 +34,7 @@ def cli(*args: str, stdin: Optional[str] = None, cwd: Path = ROOT) -> subprocess
 
 
 def adapter(tmp_path: Path, name: str = "adapter", **changes: Any) -> Path:
-    target = tmp_path / name
-    shutil.copytree(CLEAN, target)
-    config = json.loads((target / "adapter_config.json").read_text())
-    config.update(changes)
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2))  # no final newline
-    return target
+    return edited_copy(CLEAN, tmp_path / name, changes, indent=2)  # no final newline
 
 
 def valid_sarif(stdout: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Callable
 
 import pytest
 from adapters import (
+    edited_copy,
     make_dora_adapter,
     make_gpt2_base,
     make_ia3_adapter,
@@ -196,14 +197,7 @@ def test_rank_finding_names_the_flag(zoo: dict[str, Path]) -> None:
 
 def _hub_id_copy(adapter_dir: Path, destination: Path) -> Path:
     """A copy of a real adapter whose base_model_name_or_path is a hub id (the base's architecture unknown)."""
-    import shutil
-
-    shutil.copytree(adapter_dir, destination)
-    config_path = destination / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = "some-org/some-model"
-    config_path.write_text(json.dumps(config))
-    return destination
+    return edited_copy(adapter_dir, destination, {"base_model_name_or_path": "some-org/some-model"})
 
 
 def _phi3_adapter(directory: Path, root: Path) -> Path:

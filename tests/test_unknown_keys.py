@@ -9,18 +9,14 @@ from typing import Any
 
 from peftdoctor.model.findings import Severity
 from peftdoctor.ops.check import check
+from tests.adapters import edited_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"  # saved by peft 0.21.2: 17 keys 0.13.2 does not know, all no-ops
 
 
 def adapter(tmp_path: Path, **changes: Any) -> Path:
-    target = tmp_path / "adapter"
-    shutil.copytree(CLEAN, target)
-    config = json.loads((target / "adapter_config.json").read_text())
-    config.update(changes)
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return target
+    return edited_copy(CLEAN, tmp_path / "adapter", changes, indent=2, newline=True)
 
 
 def test_clean_adapter_for_an_older_release_gets_one_noop_finding() -> None:

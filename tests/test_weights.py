@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from peftdoctor import check
-from tests.adapters import make_zoo, write_safetensors_header
+from tests.adapters import edited_copy, make_zoo, write_safetensors_header
 
 HUB_ID = "peftdoctor-tests/tiny-base"
 
@@ -23,11 +23,7 @@ def codes(path: Path, peft: str = "0.21.2") -> list[str]:
 
 
 def edited(src: Path, dst: Path, **changes: object) -> Path:
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "adapter_config.json").read_text())
-    config.update(changes)
-    (dst / "adapter_config.json").write_text(json.dumps(config))
-    return dst
+    return edited_copy(src, dst, changes)
 
 
 ADAPTERS = ["lora-llama", "lora-gpt2", "rslora-llama", "dora-llama", "pattern-llama", "modules-to-save-bert",
