@@ -227,7 +227,7 @@ def test_half_merge_error_is_bounded_by_the_dtype(dtype: str, bases: dict[str, P
 
 
 def test_pipeline_keeps_order_and_raises_the_workers_error() -> None:
-    from peftdoctor.merge.pipeline import Ahead, ReadAhead
+    from peftdoctor.merge.pipeline import RunAhead
     from peftdoctor.merge.stream import OutTensor
 
     tensors = [OutTensor(f"t{i}", "F32", (1,), f"t{i}") for i in range(5)]
@@ -239,19 +239,23 @@ def test_pipeline_keeps_order_and_raises_the_workers_error() -> None:
             raise ValueError("broken t3")
         return tensor.name.upper()
 
-    with Ahead(produce, tensors, depth=2) as ahead:
-        assert [ahead(t) for t in tensors[:3]] == ["T0", "T1", "T2"]
+    with RunAhead(produce, tensors, depth=2) as ahead:
+        assert [ahead.get(t) for t in tensors[:3]] == ["T0", "T1", "T2"]
         with pytest.raises(ValueError, match="broken t3"):
-            ahead(tensors[3])
+            ahead.get(tensors[3])
     # One worker: the producer runs in the plan's order; t4, queued, may or may not have started.
     assert seen in (["t0", "t1", "t2", "t3"], ["t0", "t1", "t2", "t3", "t4"])
-    with Ahead(produce, tensors) as ahead, pytest.raises(RuntimeError, match="out of order"):
-        ahead(tensors[1])
+    with RunAhead(produce, tensors) as ahead, pytest.raises(RuntimeError, match="t1: asked out of order \\(expected t0\\)"):
+        ahead.get(tensors[1])
     reads: list[tuple[str, str]] = []
-    with ReadAhead(lambda *key: reads.append(key) or key, [("a", "F32"), ("b", "F32")], depth=1) as reader:
-        assert reader.get("a", "F32") == ("a", "F32")
-        assert reader.get("c", "BF16") == ("c", "BF16")  # out of plan: read directly
-        assert reader.get("b", "F32") == ("b", "F32")
+    def read(key: tuple[str, str]) -> tuple[str, str]:
+        reads.append(key)
+        return key
+
+    with RunAhead(read, [("a", "F32"), ("b", "F32")], depth=1, unplanned=read) as reader:
+        assert reader.get(("a", "F32")) == ("a", "F32")
+        assert reader.get(("c", "BF16")) == ("c", "BF16")  # out of plan: read directly
+        assert reader.get(("b", "F32")) == ("b", "F32")
     assert sorted(reads) == [("a", "F32"), ("b", "F32"), ("c", "BF16")]
 
 

@@ -1,13 +1,13 @@
-"""Read and merge the next changed tensors in a worker thread while the main thread writes.
+"""Read and merge the next changed tensors in worker threads while the main thread writes.
 
-write_shard asks for the changed tensors one by one, in file order. `Ahead` has a worker produce
-them (read the base bytes, matmul, add, check finiteness) up to `depth` tensors ahead of the
-writer: torch's matmuls, numpy's checks, file reads and pwrite all release the GIL, so reading,
-computing and writing overlap. One worker keeps the order (the producer holds state, e.g. a weight
-and bias produced together) and leaves torch's own threads the cores; memory holds at most
-depth + 1 produced tensors. ReadAhead, in a second thread, reads the base tensors the worker will
-merge next, so that its file reads overlap the matmuls too. Flusher, in a third, fsyncs each shard
-once it is written, so that the disk writes it back while the next one is computed.
+write_shard asks for the changed tensors one by one, in file order. A `RunAhead` over the producer has
+a worker produce them (read the base bytes, matmul, add, check finiteness) up to `depth` tensors
+ahead of the writer: torch's matmuls, numpy's checks, file reads and pwrite all release the GIL, so
+reading, computing and writing overlap. One worker keeps the order (the producer holds state, e.g.
+a weight and bias produced together) and leaves torch's own threads the cores; memory holds at most
+depth + 1 produced tensors. A second RunAhead, over the reader, reads the base tensors the worker
+will merge next, so that its file reads overlap the matmuls too. Flusher, in a third thread, fsyncs
+each shard once it is written, so that the disk writes it back while the next one is computed.
 """
 from __future__ import annotations
 
@@ -16,79 +16,53 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from peftdoctor.merge.stream import OutTensor, Producer, fsync_file
+from peftdoctor.merge.stream import fsync_file
 
 
-class Ahead:
-    """A Producer that answers from results computed ahead, in the order of `tensors`."""
+class RunAhead:
+    """`get(key)` answers `run(key)` for the planned `keys`, in their order, from one worker thread that runs
+    up to `depth` keys ahead. A key asked out of plan is run directly by `unplanned` when given (a read the
+    plan did not foresee), else refused: the producer's plan and the writer's order must agree."""
 
-    def __init__(self, produce: Producer, tensors: Iterable[OutTensor], depth: int = 2) -> None:
-        self._produce = produce
-        self._todo = iter(list(tensors))
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peftdoctor-merge")
-        self._queued: deque[tuple[str, Future[Any]]] = deque()
-        for _ in range(max(1, depth)):
-            self._submit()
-
-    def _submit(self) -> None:
-        tensor: Optional[OutTensor] = next(self._todo, None)
-        if tensor is not None:
-            self._queued.append((tensor.name, self._pool.submit(self._produce, tensor)))
-
-    def __call__(self, tensor: OutTensor) -> Any:
-        if not self._queued:
-            raise RuntimeError(f"{tensor.name}: not planned")
-        name, future = self._queued.popleft()
-        if name != tensor.name:
-            raise RuntimeError(f"{tensor.name}: asked out of order (expected {name})")
-        self._submit()
-        return future.result()  # the worker's exception, if any, is raised here
-
-    def close(self) -> None:
-        """Cancel what has not started and wait for the tensor in progress: nothing runs after this."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._queued.clear()
-
-    def __enter__(self) -> "Ahead":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class ReadAhead:
-    """Runs `read(*key)` for the planned `keys` in a reader thread, up to `depth` keys ahead of `get`,
-    so that the worker's matmuls overlap the next file reads. A key asked out of plan is read directly."""
-
-    def __init__(self, read: Callable[..., Any], keys: Iterable[tuple[Any, ...]], depth: int = 2) -> None:
-        self._read = read
+    def __init__(self, run: Callable[[Any], Any], keys: Iterable[Any], depth: int = 2, thread: str = "peftdoctor",
+                 unplanned: Optional[Callable[[Any], Any]] = None) -> None:
+        self._run, self._unplanned = run, unplanned
         self._todo = iter(list(keys))
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peftdoctor-read")
-        self._queued: deque[tuple[tuple[Any, ...], Future[Any]]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread)
+        self._queued: deque[tuple[Any, Future[Any]]] = deque()
         for _ in range(max(1, depth)):
             self._submit()
 
     def _submit(self) -> None:
         key = next(self._todo, None)
         if key is not None:
-            self._queued.append((key, self._pool.submit(self._read, *key)))
+            self._queued.append((key, self._pool.submit(self._run, key)))
 
-    def get(self, *key: Any) -> Any:
-        if not self._queued or self._queued[0][0] != key:
-            return self._read(*key)
-        _, future = self._queued.popleft()
-        self._submit()
-        return future.result()
+    def get(self, key: Any) -> Any:
+        if self._queued and self._queued[0][0] == key:
+            _, future = self._queued.popleft()
+            self._submit()
+            return future.result()  # the worker's exception, if any, is raised here
+        if self._unplanned is not None:
+            return self._unplanned(key)
+        if not self._queued:
+            raise RuntimeError(f"{_name(key)}: not planned")
+        raise RuntimeError(f"{_name(key)}: asked out of order (expected {_name(self._queued[0][0])})")
 
     def close(self) -> None:
+        """Cancel what has not started and wait for the key in progress: nothing runs after this."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._queued.clear()
 
-    def __enter__(self) -> "ReadAhead":
+    def __enter__(self) -> "RunAhead":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _name(key: Any) -> Any:
+    return getattr(key, "name", key)  # an OutTensor by its name
 
 
 class Flusher:

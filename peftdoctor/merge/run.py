@@ -29,7 +29,7 @@ from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
 from peftdoctor.merge.buffers import BufferPool
 from peftdoctor.merge.layer import HEADERS_ONLY
-from peftdoctor.merge.pipeline import Ahead, Flusher, ReadAhead
+from peftdoctor.merge.pipeline import Flusher, RunAhead
 from peftdoctor.merge.prefill import Prefill
 from peftdoctor.merge.result import MergeReport, equality_statement, peak_rss
 from peftdoctor.merge.shortcut import needs_model_class
@@ -125,14 +125,16 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                 producer = _Producer(base_files, adapter_files, skeleton, jobs, shards, device, found.directory, say)
                 changed = [t for s in shards for t in s.tensors if not isinstance(t.source, Raw)]
                 # Exits in reverse: the worker stops before the reader it reads from, the flusher last.
-                with Flusher() as flusher, ReadAhead(producer.read_now, _reads(jobs, changed), depth=1) as reads, \
-                        Ahead(producer, changed) as ahead:
+                with Flusher() as flusher, \
+                        RunAhead(producer.read_key, _reads(jobs, changed), 1, "peftdoctor-read",
+                                 unplanned=producer.read_key) as reads, \
+                        RunAhead(producer, changed, 2, "peftdoctor-merge") as ahead:
                     producer.reads = reads
                     for number, shard in enumerate(shards, 1):
                         say(f"writing shard {number}/{len(shards)} ({shard.name})")
                         if prefill is not None:
                             prefill.wait(shard.name)
-                        write_shard(staging / shard.name, shard, ahead, sync=False, written=producer.written)
+                        write_shard(staging / shard.name, shard, ahead.get, sync=False, written=producer.written)
                         flusher.flush(staging / shard.name)  # to disk while the next shard is computed
                     flusher.wait()
             finally:
@@ -308,7 +310,7 @@ class _Producer:
         except OSError as exc:
             raise UnusableInput(f"{exc.filename or adapter_dir}: cannot read: {exc.strerror or exc}") from None
         self.pending: dict[str, Any] = {}
-        self.reads: Optional[ReadAhead] = None  # reads planned ahead, when the caller sets one up
+        self.reads: Optional[RunAhead] = None  # reads planned ahead, when the caller sets one up
         # Idle buffers kept for reuse: room for every stage of the pipeline (reads and results ahead, the
         # tensor being written, the product) at the largest size merged.
         largest = max((t.nbytes for s in shards for t in s.tensors if not isinstance(t.source, Raw)), default=0)
@@ -342,7 +344,10 @@ class _Producer:
             self.pool.give(result)
 
     def _read(self, name: str, code: str) -> Any:
-        return self.reads.get(name, code) if self.reads is not None else self.read_now(name, code)
+        return self.reads.get((name, code)) if self.reads is not None else self.read_now(name, code)
+
+    def read_key(self, key: tuple[str, str]) -> Any:
+        return self.read_now(*key)
 
     def read_now(self, name: str, code: str) -> Any:
         """Base tensor `name` in dtype `code`, read from its shard now (into a buffer of the pool)."""
