@@ -29,6 +29,18 @@ def run_in(release: str, script: str, *args: str, timeout: float = 300) -> str:
     return done.stdout
 
 
+def version_of(release: str) -> str:
+    """The peft version `release` stands for ("installed": the one in this environment)."""
+    from peftdoctor.peft.releases import installed_peft
+
+    return installed_peft() if release == INSTALLED else release
+
+
+def outcomes(releases: list[str], script: str, directories: Any) -> dict[str, Any]:
+    """{release: the script's answer on `directories`}, one process per release."""
+    return {release: answer_of(release, script, *map(str, directories)) for release in releases}
+
+
 def answer_of(release: str, script: str, *args: str, timeout: float = 300) -> Any:
     """The JSON the script prints on its last line."""
     return json.loads(run_in(release, script, *args, timeout=timeout).strip().splitlines()[-1])

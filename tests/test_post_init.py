@@ -17,7 +17,7 @@ import pytest
 from peftdoctor import check
 from peftdoctor.peft import postinit, releases
 from peftdoctor.peft.releases import installed_peft
-from tests.in_release import answer_of, written_by_releases
+from tests.in_release import outcomes, version_of, written_by_releases
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -66,7 +66,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def real_outcomes(written: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """{loader: {directory: outcome}}: each release loads every config and builds its PeftModel."""
-    return {loader: answer_of(loader, "build_model.py", *map(str, written.values())) for loader in LOADERS}
+    return outcomes(LOADERS, "build_model.py", written.values())
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -74,8 +74,7 @@ def real_outcomes(written: dict[str, Path]) -> dict[str, dict[str, Any]]:
 def test_prediction_matches_real_build(written: dict[str, Path], real_outcomes: dict[str, dict[str, Any]],
                                        name: str, loader: str) -> None:
     directory = written[name]
-    version = installed_peft() if loader == "installed" else loader
-    predicted = {c.peft: c for c in check(str(directory)).compatibility}[version]
+    predicted = {c.peft: c for c in check(str(directory)).compatibility}[version_of(loader)]
     real = real_outcomes[loader][str(directory)]
     assert (predicted.result, predicted.error) == (real["result"], real["error"])
     assert sorted(predicted.dropped) == sorted(real["dropped"])

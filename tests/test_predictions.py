@@ -13,7 +13,7 @@ import pytest
 
 from peftdoctor import check
 from peftdoctor.peft.releases import installed_peft
-from tests.in_release import answer_of, written_by_releases
+from tests.in_release import outcomes, version_of, written_by_releases
 
 # 0.3.0 ignores unknown keys silently, 0.6.2 and 0.13.2 raise TypeError, the installed one warns.
 OLD_RELEASES = ["0.3.0", "0.6.2", "0.13.2"]
@@ -44,7 +44,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def real_outcomes(written: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """{loader: {directory: outcome}}, each loader release loading every config in one process."""
-    return {loader: answer_of(loader, "load_config.py", *map(str, written.values())) for loader in LOADERS}
+    return outcomes(LOADERS, "load_config.py", written.values())
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -52,8 +52,7 @@ def real_outcomes(written: dict[str, Path]) -> dict[str, dict[str, Any]]:
 def test_prediction_matches_real_load(written: dict[str, Path], real_outcomes: dict[str, dict[str, Any]],
                                       name: str, loader: str) -> None:
     directory = written[name]
-    version = installed_peft() if loader == "installed" else loader
-    predicted = {c.peft: c for c in check(str(directory)).compatibility}[version]
+    predicted = {c.peft: c for c in check(str(directory)).compatibility}[version_of(loader)]
     real = real_outcomes[loader][str(directory)]
     assert predicted.result == real["result"], (predicted, real)
     assert predicted.error == real["error"]

@@ -22,7 +22,7 @@ from packaging.version import Version
 
 from peftdoctor.peft import bounded, targeting
 from peftdoctor.peft.releases import installed_peft
-from tests.in_release import answer_of
+from tests.in_release import answer_of, version_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ERA = Path(__file__).resolve().parent / "era"
@@ -116,7 +116,7 @@ def test_targeted_equals_check_target_module_exists(release: str, tmp_path: Path
     cases = _cases()
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     theirs = _peft(release, tmp_path / "cases.json")
-    differ = _differ(cases, theirs, Version(installed_peft() if release == "installed" else release))
+    differ = _differ(cases, theirs, Version(version_of(release)))
     assert not differ, f"{len(differ)} of {sum(len(c['names']) for c in cases)} differ, e.g. {differ[:5]}"
     assert sum(len(c["names"]) for c in cases) > 3000
 
@@ -375,7 +375,7 @@ def test_invalid_regexes_fail_the_load_exactly_where_pd118_says(tmp_path: Path) 
         directories.append(directory)
     for release in _REGEX_RELEASES:
         built = answer_of(release, "build_model.py", *map(str, directories))
-        target = installed_peft() if release == "installed" else release
+        target = version_of(release)
         seen = {}
         for directory in directories:
             outcome = built[str(directory)]
