@@ -74,10 +74,7 @@ class BufferPool:
 
     def scratch(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """A tensor of `shape` and `dtype` over a pooled buffer (contents undefined); give() it back."""
-        import torch
-
         count = 1
         for dim in shape:
             count *= dim
-        size = torch.empty((), dtype=dtype).element_size()
-        return self.take(count * size).view(dtype).reshape(shape)
+        return self.take(count * dtype.itemsize).view(dtype).reshape(shape)
