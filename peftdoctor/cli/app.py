@@ -118,6 +118,8 @@ def check(
                                         "tgi, optionally ==VERSION."),
     base: Optional[str] = typer.Option(None, "--base", help="Judge against this base (directory or cached repo "
                                        "id; default: base_model_name_or_path when it is local or cached)."),
+    transformers: Optional[str] = typer.Option(None, "--transformers", help="Judge for this transformers release "
+                                               "instead of the installed one."),
 ) -> None:
     """Check adapters against the schemas of every peft release."""
     require_format((CHECK, CHECKS), fmt)
@@ -131,7 +133,8 @@ def check(
             adapters.append(open_adapter(path, online=True))  # read once: check and --combine both judge it
             if adapters[-1].note:
                 _fail(adapters[-1].note)
-            reports.append(run_check(adapters[-1], peft=peft, serve=serve, base=base))
+            reports.append(run_check(adapters[-1], peft=peft, serve=serve, base=base,
+                                     transformers=transformers))
         except UnusableInput as exc:
             _fail(errors.one_line(exc))
             unusable = True

@@ -9,7 +9,7 @@ from peftdoctor.io.base import find_base_config
 from peftdoctor.model.adapter import CONFIG_NAME, Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Report
-from peftdoctor.peft import compat, releases
+from peftdoctor.peft import compat, releases, transformers_axis
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Check, Context
 from peftdoctor.rules.base import base_findings
@@ -87,11 +87,12 @@ def find_base(config: dict, given: Optional[str], online: bool = False) -> tuple
 
 
 def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None,
-          base: Optional[str] = None) -> Report:
+          base: Optional[str] = None, transformers: Optional[str] = None) -> Report:
     """Check the adapter at `target` (directory, adapter_config.json path, OWNER/NAME[@REVISION] on the
     Hub, or an Adapter already read by io.adapter.open_adapter) for the peft release `peft` and, with
     `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine; against the base `base` (a directory
-    or a repo id, whose config.json alone is fetched; default: base_model_name_or_path when found locally).
+    or a repo id, whose config.json alone is fetched; default: base_model_name_or_path when found locally),
+    under the transformers release `transformers` (default: the installed one, else the newest known).
 
     Raises UnusableInput when there is nothing to check at all.
     """
@@ -112,7 +113,8 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)
         return Report(**shown, findings=tuple(findings + weights), skipped=tuple(skipped))
-    ctx = Context(adapter, adapter.config, release, *find_base(adapter.config, base, adapter.origin == "hub"))
+    ctx = Context(adapter, adapter.config, release, *find_base(adapter.config, base, adapter.origin == "hub"),
+                  transformers=transformers_axis.choose(transformers)[0])
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)

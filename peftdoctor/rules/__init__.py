@@ -20,6 +20,7 @@ class Context:
     target: Release
     base: Optional[Base] = None
     base_note: Optional[str] = None
+    transformers: Optional[str] = None  # the transformers release judged for (peft/transformers_axis.choose)
 
     @property
     def peft_type(self) -> Optional[str]:
