@@ -24,6 +24,15 @@ Also served, for peftdoctor's online `check` and `scan --hub` (tests/test_hub_on
    repos show their info but answer file requests 401 (no token) / 403 (another token) with GatedRepo
 9. `delay` holds every answer about a repo for some seconds (a slow Hub; ended early when the server stops);
    `truncate` names files ("owner/name/file") whose GET bodies stop at half their Content-Length
+10. `hostile` makes answers misbehave, as a broken or malicious server would (key -> {behaviour: value}):
+   - "owner/name": "info" overrides fields of its model info and listing entry (odd values: a sha of
+     "../../x", siblings that are not a list), "info_body" replaces the model info with raw bytes (not JSON),
+     "trickle" sends the model info one byte every that many seconds;
+   - "owner/name/file": "commit" / "etag" replace X-Repo-Commit / ETag and X-Linked-Etag, "trickle" as above,
+     "retry_after" answers every GET 429 with that Retry-After, "redirect_loop" answers 302 to itself,
+     "endless" sends that many bytes with no Content-Length (the length is known only at the close, HEAD
+     too), "gzip" sends that many bytes gzip-compressed (Content-Encoding: gzip, whatever was accepted);
+   - "listing": "self_link" makes every page's next link point to the page itself.
 
 Xet is never offered: no `xetHash` in tree entries and no `X-Xet-*` headers, so huggingface_hub takes its plain
 HTTP path even with hf_xet installed. Errors carry the `X-Error-Code` values the Hub uses (RepoNotFound,
@@ -32,6 +41,7 @@ RevisionNotFound, EntryNotFound) so huggingface_hub raises the same exception ty
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import re
@@ -40,7 +50,7 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Collection, Iterator, Mapping, Optional
+from typing import Any, Collection, Iterator, Mapping, Optional
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 # Files stored through Git LFS on the Hub (a subset of its default .gitattributes), plus anything large.
@@ -237,14 +247,54 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _revision(self, branches: dict[str, "_Repo"], revision: str) -> Optional["_Repo"]:
         found = branches.get(revision) or next((r for r in branches.values() if r.sha == revision), None)
+        if found is None and revision == self.server.hostile.get(branches["main"].repo_id, {}).get("info", {}).get(
+                "sha"):
+            found = branches["main"]  # the commit a hostile model info named: served, as a hostile Hub would
         if found is None:
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return found
 
     def _model_info(self, branches: dict[str, "_Repo"], revision: str) -> None:
         repo = self._revision(branches, revision)
-        if repo is not None:
-            self._json(repo.info(repo.repo_id in self.server.gated, repo.repo_id in self.server.private))
+        if repo is None:
+            return
+        hostile = self.server.hostile.get(repo.repo_id, {})
+        body = hostile.get("info_body") or json.dumps(self._info(repo)).encode()
+        if "trickle" in hostile:
+            return self._trickle(body, hostile["trickle"], {}, "application/json")
+        self._send(200, body)
+
+    def _info(self, repo: "_Repo") -> dict:
+        info = repo.info(repo.repo_id in self.server.gated, repo.repo_id in self.server.private)
+        return {**info, **self.server.hostile.get(repo.repo_id, {}).get("info", {})}
+
+    def _trickle(self, body: bytes, every: float, headers: Mapping[str, str], content_type: str) -> None:
+        """The whole body promised, one byte sent every `every` seconds (until the client or the server stops)."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        for i in range(len(body)):
+            if self.command == "HEAD" or self.server.stopping.wait(every):
+                return
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+
+    def _endless(self, key: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """`body` with no Content-Length: HTTP/1.0 ends it when the connection closes (a stream of unknown size)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for start in range(0, len(body), 1 << 16):
+            self.wfile.write(body[start:start + (1 << 16)])  # BrokenPipeError when the client hangs up
+            with self.server.log_lock:
+                self.server.served[key] += len(body[start:start + (1 << 16)])
 
     def _listing(self, query: dict) -> None:
         """GET /api/models: id and _id always; with `expand`, those fields; with `full`, siblings and sha too."""
@@ -258,10 +308,11 @@ class _Handler(BaseHTTPRequestHandler):
         full = query.get("full", ["false"])[-1].lower() in ("1", "true")
         keys = set(expand) if expand else {"likes", "downloads", "tags", "library_name", "createdAt", "private",
                                            "modelId"} | ({"siblings", "sha", "lastModified"} if full else set())
-        items = [{k: v for k, v in repo.info(repo.repo_id in self.server.gated, repo.repo_id in self.server.private)
-                  .items() if k in keys or k in ("_id", "id")} for repo in page]
+        items = [{k: v for k, v in self._info(repo).items() if k in keys or k in ("_id", "id")} for repo in page]
         headers = {}
-        if start + self.server.page_size < len(found):
+        if self.server.hostile.get("listing", {}).get("self_link"):
+            headers["Link"] = f'<http://{self.headers["Host"]}{self.path}>; rel="next"'
+        elif start + self.server.page_size < len(found):
             rest = {k: v for k, v in query.items() if k != "cursor"}
             rest["cursor"] = [str(start + self.server.page_size)]
             headers["Link"] = f'<http://{self.headers["Host"]}/api/models?{urlencode(rest, doseq=True)}>; rel="next"'
@@ -296,10 +347,15 @@ class _Handler(BaseHTTPRequestHandler):
             # The Hub names the commit even on a miss; huggingface_hub records it under .no_exist/.
             return self._error(404, "EntryNotFound", f"{filename} does not exist on {revision}",
                                {"X-Repo-Commit": repo.sha})
-        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{file.etag}"', "Accept-Ranges": "bytes"}
-        if file.sha256 is not None:
-            headers["X-Linked-Etag"] = f'"{file.sha256}"'
+        key = f"{repo.repo_id}/{filename}"
+        hostile = self.server.hostile.get(key, {})
+        headers = {"X-Repo-Commit": hostile.get("commit", repo.sha), "ETag": f'"{hostile.get("etag", file.etag)}"',
+                   "Accept-Ranges": "bytes"}
+        if file.sha256 is not None or "etag" in hostile:
+            headers["X-Linked-Etag"] = f'"{hostile.get("etag", file.sha256)}"'
             headers["X-Linked-Size"] = str(len(file.data))
+        if self._misbehave(key, hostile, file, headers):
+            return
         data, status = file.data, 200
         match = _RANGE.match(self.headers.get("Range", "") or "")
         if match and self.command == "GET" and (match.group(1) or match.group(2)):
@@ -311,12 +367,29 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(416, None, "Range not satisfiable", {"Content-Range": f"bytes */{size}"})
             data, status = file.data[start:end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        key = f"{repo.repo_id}/{filename}"
         cut = key in self.server.truncate
         if self.command == "GET":
             with self.server.log_lock:
                 self.server.served[key] += len(data) // 2 if cut else len(data)
         self._send(status, data, headers, content_type="application/octet-stream", cut=cut)
+
+
+    def _misbehave(self, key: str, hostile: Mapping[str, Any], file: _File, headers: dict[str, str]) -> bool:
+        """Answer as `hostile` says, if it says anything for this request; False to answer normally."""
+        if "redirect_loop" in hostile:
+            self._send(302, b"", {**headers, "Location": self.path})
+        elif "retry_after" in hostile and self.command == "GET":
+            self._error(429, None, "Too many requests", {"Retry-After": str(hostile["retry_after"])})
+        elif "trickle" in hostile:
+            self._trickle(file.data, hostile["trickle"], headers, "application/octet-stream")
+        elif "endless" in hostile:
+            self._endless(key, file.data + b" " * (hostile["endless"] - len(file.data)), headers)
+        elif "gzip" in hostile:
+            packed = gzip.compress(file.data + b" " * (hostile["gzip"] - len(file.data)), compresslevel=1)
+            self._endless(key, packed, {**headers, "Content-Encoding": "gzip"})
+        else:
+            return False
+        return True
 
 
 class _HubServer(ThreadingHTTPServer):
@@ -327,7 +400,7 @@ class _HubServer(ThreadingHTTPServer):
     def __init__(self, repos: dict[str, dict[str, _Repo]], log: list, served: Counter, *,
                  private: Collection[str] = (), gated: Collection[str] = (), token: Optional[str] = None,
                  delay: Optional[Mapping[str, float]] = None, truncate: Collection[str] = (),
-                 page_size: int = 100) -> None:
+                 page_size: int = 100, hostile: Optional[Mapping[str, Mapping[str, Any]]] = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.repos = repos
         self.log = log
@@ -336,6 +409,7 @@ class _HubServer(ThreadingHTTPServer):
         self.unexpected: list[tuple[str, str]] = []
         self.private, self.gated, self.token = frozenset(private), frozenset(gated), token
         self.delay, self.truncate, self.page_size = dict(delay or {}), frozenset(truncate), page_size
+        self.hostile = {key: dict(value) for key, value in (hostile or {}).items()}
         self.stopping = threading.Event()
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - the stdlib's signature
@@ -346,7 +420,8 @@ class _HubServer(ThreadingHTTPServer):
 def serve_repos(repos: Mapping[str, Path], *, lifetime: float = 120.0, log: Optional[list] = None,
                 served: Optional[Counter] = None, private: Collection[str] = (), gated: Collection[str] = (),
                 token: Optional[str] = None, delay: Optional[Mapping[str, float]] = None,
-                truncate: Collection[str] = (), page_size: int = 100) -> Iterator[str]:
+                truncate: Collection[str] = (), page_size: int = 100,
+                hostile: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Iterator[str]:
     """Serve each `owner/name -> directory` as a model repo; yield the endpoint URL (http://127.0.0.1:PORT).
 
     The directories are read once, at start: the repo is a snapshot (one commit per branch), later edits are
@@ -354,7 +429,7 @@ def serve_repos(repos: Mapping[str, Path], *, lifetime: float = 120.0, log: Opti
     The server stops when the block ends, or after `lifetime` seconds whatever happens (a hung test cannot
     keep it alive). Every request received is appended to `log` as (method, raw path) if a list is given;
     `served` (a Counter) receives the body bytes sent per "owner/name/file". `private`, `gated`, `token`,
-    `delay`, `truncate` and `page_size` are described in the module docstring.
+    `delay`, `truncate`, `page_size` and `hostile` are described in the module docstring.
     Requests outside the routes above are answered 404/405 and make the block raise on exit, so a test
     cannot pass while huggingface_hub asked for something this fake does not implement.
     """
@@ -367,7 +442,7 @@ def serve_repos(repos: Mapping[str, Path], *, lifetime: float = 120.0, log: Opti
         raise ValueError(f"branches served without a main: {missing_main}")
     server = _HubServer(loaded, log if log is not None else [], served if served is not None else Counter(),
                         private=private, gated=gated, token=token, delay=delay, truncate=truncate,
-                        page_size=page_size)
+                        page_size=page_size, hostile=hostile)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="fake-hf-hub", daemon=True)
     stop_lock = threading.Lock()

@@ -39,11 +39,11 @@ def _env(tmp: Path, endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(tmp: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run(tmp: Path, env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     work = tmp / "work"
     work.mkdir(exist_ok=True)  # an empty cwd: a repo id never collides with a relative path
     return subprocess.run([sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True, cwd=work,
-                          env=env, timeout=90)
+                          env=env, timeout=timeout)
 
 
 def reports(done: subprocess.CompletedProcess[str]) -> list[dict]:

@@ -310,9 +310,10 @@ def scan(
         else:
             from peftdoctor.ops import hub_scan
 
-            result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress()) if hub is not None else
+            spool = os.path.join(scratch, "reports.jsonl") if fmt == "json" else None
+            result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress(), spool=spool) if hub is not None else
                       hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
-                                          progress=_progress()))
+                                          progress=_progress(), spool=spool))
         render_to(result, fmt, lambda text: typer.echo(text, nl=False))
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
@@ -323,13 +324,14 @@ def _progress():  # noqa: ANN202 - ops.hub_scan.Progress
 
     last = [0.0]
 
-    def report(done: int, total: int, ref: str, note: Optional[str]) -> None:
+    def report(done: int, total: Optional[int], ref: str, note: Optional[str]) -> None:
         if note:
             _fail(note)
         now = time.monotonic()
         if done == total or now - last[0] >= 1.0:
             last[0] = now
-            typer.echo(f"peftdoctor: checked {done}/{total} repos", err=True)
+            counted = f"{done} repos (still listing)" if total is None else f"{done}/{total} repos"
+            typer.echo(f"peftdoctor: checked {counted}", err=True)
 
     return report
 

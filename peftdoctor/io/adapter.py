@@ -21,7 +21,7 @@ from peftdoctor.io.values import scan as values_scan
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.formats import OTHER_FORMATS
 
-__all__ = ["classify", "open_adapter", "read_config", "read_config_file"]
+__all__ = ["classify", "open_adapter", "other_format", "read_config", "read_config_file"]
 
 _FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                        "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
@@ -56,11 +56,11 @@ def open_adapter(target: str, online: bool = False) -> Adapter:
     if CONFIG_NAME in refused:
         return Adapter(kind="peft-adapter", config_error=refused[CONFIG_NAME], **found)
     config, text, digest, error = read_config_file(directory / CONFIG_NAME)
-    kind = _other_format(config, names) or "peft-adapter"
+    kind = other_format(config, names) or "peft-adapter"
     return Adapter(kind=kind, config=config, config_text=text, config_digest=digest, config_error=error, **found)
 
 
-def _other_format(config: Optional[dict[str, Any]], names: list[str]) -> Optional[str]:
+def other_format(config: Optional[dict[str, Any]], names: list[str]) -> Optional[str]:
     """Another tool's format that also writes adapter_config.json (model/formats.py), or None."""
     if config is None or "peft_type" in config:
         return None

@@ -34,6 +34,11 @@ def from_cache(ref: str, repo_id: str, revision: Optional[str], why: Optional[st
         raise UnusableInput(f"{ref}: {because} it is not in the local Hugging Face cache {where}"
                             f"(download it first: {get})") from None
     names = os.listdir(directory)
+    if CONFIG_NAME not in names and not _listing_known(repo_id, directory):
+        # A snapshot folder without the config and without a listing: a download that was cut off (a hostile or
+        # failing Hub, a killed run) left it, not a repo known to be empty.
+        raise UnusableInput(f"{ref}: {because} the local Hugging Face cache holds no {CONFIG_NAME} of it; "
+                            f"{get} fetches it")
     if CONFIG_NAME in names and not any(n in names for n in WANTED[1:]) and not _listing_known(repo_id, directory):
         # Only the config is cached (a previous online check, or a library that fetched just that file):
         # whether the repo has weights is unknown, and "no weights" would be a wrong finding.

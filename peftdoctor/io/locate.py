@@ -13,6 +13,9 @@ from peftdoctor.model.adapter import CONFIG_NAME
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 # owner/name@revision: a branch, tag or commit (a revision may hold "/", as in refs/pr/1).
 _REPO_REF = re.compile(r"^([\w.\-]+/[\w.\-]+)(?:@(\S+))?$")
+# What git allows in a ref name (git check-ref-format), less nothing a branch needs: huggingface_hub stores a
+# revision as the path refs/<revision> in the cache, so it must stay a relative path of plain segments.
+_REVISION_CHARS = re.compile(r"[^\x00-\x20\x7f~^:?*\[\\]{1,255}")
 
 
 def is_repo_ref(target: str) -> bool:
@@ -21,11 +24,22 @@ def is_repo_ref(target: str) -> bool:
 
 
 def split_ref(target: str) -> tuple[str, Optional[str]]:
-    """OWNER/NAME[@REVISION] -> (repo id, revision or None)."""
+    """OWNER/NAME[@REVISION] -> (repo id, revision or None); UnusableInput for a revision no git ref can be."""
     match = _REPO_REF.match(target)
     if match is None:
         raise UnusableInput(f"{target}: not a repo id (OWNER/NAME or OWNER/NAME@REVISION)")
-    return match.group(1), match.group(2)
+    revision = match.group(2)
+    if revision is not None and not valid_revision(revision):
+        raise UnusableInput(f"{target}: {revision!r} is not a revision name (a branch, tag or commit)")
+    return match.group(1), revision
+
+
+def valid_revision(revision: str) -> bool:
+    """A branch, tag or commit name: segments separated by "/", none empty or starting with ".", no "..",
+    no control characters, no backslash (so never an absolute path or a way out of the cache's refs/)."""
+    return (bool(_REVISION_CHARS.fullmatch(revision)) and ".." not in revision and "@{" not in revision
+            and all(part and not part.startswith(".") and not part.endswith(".lock")
+                    for part in revision.split("/")))
 
 
 def resolve(target: str) -> tuple[Path, str]:
