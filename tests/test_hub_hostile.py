@@ -169,8 +169,8 @@ def test_odd_answers_are_one_line_and_one_repo(tmp_path: Path) -> None:
 
 def test_the_password_of_hf_endpoint_is_never_printed(tmp_path: Path) -> None:
     """huggingface_hub's own retry warnings name the URL, password included; peftdoctor's output never does."""
-    with serve_repos({"t/x": CLEAN, "t/loop": CLEAN}, hostile={
-            "t/x/adapter_config.json": {"retry_after": 1}, "t/loop/adapter_config.json": {"redirect_loop": True}}) as hub:
+    hostile = {"t/x/adapter_config.json": {"retry_after": 0}, "t/loop/adapter_config.json": {"redirect_loop": True}}
+    with serve_repos({"t/x": CLEAN, "t/loop": CLEAN}, hostile=hostile) as hub:
         env = _env(tmp_path, _with_password(hub))
         alone = _hf(tmp_path, env, "from huggingface_hub import hf_hub_download\n"
                                    "hf_hub_download('t/loop', 'adapter_config.json')")
@@ -178,6 +178,7 @@ def test_the_password_of_hf_endpoint_is_never_printed(tmp_path: Path) -> None:
         retried = run(tmp_path, env, "check", "t/x", "--peft", PEFT, timeout=60)
         looped = run(tmp_path, env, "check", "t/loop", "--peft", PEFT)
     assert retried.returncode == 2 and "HTTP 429" in retried.stderr, retried.stderr
+    assert "http://***@127.0.0.1" in retried.stderr  # huggingface_hub's retry warnings, the password taken out
     for done in (retried, looped):
         assert SECRET not in done.stdout + done.stderr, done.stderr
         assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr

@@ -310,10 +310,11 @@ def scan(
         else:
             from peftdoctor.ops import hub_scan
 
-            spool = os.path.join(scratch, "reports.jsonl") if fmt == "json" else None
-            result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress(), spool=spool) if hub is not None else
+            # As for a tree, and lighter: SARIF needs each finding's text, JSON reads the spool, text the codes.
+            kept = dict(spool=os.path.join(scratch, "reports.jsonl") if fmt == "json" else None, light=fmt != "sarif")
+            result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress(), **kept) if hub is not None else
                       hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
-                                          progress=_progress(), spool=spool))
+                                          progress=_progress(), **kept))
         render_to(result, fmt, lambda text: typer.echo(text, nl=False))
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 

@@ -14,9 +14,9 @@ downloads. Inside a scope each request:
 - streams its body through a cap: MAX_BODY_BYTES (everything read whole is a JSON document: a config, a
   model info, a listing page), or the end of the range asked for; what is past the cap is never handed on,
   so never written;
-- ends at its own deadline (PEFTDOCTOR_HUB_REQUEST_TIMEOUT seconds, default 60) and at the command's
-  (PEFTDOCTOR_HUB_DEADLINE, default 1800), each read waiting no longer than what is left; and stops at once
-  when the scope is cancelled (Ctrl-C in a scan).
+- ends at its own deadline (PEFTDOCTOR_HUB_REQUEST_TIMEOUT seconds, default 60) and at the scope's (one
+  repo's check, or a whole scan: PEFTDOCTOR_HUB_DEADLINE, default 1800), each read waiting no longer than
+  what is left; and stops at once when the scope is cancelled (Ctrl-C in a scan).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class HubAnswerError(Exception):
 
 
 class HubDeadline(HubAnswerError):
-    """A request or the whole command ran past its deadline."""
+    """A request, or the check or scan it belongs to, ran past its deadline."""
 
 
 class HubCancelled(HubAnswerError):
@@ -65,7 +65,7 @@ def _seconds(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Scope:
-    """One command's Hub reads: its deadline (time.monotonic) and a flag that cancels them all."""
+    """The Hub reads of one check or one scan: their deadline (time.monotonic) and a flag that cancels them."""
 
     until: float
     request_timeout: float
@@ -116,7 +116,7 @@ def _check_time(current: Scope, grace: float = 0.0) -> None:
     if current.cancelled.is_set():
         raise HubCancelled("stopped: interrupted")
     if time.monotonic() >= current.until - grace:
-        raise HubDeadline("did not finish in time: the command's Hub time ran out (PEFTDOCTOR_HUB_DEADLINE)")
+        raise HubDeadline("did not finish in time: the time for the check or scan ran out (PEFTDOCTOR_HUB_DEADLINE)")
 
 
 def _on_response(response) -> None:  # noqa: ANN001 - an httpx(2) Response
@@ -127,18 +127,21 @@ def _on_response(response) -> None:  # noqa: ANN001 - an httpx(2) Response
     if headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
         raise HubAnswerError(f"the Hub answered with {headers['Content-Encoding'][:20]!r}-encoded content where plain "
                              "bytes were asked for")
-    wait = _wait_asked(response)
-    if wait is not None and wait > _seconds("PEFTDOCTOR_HUB_MAX_WAIT", MAX_WAIT):
+    wait = _wait_asked(response) if response.status_code >= 400 else None  # what a retry would sleep
+    longest = _seconds("PEFTDOCTOR_HUB_MAX_WAIT", MAX_WAIT)
+    if wait is not None and wait > longest:
         raise HubAnswerError(f"the Hub answered HTTP {response.status_code} and asks to wait {wait:.0f} s before "
-                             f"retrying (peftdoctor waits at most {_seconds('PEFTDOCTOR_HUB_MAX_WAIT', MAX_WAIT):.0f} s)")
-    cap = _cap(request)
+                             f"retrying (peftdoctor waits at most {longest:.0f} s)")
+    ranged = _RANGE.match(request.headers.get("Range", ""))
+    cap = int(ranged.group(2)) + 1 if ranged else MAX_BODY_BYTES  # a 200 ignoring Range is cut there too
     if "/resolve/" in request.url.path:
-        _check_file_headers(headers, cap)
+        _check_file_headers(headers, None if ranged else cap)
     deadline = request.extensions.get("peftdoctor_deadline", current.until)
     response.stream = _capped(response.stream, cap, deadline, current)
 
 
-def _check_file_headers(headers, cap: int) -> None:  # noqa: ANN001 - httpx(2) Headers
+def _check_file_headers(headers, whole_cap: Optional[int]) -> None:  # noqa: ANN001 - httpx(2) Headers
+    """`whole_cap`: for a file read whole (not a range), the most bytes it may declare."""
     commit = headers.get("X-Repo-Commit")
     if commit is not None and not COMMIT.match(commit):
         raise HubAnswerError("the Hub named a commit that is not a 40-hex-digit commit id (X-Repo-Commit)")
@@ -149,19 +152,13 @@ def _check_file_headers(headers, cap: int) -> None:  # noqa: ANN001 - httpx(2) H
                                  "the cache)")
     for name in [n for n in headers if n.lower().startswith("x-xet-")]:
         del headers[name]  # huggingface_hub then downloads over plain HTTP, through the cap below
-    declared = headers.get("X-Linked-Size") or headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > cap and cap == MAX_BODY_BYTES:
-        raise HubAnswerError(f"the Hub's file is {int(declared)} bytes, more than the {cap} a config may be")
+    declared = headers.get("X-Linked-Size") or headers.get("Content-Length") or ""
+    if whole_cap is not None and declared.isdigit() and int(declared) > whole_cap:  # refused before any byte
+        raise HubAnswerError(f"the Hub's file is {int(declared)} bytes, more than the {whole_cap} a config may be")
 
 
 def _normalize_etag(value: str) -> str:  # as huggingface_hub.file_download._normalize_etag does
     return value.strip().removeprefix("W/").strip('"')
-
-
-def _cap(request) -> int:  # noqa: ANN001 - an httpx(2) Request
-    """MAX_BODY_BYTES, or the end of the one range asked for (a 200 answer ignoring Range is cut there too)."""
-    match = _RANGE.match(request.headers.get("Range", ""))
-    return int(match.group(2)) + 1 if match else MAX_BODY_BYTES
 
 
 def _wait_asked(response) -> Optional[float]:  # noqa: ANN001 - an httpx(2) Response

@@ -2,13 +2,15 @@
 scan does (ops/scan.py's ScanReport). Each repo costs its config and a range read of its weights header;
 a bounded pool of threads overlaps the waits.
 
-Memory does not grow with the listing: the listing is read a page at a time as the pool takes repos, and
-at most a few pools' worth of repos wait in the queue. One repo's failure, whatever it is, is that repo's
-`unusable` entry (PD008), never the scan's end. The threads are daemons sharing one io/hub_guard.py scope:
+Memory: the listing is read a page at a time as the pool takes repos, and at most a few pools' worth of
+repos wait in the queue; with `light`, each report is kept as its path and its (code, severity) pairs
+only (a few hundred bytes; the full report goes to the spool for JSON). One repo's failure, whatever it
+is, is that repo's `unusable` entry (PD008), never the scan's end. The threads are daemons sharing one io/hub_guard.py scope:
 Ctrl-C cancels every request in flight and the command ends at once, without waiting for them.
 """
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import threading
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterable, Optional, TextIO, Union
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.files import FileRefused, read_limited
 from peftdoctor.io.locate import is_repo_ref, split_ref
-from peftdoctor.model.findings import Report
+from peftdoctor.model.findings import Finding, Report, Severity
 from peftdoctor.ops.check import check, choose_target
 from peftdoctor.ops.scan import ScanReport, as_dict
 
@@ -36,15 +38,15 @@ Repo = Union[str, Any, tuple[str, str]]
 
 
 def scan_hub(author: str, peft: Optional[str] = None, workers: int = WORKERS,
-             progress: Optional[Progress] = None, spool: Optional[str] = None) -> ScanReport:
-    """Check every adapter repo of `author` (a user or an organisation) on the Hub."""
+             progress: Optional[Progress] = None, spool: Optional[str] = None, light: bool = False) -> ScanReport:
+    """Check every adapter repo of `author` (a user or an organisation) on the Hub (see scan_repos)."""
     choose_target(peft)  # a bad --peft fails before any request
     from peftdoctor.io import hub_guard
     from peftdoctor.io.hub import list_adapter_repos  # huggingface_hub only when the Hub is asked
 
     shared = hub_guard.new_scope()
     return scan_repos(f"{author} (on the Hub)", list_adapter_repos(author, shared), peft, workers, progress,
-                      spool, shared)
+                      spool, light, shared)
 
 
 def read_repo_list(path: str) -> list[str]:
@@ -72,10 +74,12 @@ def read_repo_list(path: str) -> list[str]:
 
 
 def scan_repos(label: str, repos: Iterable[Repo], peft: Optional[str] = None, workers: int = WORKERS,
-               progress: Optional[Progress] = None, spool: Optional[str] = None, within: Any = None) -> ScanReport:
+               progress: Optional[Progress] = None, spool: Optional[str] = None, light: bool = False,
+               within: Any = None) -> ScanReport:
     """Check each repo with `workers` threads; reports and unusable repos sorted by repo id. `repos` is read
     as the threads take them (a listing page at a time). With `spool` (a file path), each full report goes
-    there as one JSON line and the ScanReport keeps it without its compatibility table, as ops/scan.py does.
+    there as one JSON line and the ScanReport keeps it without its compatibility table, as ops/scan.py does;
+    with `light` too, only what the text summary and the exit code read (path, codes, severities).
     `within`: the io/hub_guard.py scope of every request (a new one when None)."""
     choose_target(peft)
     from peftdoctor.io import hub_guard
@@ -87,7 +91,7 @@ def scan_repos(label: str, repos: Iterable[Repo], peft: Optional[str] = None, wo
                                 name=f"peftdoctor-hub-{i}") for i in range(max(1, workers))]
     for thread in threads:
         thread.start()
-    kept = _Kept(spool)
+    kept = _Kept(spool, light)
     try:
         for repo in repos:
             if isinstance(repo, tuple):  # a listing entry the Hub answered oddly: unusable without a request
@@ -130,10 +134,11 @@ def _worker(todo: queue.Queue, done: queue.Queue, peft: Optional[str], shared: A
 
 
 class _Kept:
-    """What the scan keeps of each result: the report (slimmed with a spool), or the unusable line."""
+    """What the scan keeps of each result (the report, light or without its compatibility table with a
+    spool; or the unusable line), and the counts that say when the scan is done."""
 
-    def __init__(self, spool: Optional[str]) -> None:
-        self.spool = spool
+    def __init__(self, spool: Optional[str], light: bool) -> None:
+        self.spool, self.light = spool, light
         self.lines: Optional[TextIO] = open(spool, "w", encoding="utf-8") if spool else None  # noqa: SIM115
         self.reports: list[Report] = []
         self.unusable: list[tuple[str, str]] = []
@@ -161,7 +166,7 @@ class _Kept:
             if self.lines is not None:
                 self.lines.write(json.dumps(as_dict(report), sort_keys=True) + "\n")
                 report = replace(report, compatibility=())
-            self.reports.append(report)
+            self.reports.append(_light(report) if self.light else report)
         else:
             self.unusable.append((ref, reason or "unusable"))
         if progress is not None:
@@ -180,6 +185,18 @@ class _Kept:
             _reorder(self.spool, order)
         return ScanReport(label, tuple(self.reports[i] for i in order), tuple(sorted(self.unusable)),
                           spool=self.spool)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_only(code: str, severity: Severity) -> Finding:
+    return Finding(code, severity, "", "")  # one shared object per (code, severity) for every light report
+
+
+def _light(report: Report) -> Report:
+    """What the text summary, the counts and the exit code read of a report, and nothing else."""
+    codes = sorted({(f.code, f.severity) for f in report.findings}, key=lambda pair: (pair[0], pair[1].rank))
+    return Report(report.path, None, report.peft_target, tuple(_code_only(c, s) for c, s in codes),
+                  kind=report.kind)
 
 
 def _reorder(spool: str, order: list[int]) -> None:
