@@ -240,3 +240,41 @@ def test_requests_outside_a_scope_are_left_alone() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"})
     assert done.stdout.split() == ["2", "True", "False"], (done.stdout, done.stderr)
+
+
+def test_the_listing_is_read_as_the_threads_take_repos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory does not follow the listing: a scan pulls repos from it only as its threads take them (before,
+    the whole listing was a list first, its length needed up front). The check itself is replaced by a
+    recorder here: what is under test is the pool's appetite, not a diagnosis."""
+    from peftdoctor.ops import hub_scan
+
+    pulled, finished, ahead = [0], [0], []
+
+    def listing():
+        for i in range(2000):
+            pulled[0] += 1
+            ahead.append(pulled[0] - finished[0])
+            yield f"t/repo-{i}"
+
+    def one(repo, peft, shared):  # noqa: ANN001, ANN202 - hub_scan._check_one's signature
+        return repo, None, f"{repo}: recorded", None
+
+    def progress(done, total, ref, note):  # noqa: ANN001, ANN202
+        finished[0] = done
+
+    monkeypatch.setattr(hub_scan, "_check_one", one)
+    result = hub_scan.scan_repos("t", listing(), PEFT, workers=4, progress=progress)
+    assert len(result.unusable) == 2000 and finished[0] == 2000
+    assert max(ahead) <= 4 + 2 * 4 + 2, max(ahead)  # the threads' repos and the queue's, never the listing
+
+
+def test_scan_hub_checks_while_it_lists(tmp_path: Path) -> None:
+    """The listing is read a page at a time as the threads take repos: checks start before its last page is
+    asked for (before, every page was read into memory first: 300-424 MB for 100k repos)."""
+    log: list[tuple[str, str]] = []
+    with serve_repos({f"org/a-{i:03d}": CLEAN for i in range(120)}, page_size=5, log=log) as hub:
+        done = run(tmp_path, _env(tmp_path, hub), "scan", "--hub", "org", "--peft", PEFT)
+    assert done.returncode == 0 and done.stdout.startswith("org (on the Hub): 120 adapter(s), 120 clean"), done.stdout
+    pages = [i for i, (_, path) in enumerate(log) if path.startswith("/api/models?")]
+    first_check = next(i for i, (_, path) in enumerate(log) if "/resolve/" in path)
+    assert len(pages) == 24 and first_check < pages[-1], (len(pages), first_check, pages[-1])
