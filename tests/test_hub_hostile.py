@@ -121,6 +121,17 @@ def test_a_listing_that_links_to_itself_ends(tmp_path: Path) -> None:
                                  "read: the Hub's listing links back to a page already read"}]
 
 
+def test_an_odd_listing_entry_is_that_repos_line(tmp_path: Path) -> None:
+    repos = {"org/a": CLEAN, "org/odd": CLEAN, "org/z": CLEAN}
+    with serve_repos(repos, hostile={"org/odd": {"info": {"siblings": 5}}}) as hub:
+        done = run(tmp_path, _env(tmp_path, hub), "scan", "--hub", "org", "--format", "json", "--peft", PEFT)
+    assert done.returncode == 1 and "internal error" not in done.stderr, done.stderr
+    data = json.loads(done.stdout)
+    assert [r["path"] for r in data["reports"]] == ["org/a", "org/z"]
+    assert data["unusable"] == [{"path": "org/odd", "reason": "org/odd: could not be read: the Hub's answer lists its "
+                                 "files or tags as something else than a list"}]
+
+
 @pytest.mark.parametrize("how", ["endless", "gzip"])
 def test_a_huge_config_is_cut_while_it_streams(tmp_path: Path, how: str) -> None:
     size = 40 * 1024 * 1024  # 2.5 times the cap; no Content-Length says so in advance

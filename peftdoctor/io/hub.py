@@ -110,12 +110,13 @@ def _valid_repo_id(repo_id: str) -> bool:
     return repo_id.count("/") == 1
 
 
-def open_hub_adapter(ref: str, listed: Optional[Listed] = None, within: Optional[Scope] = None) -> Adapter:
+def open_hub_adapter(ref: str, listed: Optional[Listed] = None) -> Adapter:
     """The adapter at OWNER/NAME[@REVISION] on the Hub, as the same Adapter value a directory gives (origin
-    "hub"). `listed`: the repo's listing entry, when a scan already has it; `within`: the scan's scope (its
-    deadline, its Ctrl-C), else this check's own. Offline or unreachable: the local cache's copy (origin
-    "hub-cache", with a `note` saying why), else UnusableInput naming what is missing. Private and gated repos
-    say so in one line; no token, no password of HF_ENDPOINT is printed."""
+    "hub"). `listed`: the repo's listing entry, when a scan already has it. Its requests run in the
+    io/hub_guard.py scope active here (a scan's: its deadline, its Ctrl-C), else in one of its own.
+    Offline or unreachable: the local cache's copy (origin "hub-cache", with a `note` saying why), else
+    UnusableInput naming what is missing. Private and gated repos say so in one line; no token, no password of
+    HF_ENDPOINT is printed."""
     repo_id, revision = split_ref(ref)
     if not _valid_repo_id(repo_id):
         raise UnusableInput(f"{ref}: not a directory, nor a valid repo id (OWNER/NAME)")
@@ -124,7 +125,7 @@ def open_hub_adapter(ref: str, listed: Optional[Listed] = None, within: Optional
     if constants.is_offline_mode():
         return from_cache(ref, repo_id, revision, None)
     try:
-        with hub_guard.scope(within):
+        with hub_guard.scope():
             return _online(ref, repo_id, revision, listed)
     except HUB_ERRORS as exc:
         if isinstance(exc, hub_guard.HubCancelled):
@@ -140,7 +141,7 @@ def model_info(repo_id: str, revision: Optional[str]) -> Listed:
     try:
         info = HfApi().model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or fields of other types
-        raise HubAnswerError(f"the Hub's model info is not one ({type(exc).__name__})") from None
+        raise HubAnswerError(f"the Hub's answer is not a model info ({type(exc).__name__})") from None
     listed = Listed.of(info)
     if listed.repo_id != repo_id:
         raise HubAnswerError(f"the Hub's model info names another repo ({listed.repo_id})")
