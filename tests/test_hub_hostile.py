@@ -289,3 +289,16 @@ def test_scan_hub_checks_while_it_lists(tmp_path: Path) -> None:
     pages = [i for i, (_, path) in enumerate(log) if path.startswith("/api/models?")]
     first_check = next(i for i, (_, path) in enumerate(log) if "/resolve/" in path)
     assert len(pages) == 24 and first_check < pages[-1], (len(pages), first_check, pages[-1])
+
+
+def test_a_snapshot_a_cut_off_download_left_is_not_an_empty_repo(tmp_path: Path) -> None:
+    """A download cut off after huggingface_hub wrote refs/main and created the snapshot folder (a hostile Hub
+    refused mid-way, a killed run) leaves an empty folder: the cache fallback says what it lacks instead of
+    calling the repo empty (PD001)."""
+    sha = "0" * 40
+    repo = tmp_path / "cache" / "models--t--x"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    done = run(tmp_path, _env(tmp_path, "http://127.0.0.1:9", HF_HUB_OFFLINE="1"), "check", "t/x", "--peft", PEFT)
+    one_line(done, "t/x", "holds no adapter_config.json of it", "hf download t/x")
