@@ -13,7 +13,7 @@ from peftdoctor.model.adapter import CONFIG_NAME
 _REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 # owner/name@revision: a branch, tag or commit (a revision may hold "/", as in refs/pr/1).
 _REPO_REF = re.compile(r"^([\w.\-]+/[\w.\-]+)(?:@(\S+))?$")
-# What git allows in a ref name (git check-ref-format), less nothing a branch needs: huggingface_hub stores a
+# The characters git allows in a ref name (git check-ref-format): huggingface_hub stores a
 # revision as the path refs/<revision> in the cache, so it must stay a relative path of plain segments.
 _REVISION_CHARS = re.compile(r"[^\x00-\x20\x7f~^:?*\[\\]{1,255}")
 
