@@ -152,19 +152,18 @@ def test_a_huge_config_is_cut_while_it_streams(tmp_path: Path, how: str) -> None
         assert served["t/huge/adapter_config.json"] <= MAX_BODY + 4 * 1024 * 1024  # the rest was never read
 
 
-def _odd_repos(tmp: Path) -> dict[str, dict]:
-    return {"t/not-json": {"info_body": b"<html>Service Unavailable</html>"},
-            "t/odd-siblings": {"info": {"siblings": 5}}, "t/odd-sha": {"info": {"sha": 12}},
-            "t/redirect-loop/adapter_config.json": {"redirect_loop": True},
-            "t/bad-commit/adapter_config.json": {"commit": "not-a-commit"}}
+# Answers that are not what the Hub's API gives, one repo each.
+ODD = {"t/not-json": {"info_body": b"<html>Service Unavailable</html>"},
+       "t/odd-siblings": {"info": {"siblings": 5}}, "t/odd-sha": {"info": {"sha": 12}},
+       "t/redirect-loop/adapter_config.json": {"redirect_loop": True},
+       "t/bad-commit/adapter_config.json": {"commit": "not-a-commit"}}
 
 
 def test_odd_answers_are_one_line_and_one_repo(tmp_path: Path) -> None:
-    hostile = _odd_repos(tmp_path)
-    odd = sorted({key.split("/adapter_config.json")[0] for key in hostile})
+    odd = sorted({key.split("/adapter_config.json")[0] for key in ODD})
     listing = tmp_path / "repos.txt"
     listing.write_text("\n".join(["t/clean", *odd]) + "\n")
-    with serve_repos({"t/clean": CLEAN, **{name: CLEAN for name in odd}}, hostile=hostile) as hub:
+    with serve_repos({"t/clean": CLEAN, **{name: CLEAN for name in odd}}, hostile=ODD) as hub:
         env = _env(tmp_path, _with_password(hub))
         each = {name: run(tmp_path, env, "check", name, "--peft", PEFT) for name in odd}
         scan = run(tmp_path, env, "scan", "--from-file", str(listing), "--format", "json", "--peft", PEFT)
