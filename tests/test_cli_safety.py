@@ -261,25 +261,28 @@ def test_a_full_stdout_names_the_stream() -> None:
             assert (done.returncode, done.stderr) == (2, "peftdoctor: standard output: No space left on device\n")
 
 
-def _leaves_nothing(directory: Path, before: tuple[list[str], bytes], done: Any) -> None:
-    assert done.exit_code == 2, done.output
-    assert done.stderr.count("\n") == 1 and str(directory / CONFIG) in done.stderr, done.stderr
-    assert (sorted(os.listdir(directory)), (directory / CONFIG).read_bytes()) == before
-
-
-def test_fix_of_a_file_the_rename_may_not_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An immutable adapter_config.json (chattr +i): root may write the directory, but the rename onto the
-    file fails with EPERM. Was: exit 2 with adapter_config.json.orig left beside the untouched file."""
+@pytest.mark.parametrize(("call", "error", "said"), [
+    # An immutable adapter_config.json (chattr +i): root may write the directory, but the rename onto the
+    # file fails with EPERM. Was: exit 2 with adapter_config.json.orig left beside the untouched file.
+    ("replace", PermissionError(errno.EPERM, "Operation not permitted"),
+     "{config}: write failed, original left in place: Operation not permitted\n"),
+    # The backup cannot be made: the line named the config only, not the file that failed.
+    ("link", OSError(errno.ENOSPC, "No space left on device"), "{config}.orig: No space left on device\n"),
+], ids=["rename-refused", "backup-refused"])
+def test_a_failed_rewrite_leaves_nothing_and_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            call: str, error: OSError, said: str) -> None:
     shutil.copytree(BROKEN, tmp_path / "a")
-    before = sorted(os.listdir(tmp_path / "a")), (tmp_path / "a" / CONFIG).read_bytes()
+    config = tmp_path / "a" / CONFIG
+    before = sorted(os.listdir(tmp_path / "a")), config.read_bytes()
 
-    def replace(src: Any, dst: Any) -> None:
-        raise PermissionError(errno.EPERM, "Operation not permitted", os.fsdecode(src), None, os.fsdecode(dst))
+    def refuse(src: Any, dst: Any) -> None:  # as the kernel reports a rename or link: both names
+        raise type(error)(error.errno, error.strerror, os.fsdecode(src), None, os.fsdecode(dst))
 
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, call, refuse)
     done = RUNNER.invoke(app, ["fix", str(tmp_path / "a"), "--peft", "0.13.2"])
-    _leaves_nothing(tmp_path / "a", before, done)
-    assert done.stderr.endswith("write failed, original left in place: Operation not permitted\n"), done.stderr
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+    assert done.stderr.endswith(said.format(config=config)), done.stderr
+    assert (sorted(os.listdir(tmp_path / "a")), config.read_bytes()) == before
 
 
 def test_fix_of_an_immutable_file(tmp_path: Path) -> None:
@@ -294,19 +297,6 @@ def test_fix_of_an_immutable_file(tmp_path: Path) -> None:
         subprocess.run(["chattr", "-i", str(config)], check=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Operation not permitted" in done.stderr
     assert (sorted(os.listdir(tmp_path / "a")), config.read_bytes()) == before
-
-
-def test_a_failed_backup_names_the_backup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shutil.copytree(BROKEN, tmp_path / "a")
-    before = sorted(os.listdir(tmp_path / "a")), (tmp_path / "a" / CONFIG).read_bytes()
-
-    def link(src: Any, dst: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", os.fsdecode(src), None, os.fsdecode(dst))
-
-    monkeypatch.setattr(os, "link", link)
-    done = RUNNER.invoke(app, ["fix", str(tmp_path / "a"), "--peft", "0.13.2"])
-    _leaves_nothing(tmp_path / "a", before, done)
-    assert f"{tmp_path / 'a' / CONFIG}.orig: No space left on device" in done.stderr
 
 
 def test_a_failed_output_directory_names_the_file(tmp_path: Path) -> None:
