@@ -30,7 +30,8 @@ RUNNER = CliRunner()
 # What a value may hold to take over a terminal: OSC set-title ended by BEL, clear screen, a carriage
 # return and newline that start a forged finding line, DEL, C1 NEL and CSI, RLO, the bidi isolates, the
 # Unicode line and paragraph separators, an invisible left-to-right mark.
-HOSTILE = "\x1b]0;pwned\x07\x1b[2J\r\n  PD000 error: forged\x7f\x85\x9b\u202egnp.exe\u2066\u2067\u2068\u2069\u2028\u2029\u200e"
+HOSTILE = ("\x1b]0;pwned\x07\x1b[2J\r\n  PD000 error: forged\x7f\x85\x9b\u202egnp.exe\u2066\u2067\u2068\u2069"
+           "\u2028\u2029\u200e")
 INLINE = HOSTILE.replace("\r\n", "")  # for a file name, and a log's line (its line ends are the log's own)
 CONTROLS = {"\x1b", "\x07", "\r", "\x7f", "\x85", "\x9b", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
             "\u2028", "\u2029", "\u200e"}
@@ -38,7 +39,7 @@ CONTROLS = {"\x1b", "\x07", "\r", "\x7f", "\x85", "\x9b", "\u202e", "\u2066", "\
 
 def cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120, encoding="utf-8", errors="surrogateescape", **kwargs)
+                          timeout=120, encoding="utf-8", errors="surrogateescape", check=False, **kwargs)
 
 
 def raw_controls(text: str) -> set[str]:
@@ -158,7 +159,7 @@ def _as_nobody() -> list[str]:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the CLI as nobody")
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import peftdoctor"], capture_output=True, cwd=ROOT)
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import peftdoctor"], capture_output=True, cwd=ROOT, check=False)
     if probe.returncode != 0:
         pytest.skip(f"nobody cannot run this Python: {probe.stderr[-200:]!r}")
     return prefix
@@ -172,7 +173,7 @@ def test_directory_readable_but_not_searchable_as_nobody() -> None:
         shutil.copytree(CLEAN, where / "a")
         (where / "a").chmod(0o644)
         runs = [subprocess.run([*prefix, sys.executable, "-m", "peftdoctor", *args], capture_output=True, text=True,
-                               cwd=ROOT, timeout=120)
+                               cwd=ROOT, timeout=120, check=False)
                 for args in (["check", str(where / "a")], ["scan", str(where), "--peft", "0.13.2"])]
     finally:
         (where / "a").chmod(0o755)
@@ -245,7 +246,7 @@ def test_a_closed_pipe_found_at_the_exit_flush_ends_quietly() -> None:
     os.close(read)
     try:
         done = subprocess.run([sys.executable, "-c", script], stdout=write, stderr=subprocess.PIPE, text=True,
-                              cwd=ROOT, timeout=120)
+                              cwd=ROOT, timeout=120, check=False)
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (0, "")
@@ -257,7 +258,7 @@ def test_a_full_stdout_names_the_stream() -> None:
     with open("/dev/full", "w") as full:
         for args in (["rules"], ["check", str(CLEAN)]):
             done = subprocess.run([sys.executable, "-m", "peftdoctor", *args], stdout=full, stderr=subprocess.PIPE,
-                                  text=True, cwd=ROOT, timeout=120)
+                                  text=True, cwd=ROOT, timeout=120, check=False)
             assert (done.returncode, done.stderr) == (2, "peftdoctor: standard output: No space left on device\n")
 
 
@@ -288,7 +289,7 @@ def test_a_failed_rewrite_leaves_nothing_and_names_the_file(tmp_path: Path, monk
 def test_fix_of_an_immutable_file(tmp_path: Path) -> None:
     shutil.copytree(BROKEN, tmp_path / "a")
     config = tmp_path / "a" / CONFIG
-    if subprocess.run(["chattr", "+i", str(config)], capture_output=True).returncode != 0:
+    if subprocess.run(["chattr", "+i", str(config)], capture_output=True, check=False).returncode != 0:
         pytest.skip("chattr +i does not work here (not root, or a filesystem without the flag)")
     try:
         before = sorted(os.listdir(tmp_path / "a")), config.read_bytes()
@@ -305,9 +306,8 @@ def test_a_failed_output_directory_names_the_file(tmp_path: Path) -> None:
     from peftdoctor.io.staging import staged
 
     out = tmp_path / "merged"
-    with pytest.raises(errors.WriteFailed) as refused:
-        with staged(out) as staging:
-            raise PermissionError(errno.EACCES, "Permission denied", str(staging / "model.safetensors"))
+    with pytest.raises(errors.WriteFailed) as refused, staged(out) as staging:
+        raise PermissionError(errno.EACCES, "Permission denied", str(staging / "model.safetensors"))
     message = errors.one_line(refused.value)
     assert message.startswith(f"--out {out}: write failed (") and "model.safetensors: Permission denied" in message
     assert errors.exit_code(refused.value) == 2 and os.listdir(tmp_path) == []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from peftdoctor.errors import UnusableInput, WriteFailed
+from peftdoctor.errors import UnusableInput, WriteFailed  # noqa: F401 - merge.run imports WriteFailed from here
 from peftdoctor.io.files import open_regular
 from peftdoctor.io.safetensors import DTYPE_SIZES
 from peftdoctor.io.staging import write_failure  # noqa: F401 - merge.run's name for it; the one home is io/staging

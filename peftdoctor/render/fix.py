@@ -10,7 +10,8 @@ from peftdoctor.model.findings import FORMAT_VERSION, Finding, Severity
 from peftdoctor.model.results import Fixes
 from peftdoctor.ops.fix import Plan
 from peftdoctor.render.sarif import sarif_log
-from peftdoctor.render.terminal import line, lines as text_lines
+from peftdoctor.render.terminal import line
+from peftdoctor.render.terminal import lines as text_lines
 from peftdoctor.rules.registry import rule
 
 

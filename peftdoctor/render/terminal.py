@@ -10,7 +10,7 @@ JSON and SARIF need nothing: json.dumps escapes every control and non-ASCII char
 from __future__ import annotations
 
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 # Unicode general categories shown as escapes: Cc (C0 with ESC, BEL, CR, LF, TAB; DEL; C1 with CSI
 # U+009B), Cf (bidi embeddings, overrides and isolates U+202A-U+202E and U+2066-U+2069, marks, zero-width
