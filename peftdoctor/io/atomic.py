@@ -222,7 +222,9 @@ def _failed(path: Path, exc: OSError) -> str:
     """The reason a write failed, naming the file the system refused when it is not `path` itself (the
     backup, the temporary file); a rename names its target second, the file the user knows."""
     failed = exc.filename2 if exc.filename2 is not None else exc.filename
-    return exc.strerror or str(exc) if failed is None or str(failed) == str(path) else os_reason(exc, failed)
+    if failed is None or str(failed) == str(path):
+        return exc.strerror or str(exc)
+    return os_reason(exc, failed)
 
 
 def clean_leftovers(path: Path, backup_suffix: Optional[str]) -> tuple[str, ...]:
