@@ -48,7 +48,8 @@ def raw_controls(text: str) -> set[str]:
 
 
 def hostile_adapter(parent: Path) -> Path:
-    """The clean fixture under a directory name, config keys, a target module and a base id that hold HOSTILE."""
+    """The clean fixture under a directory name, config keys, a target module, a base id and tensor names
+    that hold HOSTILE."""
     directory = parent / f"adapter{INLINE}"
     shutil.copytree(CLEAN, directory)
     config = json.loads((CLEAN / CONFIG).read_text())
@@ -56,6 +57,15 @@ def hostile_adapter(parent: Path) -> Path:
     config["target_modules"] = ["q_proj", f"v_proj{HOSTILE}"]
     config["base_model_name_or_path"] = f"org/{HOSTILE}"
     (directory / CONFIG).write_text(json.dumps(config))
+    # The header is JSON: a tensor name may hold anything. Layer 1's q_proj gets a hostile module name.
+    weights = (CLEAN / "adapter_model.safetensors").read_bytes()
+    size = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8:8 + size])
+    header = {name.replace("layers.1.self_attn.q_proj", f"layers.1.self_attn.q{HOSTILE}"): entry
+              for name, entry in header.items()}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (directory / "adapter_model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + weights[8 + size:])
     return directory
 
 
@@ -96,6 +106,7 @@ def test_hostile_values_are_escaped_in_every_text_output(tmp_path: Path) -> None
         assert not any(row.lstrip().startswith("PD000") for row in (done.stdout + done.stderr).splitlines()), name
     assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\r\\n  PD000 error: forged" in runs["check"].stdout
     assert "\\u202egnp.exe\\u2066" in runs["check"].stdout and "REFUSE  evil\\x1b]0;pwned" in runs["fix"].stdout
+    assert "layers.1.self_attn.q\\x1b]0;pwned\\x07" in runs["check"].stdout  # a tensor's module name
     assert "q_proj\\x1b]0;pwned\\x07" in runs["explain"].stdout
     assert runs["missing"].returncode == 2 and runs["missing"].stderr.count("\n") == 1
 
