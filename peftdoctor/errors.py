@@ -42,6 +42,7 @@ class MissingExtra(PeftdoctorError):
 
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PATH_SHOWN = 300  # characters of a path an error line quotes; one past PATH_MAX would hide the reason after it
 
 # exception type -> (exit code, what the one line starts with). Looked up along the exception's MRO,
 # so a subclass (io.files.FileRefused is an OSError) takes its nearest entry.
@@ -68,21 +69,31 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     entry = _entry(exc)
-    if isinstance(exc, OSError) and not isinstance(exc, PeftdoctorError) and exc.strerror and exc.filename:
-        text = f"{exc.filename}: {exc.strerror}"  # str(OSError) reads "[Errno 5] ..."
-    else:
-        text = str(exc)
+    text = os_reason(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
     return (entry[1] if entry else "") + (message_line(text) or type(exc).__name__)
+
+
+def os_reason(exc: OSError, name: object = None) -> str:
+    """"FILE: reason" for a failed system call: `name`, else the file the exception names, clipped so
+    that the reason survives a path of any length (str(OSError) reads "[Errno 36] ..." and may name none)."""
+    where = name if name is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    return f"{clip(str(where), PATH_SHOWN)}: {reason}" if where is not None else reason
 
 
 def message_line(text: str, limit: int = 500) -> str:
     """The line of a (possibly multi-line) error message to show: the first non-empty one, joined with the
     next when it only announces a list ("Error(s) in loading state_dict for PeftModel:" then the size
-    mismatch), at most `limit` characters."""
+    mismatch), at most `limit` characters: a longer one keeps its start and its end, where "PATH: reason"
+    puts the reason (a path over PATH_MAX would push it out)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
-    return clip(f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0], limit)
+    shown = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    if len(shown) <= limit:
+        return shown
+    head = limit // 2
+    return shown[:head - 3] + "..." + shown[len(shown) - (limit - head):]
 
 
 def clip(text: str, limit: int) -> str:

@@ -128,5 +128,10 @@ def test_check_runs_without_peft_installed(tmp_path: Path) -> None:
 
 
 def test_rules_listing() -> None:
-    listed = json.loads(cli("rules", "--format", "json").stdout)
+    """Like every JSON output, an object carrying format_version (issue 20: it was a bare list)."""
+    from peftdoctor.model.findings import FORMAT_VERSION
+
+    body = json.loads(cli("rules", "--format", "json").stdout)
+    assert body["format_version"] == FORMAT_VERSION and set(body) == {"format_version", "rules"}
+    listed = body["rules"]
     assert len({r["code"] for r in listed}) == len(listed) > 20

@@ -3,13 +3,17 @@
 Operations return frozen values and raise the exceptions of peftdoctor.errors; _Commands.invoke is
 the one place that turns an exception into its one line on stderr and its exit code (errors.EXIT_CODES),
 and render/ the one place that turns a result into text.
+
+When the reader of stdout goes away (`peftdoctor scan . | head`), the command ends quietly with exit 0,
+as ripgrep does (crates/core/main.rs: a broken pipe is "a graceful exit"); git, killed by SIGPIPE,
+reports 141. Nothing more can reach the reader, and a "Broken pipe" line would only be noise.
 """
 from __future__ import annotations
 
 import enum
-import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import typer
@@ -21,7 +25,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
 from peftdoctor import __version__, errors
-from peftdoctor.errors import EXIT_CLEAN, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_UNUSABLE, UnusableInput, UsageError
+from peftdoctor.errors import EXIT_CLEAN, EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_UNUSABLE, UsageError
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Report, Severity
@@ -42,7 +46,8 @@ from peftdoctor.render import (
     render_to,
     require_format,
 )
-from peftdoctor.rules.registry import RULES, markdown_table
+from peftdoctor.render.terminal import line
+from peftdoctor.rules.registry import markdown_table
 
 WEIGHT_NAMES = (SAFETENSORS_NAME, PICKLE_NAME)
 # explain keeps the end of a longer log: the traceback that matters is printed last.
@@ -61,13 +66,12 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:
             _fail("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except Exception as exc:  # noqa: BLE001
-            known = errors.exit_code(exc)
-            if known is None:  # a bug of ours must still end in one line and exit 2, not a traceback
-                _fail(f"internal error: {type(exc).__name__}: {errors.one_line(exc)} (please report this)")
-                raise typer.Exit(EXIT_UNUSABLE) from None
-            _fail(errors.one_line(exc))
-            raise typer.Exit(known) from None
+        except BrokenPipeError:
+            _drop_stdout()
+            raise typer.Exit(EXIT_CLEAN) from None
+        except Exception as exc:  # noqa: BLE001 - a bug of ours must still end in one line and exit 2
+            _fail(_describe(exc))
+            raise typer.Exit(errors.exit_code(exc) or EXIT_UNUSABLE) from None
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -81,7 +85,41 @@ class FailOn(str, enum.Enum):
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"peftdoctor: {message}", err=True)
+    """One line on stderr; whatever a path, key or Hub answer in it holds is shown escaped (render.terminal)."""
+    typer.echo(f"peftdoctor: {line(message)}", err=True)
+
+
+def _describe(exc: BaseException, where: str = "") -> str:
+    """The one line for `exc`: its errors.EXIT_CODES entry's, or an internal error naming its type."""
+    if errors.exit_code(exc) is None:
+        return f"{where}internal error: {type(exc).__name__}: {errors.one_line(exc)} (please report this)"
+    return errors.one_line(exc)
+
+
+def _emit(text: str, err: bool = False) -> None:
+    """Write a rendered result. A failed write says which stream and why (its OSError names no file:
+    "[Errno 28] No space left on device" for `> /dev/full`); a closed pipe goes on to _Commands."""
+    try:
+        typer.echo(text, nl=False, err=err)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if not err:
+            _drop_stdout()  # what is still buffered would fail again at exit, and say so a second time
+        raise errors.WriteFailed(errors.os_reason(exc, "standard error" if err else "standard output")) from None
+
+
+def _drop_stdout() -> None:
+    """stdout cannot be written (its reader has gone, the disk is full): point it at /dev/null, so that what
+    is still buffered is dropped there when Python flushes at exit instead of failing again ("Exception
+    ignored ... BrokenPipeError" and exit 120)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file descriptor (typer's test runner): nothing is flushed to a pipe at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _adapters(paths: List[str]) -> List[str]:
@@ -135,16 +173,13 @@ def check(
                 _fail(adapters[-1].note)
             reports.append(run_check(adapters[-1], peft=peft, serve=serve, base=base,
                                      transformers=transformers))
-        except UnusableInput as exc:
-            _fail(errors.one_line(exc))
-            unusable = True
-        except Exception as exc:  # noqa: BLE001 - a bug of ours on one adapter must not lose the others' reports
-            _fail(f"{path}: internal error: {type(exc).__name__}: {exc} (please report this)")
+        except Exception as exc:  # noqa: BLE001 - one adapter's failure (or a bug of ours) keeps the others' reports
+            _fail(_describe(exc, f"{path}: "))
             unusable = True
     combination = _combination(adapters, reports, combine_as) if combine_as and not unusable else None
     if reports:
         single = len(reports) == 1 and not combination
-        typer.echo(render(reports[0] if single else Checks(tuple(reports), combination), fmt), nl=False)
+        _emit(render(reports[0] if single else Checks(tuple(reports), combination), fmt))
     threshold = Severity(fail_on.value)
     if unusable or any(r.kind != "peft-adapter" for r in reports):
         raise typer.Exit(EXIT_UNUSABLE)
@@ -176,25 +211,27 @@ def fix(
     """Rewrite adapter_config.json so it loads under a peft release and computes the same thing."""
     require_format((PLAN, FIXES), fmt)
     # Imported here so that `check`, the hook that runs on every commit, does not pay for them.
+    from peftdoctor.io.atomic import backup_path
     from peftdoctor.model.results import Fixes
     from peftdoctor.ops.fix import apply, diff
     from peftdoctor.ops.fix import plan as make_plan
     from peftdoctor.render.fix import written
 
+    backup_path(Path(CONFIG_NAME), backup_suffix)  # a suffix that cannot name a file: a usage error, up front
     plans, codes = [], [EXIT_CLEAN]
     for path in _adapters(paths):
         try:
             plans.append(make_plan(path, peft=peft, force=force, serve=serve))
-        except UnusableInput as exc:
-            _fail(errors.one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - one adapter's failure (or a bug of ours) keeps the others' plans
+            _fail(_describe(exc, f"{path}: "))
             codes.append(EXIT_UNUSABLE)
     if plans:
         # With --check (a hook) or --diff (for patch), stdout is kept for the verdict or the diff alone.
         aside = fmt == "text" and (check_only or show_diff)
-        typer.echo(render(plans[0] if len(plans) == 1 else Fixes(tuple(plans)), fmt), nl=False, err=aside)
+        _emit(render(plans[0] if len(plans) == 1 else Fixes(tuple(plans)), fmt), err=aside)
     for the_plan in plans:
         if show_diff:
-            typer.echo(diff(the_plan), nl=False)
+            _emit(diff(the_plan))
         if the_plan.remaining:  # written or not, an adapter that still cannot work is not a clean exit
             codes.append(EXIT_FINDINGS)
         if the_plan.refused:
@@ -249,7 +286,7 @@ def verify(
         report = run_verify(adapter, base=base, device=device, dtype=dtype, out=out, tolerance=tolerance,
                             trust_remote_code=trust_remote_code, progress=say, merged=merged,
                             offload_folder=offload_folder)
-    typer.echo(render(report, fmt), nl=False)
+    _emit(render(report, fmt))
     # 0 only when verified: a run that could not verify (skipped) must not pass a CI gate.
     raise typer.Exit(EXIT_CLEAN if report.verdict == "verified" else EXIT_FINDINGS)
 
@@ -279,7 +316,7 @@ def merge(
     with library_output_to_stderr():
         report = stream_merge(adapter, base, out, dtype=dtype, device=device,
                               progress=say if fmt == "text" else None, allow_noop=allow_noop)
-    typer.echo(render(report, fmt), nl=False)
+    _emit(render(report, fmt))
     raise typer.Exit(EXIT_CLEAN)
 
 
@@ -315,7 +352,7 @@ def scan(
             result = (hub_scan.scan_hub(hub, peft=peft, progress=_progress(), **kept) if hub is not None else
                       hub_scan.scan_repos(str(from_file), hub_scan.read_repo_list(str(from_file)), peft=peft,
                                           progress=_progress(), **kept))
-        render_to(result, fmt, lambda text: typer.echo(text, nl=False))
+        render_to(result, fmt, _emit)
     raise typer.Exit(EXIT_FINDINGS if result.fails_at(Severity(fail_on.value)) else EXIT_CLEAN)
 
 
@@ -351,7 +388,7 @@ def explain(
 
     raw, _cut = read_stream_tail(source, EXPLAIN_MAX_BYTES, stdin=sys.stdin.buffer)
     found = explain_source(raw.decode("utf-8", errors="replace"), source, adapter)
-    typer.echo(render(found, fmt), nl=False)
+    _emit(render(found, fmt))
     if not found.explanations:
         _fail("no known peft/transformers/safetensors failure recognised in the text")
     raise typer.Exit(EXIT_CLEAN if found.explanations else EXIT_FINDINGS)
@@ -360,17 +397,12 @@ def explain(
 @app.command()
 def rules(fmt: str = typer.Option("text", "--format", help="text, json or markdown.")) -> None:
     """List every finding code with its default severity and meaning."""
-    if fmt == "markdown":
-        typer.echo(markdown_table(), nl=False)
-        return
-    if fmt not in ("text", "json"):
+    from peftdoctor.render import rules as listing
+
+    writers = {"text": listing.render_text, "json": listing.render_json, "markdown": markdown_table}
+    if fmt not in writers:
         raise UsageError(f"--format {fmt!r}: use text, json or markdown")
-    if fmt == "text":
-        for r in RULES.values():
-            typer.echo(f"{r.code}  {r.severity.value:<7}  {r.name:<26}  {r.summary}")
-        return
-    typer.echo(json.dumps([{"code": r.code, "name": r.name, "severity": r.severity.value, "summary": r.summary}
-                           for r in RULES.values()], indent=2))
+    _emit(writers[fmt]())
 
 
 @app.callback(invoke_without_command=True)
@@ -402,3 +434,25 @@ def main() -> None:
     except KeyboardInterrupt:  # while starting up, before a command runs (then _Commands has it)
         _fail("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        # Help and usage errors are printed by rich or click before a command runs; on a closed pipe both
+        # point stdout at /dev/null and exit 1 from inside their `except BrokenPipeError`.
+        if isinstance(exc.__context__, BrokenPipeError):
+            sys.exit(EXIT_CLEAN)
+        raise
+    finally:
+        _flush_stdout()
+
+
+def _flush_stdout() -> None:
+    """Flush stdout here rather than in Python's shutdown, where a failure only prints "Exception ignored"."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        sys.exit(EXIT_CLEAN)
+    except OSError as exc:
+        _drop_stdout()
+        _fail(errors.os_reason(exc, "standard output"))
+        sys.exit(EXIT_UNUSABLE)

@@ -13,6 +13,7 @@ from contextlib import contextmanager, nullcontext, redirect_stdout
 from typing import Any, Callable, Iterator, Optional
 
 from peftdoctor.errors import MissingExtra
+from peftdoctor.render.terminal import line
 
 HEAVY_MODULES = ("torch", "transformers", "peft")
 # Loggers that report on optional kernels verify does not use; verify tests what it needs itself
@@ -67,14 +68,16 @@ def progress(enabled: bool) -> tuple[Any, Optional[Callable[[str], None]]]:
     if not enabled:
         return nullcontext(), None
     from rich.console import Console
+    from rich.text import Text  # plain text: a path holding "[bold]" is not markup
 
     console = Console(stderr=True)
     if not console.is_terminal:
         # Logs (CI) get one line per step instead of spinner frames.
-        return nullcontext(), lambda message: console.print(f"peftdoctor: {message}", highlight=False)
+        return nullcontext(), lambda message: console.print(f"peftdoctor: {line(message)}", highlight=False,
+                                                            markup=False)
     status = console.status("peftdoctor verify")
-    return status, lambda message: status.update(f"peftdoctor verify: {message}")
+    return status, lambda message: status.update(Text(f"peftdoctor verify: {line(message)}"))
 
 
 def say(message: str) -> None:
-    print(f"peftdoctor: {message}", file=sys.stderr)
+    print(f"peftdoctor: {line(message)}", file=sys.stderr)

@@ -9,6 +9,10 @@ Two runs on one file: the write happens under an exclusive flock on the director
 compared with what was read while the lock is held, so the slower run sees the faster one's write
 and refuses (exit 2) instead of silently undoing it. A kill -9 releases the lock; what it leaves
 (temporary files named with their owner's pid, a complete backup) the next run cleans up or reuses.
+
+A write that fails (an immutable file: the rename is refused with EPERM; a full disk) leaves the
+directory as it was: the temporary file and the backup this run made are removed again, and the one
+line names the file and the system's reason.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from peftdoctor.errors import WriteRefused
+from peftdoctor.errors import UsageError, WriteRefused, os_reason
 from peftdoctor.io.files import read_limited
 from peftdoctor.io.leftovers import sweep, temp_prefix
 from peftdoctor.io.staging import fsync_dir
@@ -141,11 +145,15 @@ def _make_backup(backup: Path, original: Path, current: bytes, mode: int) -> Opt
 
 def _exclusive_copy(source: str, target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-        shutil.copyfileobj(src, out)
-        out.flush()
-        os.fsync(out.fileno())
-    shutil.copymode(source, target)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        shutil.copymode(source, target)
+    except BaseException:
+        _unlink(str(target))  # ours (O_EXCL): a half-written backup must not stay beside the file
+        raise
 
 
 def _reuse(backup: Path, original: Path, current: bytes) -> str:
@@ -164,15 +172,28 @@ def _reuse(backup: Path, original: Path, current: bytes) -> str:
                        "move it away or pass another --backup-suffix")
 
 
+def backup_path(path: Path, backup_suffix: Optional[str]) -> Optional[Path]:
+    """Where the original of `path` is kept: FILE+SUFFIX beside it (None: no backup). A suffix holding a
+    path separator would put it in another directory, one holding NUL names no file: a usage error."""
+    if not backup_suffix:
+        return None
+    held = next((c for c in ("/", os.sep, os.altsep or "/", "\0") if c in backup_suffix), None)
+    if held is not None:
+        raise UsageError(f"--backup-suffix {backup_suffix!r} holds {'NUL' if held == chr(0) else repr(held)}: the "
+                         "backup is FILE+SUFFIX beside the file, so a suffix is part of a file name (e.g. .orig)")
+    return path.with_name(path.name + backup_suffix)
+
+
 def replace_text(path: Path, text: str, expected: Snapshot, backup_suffix: Optional[str]) -> Written:
     """Replace `path` with `text` if it still holds `expected`; keep a backup."""
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise WriteRefused(f"{path}: the new text cannot be written as UTF-8 ({exc.reason}); nothing written") from None
-    backup = path.with_name(path.name + backup_suffix) if backup_suffix else None
+    backup = backup_path(path, backup_suffix)
     if not os.access(path.parent, os.W_OK):
-        raise WriteRefused(f"{path.parent} is not writable")
+        raise WriteRefused(f"{path.parent}: not writable (permissions, a read-only mount or an immutable "
+                           "directory); nothing written")
     with locked(path.parent):
         notes = list(sweep(path.parent, (path.name,) + ((backup.name,) if backup else ())))
         try:
@@ -183,20 +204,34 @@ def replace_text(path: Path, text: str, expected: Snapshot, backup_suffix: Optio
         if hashlib.sha256(current).hexdigest() != expected.digest:
             raise WriteRefused(f"{path} changed since it was read (another fix or an editor wrote it); "
                                "nothing written, run fix again")
+        made = None  # the backup this run created: removed again if the rewrite fails
         try:
             if backup is not None:
                 reused = _make_backup(backup, path, current, mode)
+                made = None if reused else backup
                 notes += [reused] if reused else []
             _write_new(path, data, mode)
         except OSError as exc:
-            raise WriteRefused(f"{path}: write failed, original left in place: {exc.strerror or exc}") from None
+            if made is not None:
+                _unlink(str(made))  # the original stands: a copy of it beside it would only be a stray file
+            raise WriteRefused(f"{path}: write failed, original left in place: {_failed(path, exc)}") from None
     return Written(backup, tuple(notes))
+
+
+def _failed(path: Path, exc: OSError) -> str:
+    """The reason a write failed, naming the file the system refused when it is not `path` itself (the
+    backup, the temporary file); a rename names its target second, the file the user knows."""
+    failed = exc.filename2 if exc.filename2 is not None else exc.filename
+    if failed is None or str(failed) == str(path):
+        return exc.strerror or str(exc)
+    return os_reason(exc, failed)
 
 
 def clean_leftovers(path: Path, backup_suffix: Optional[str]) -> tuple[str, ...]:
     """Sweep a killed run's temporary files beside `path` when there is nothing to write."""
     if not os.access(path.parent, os.W_OK):
         return ()
-    names = (path.name,) + ((path.name + backup_suffix,) if backup_suffix else ())
+    backup = backup_path(path, backup_suffix)
+    names = (path.name,) + ((backup.name,) if backup else ())
     with locked(path.parent):
         return sweep(path.parent, names)

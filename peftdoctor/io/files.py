@@ -70,12 +70,19 @@ def refusal(directory: Path, name: str, *, allow_directory: bool = False) -> Opt
 
 def refused_entries(directory: Path, names: list[str]) -> dict[str, str]:
     """{name: why} for every entry of `directory` that no command may read: escaping links and
-    fifos, devices and sockets (directories are fine: nothing reads them as files)."""
+    fifos, devices and sockets (directories are fine: nothing reads them as files).
+
+    UnusableInput when the entries cannot be looked at: a directory that is readable but not searchable
+    (mode 0644 or 0600: r without x) lists its names but refuses every stat and open inside it."""
     found = {}
-    for name in names:
-        why = refusal(directory, name, allow_directory=True)
-        if why is not None:
-            found[name] = why
+    try:
+        for name in names:
+            why = refusal(directory, name, allow_directory=True)
+            if why is not None:
+                found[name] = why
+    except PermissionError as exc:
+        raise UnusableInput(f"{directory}: lists its files but cannot open them ({exc.strerror}): the directory "
+                            "needs search (x) permission as well as read (chmod +x)") from None
     return found
 
 

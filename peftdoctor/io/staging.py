@@ -12,12 +12,14 @@ into place as it was would be unreadable to every other user (a serving containe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from peftdoctor.errors import WriteFailed, os_reason
 from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
 
 
@@ -71,14 +73,26 @@ def fsync_tree(directory: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def write_failure(exc: OSError, out: Path) -> WriteFailed:
+    """The one line for an output directory that could not be written: --out, the file and the OS reason
+    (an OSError from write() names no file: then --out is the file)."""
+    if exc.errno == errno.ENOSPC:
+        return WriteFailed(f"--out {out}: disk full while writing the merged model; nothing was left at {out}")
+    return WriteFailed(f"--out {out}: write failed ({os_reason(exc)}); nothing was left at {out}")
+
+
 @contextlib.contextmanager
 def staged(out: Path, say: Callable[[str], object] = lambda _note: None, sync_files: bool = False) -> Iterator[Path]:
     """Yield a staging directory beside `out`; on success give it the umask's modes, sync it and rename
     it to `out` (which must not exist, or be an empty directory); remove it otherwise. `say` hears what
-    was cleaned up of killed runs; `sync_files` fsyncs every file (writers that did not do it themselves)."""
+    was cleaned up of killed runs; `sync_files` fsyncs every file (writers that did not do it themselves).
+    A failed write ends in WriteFailed (write_failure), one line naming the file and the reason."""
     for note in clear_dead_stagings(out):
         say(note)
-    staging = staging_dir(staging_prefix(out), out.parent)
+    try:
+        staging = staging_dir(staging_prefix(out), out.parent)
+    except OSError as exc:
+        raise write_failure(exc, out) from None
     try:
         yield staging
         follow_umask(staging)
@@ -89,6 +103,9 @@ def staged(out: Path, say: Callable[[str], object] = lambda _note: None, sync_fi
             out.rmdir()  # an empty directory the caller accepted; rmdir refuses one that is not
         os.rename(staging, out)  # fails rather than replace if someone created --out meanwhile
         fsync_dir(out.parent)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_failure(exc, out) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from peftdoctor.errors import UnusableInput, WriteFailed
+from peftdoctor.errors import UnusableInput, WriteFailed  # noqa: F401 - merge.run imports WriteFailed from here
 from peftdoctor.io.files import open_regular
 from peftdoctor.io.safetensors import DTYPE_SIZES
+from peftdoctor.io.staging import write_failure  # noqa: F401 - merge.run's name for it; the one home is io/staging
 
 _CHUNK = 64 * 1024 * 1024  # bytes per read/write when the kernel cannot copy file to file
 
@@ -227,9 +228,3 @@ def free_space_problem(parent: Path, needed: int) -> Optional[str]:
         return (f"{parent}: {free / 1e9:.2f} GB free but the merged model needs {needed / 1e9:.2f} GB; "
                 "nothing written")
     return None
-
-
-def write_failure(exc: OSError, out: Path) -> WriteFailed:
-    if exc.errno == errno.ENOSPC:
-        return WriteFailed(f"--out {out}: disk full while writing the merged model; nothing was left at {out}")
-    return WriteFailed(f"--out {out}: write failed ({exc.strerror or exc}); nothing was left at {out}")

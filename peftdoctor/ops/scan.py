@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, one_line
 from peftdoctor.model.adapter import CONFIG_NAME
 from peftdoctor.model.findings import Finding, Report, Severity
 from peftdoctor.ops.check import check
@@ -98,6 +98,9 @@ def _scan(root: str, peft: Optional[str], each: Optional[Callable[[Report], obje
             report = check(directory, peft=peft)
         except UnusableInput as exc:
             unusable.append((directory, str(exc)))
+            continue
+        except OSError as exc:  # a read the rules did not foresee failing (EIO, a name too long): its one line
+            unusable.append((directory, one_line(exc)))
             continue
         except Exception as exc:  # noqa: BLE001 - a bug of ours on one adapter must not lose the others
             unusable.append((directory, f"internal error: {type(exc).__name__} (please report this)"))

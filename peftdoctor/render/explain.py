@@ -6,17 +6,19 @@ import json
 from peftdoctor.model.findings import FORMAT_VERSION
 from peftdoctor.ops.explain import Explained
 from peftdoctor.render.sarif import sarif_log
+from peftdoctor.render.terminal import lines
 
 
 def render_text(explained: Explained) -> str:
     # Nothing recognised prints nothing on stdout: the CLI says so on stderr and exits 1.
     out = []
     for e in explained.explanations:
-        out.append(f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}\n      fix: {e.finding.fix}\n")
-        out.extend(f"   or {a.code}: {a.message}\n      fix: {a.fix}\n" for a in e.alternatives)
+        out += [f"{e.finding.code} {e.finding.severity.value}: {e.finding.message}", f"      fix: {e.finding.fix}"]
+        for a in e.alternatives:
+            out += [f"   or {a.code}: {a.message}", f"      fix: {a.fix}"]
         if e.source:
-            out.append(f"      message: {e.source}\n")
-    return "".join(out)
+            out.append(f"      message: {e.source}")  # the log's own line, quoted: escaped like any value
+    return lines(out)
 
 
 def render_json(explained: Explained) -> str:

@@ -10,6 +10,8 @@ from peftdoctor.model.findings import FORMAT_VERSION, Finding, Severity
 from peftdoctor.model.results import Fixes
 from peftdoctor.ops.fix import Plan
 from peftdoctor.render.sarif import sarif_log
+from peftdoctor.render.terminal import line
+from peftdoctor.render.terminal import lines as text_lines
 from peftdoctor.rules.registry import rule
 
 
@@ -34,8 +36,9 @@ def render_plan(plan: Plan) -> str:
         lines.append("  nothing to change")
     if plan.remaining:
         lines.append(f"  still broken for peft {plan.target} after this fix (no config rewrite repairs it):")
-        lines += [f"    {f.code} {f.message}\n          fix: {f.fix}" for f in plan.remaining]
-    return "\n".join(lines) + "\n"
+        for f in plan.remaining:
+            lines += [f"    {f.code} {f.message}", f"          fix: {f.fix}"]
+    return text_lines(lines)
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -91,4 +94,4 @@ def render_fixes_sarif(fixes: Fixes) -> str:
 
 def written(plan: Plan, backup: Optional[str]) -> str:
     """The line said on stderr after a write."""
-    return f"wrote {plan.config_path}" + (f" (original kept as {backup})" if backup else "")
+    return line(f"wrote {plan.config_path}" + (f" (original kept as {backup})" if backup else ""))

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from peftdoctor.merge.result import MergeReport
 from peftdoctor.model.findings import FORMAT_VERSION
+from peftdoctor.render.terminal import lines as text_lines
 
 
 def render_text(report: MergeReport) -> str:
@@ -21,7 +22,7 @@ def render_text(report: MergeReport) -> str:
         lines.append(f"  untied: {', '.join(report.untied)} written separately; tie_word_embeddings set false "
                      "in config.json (a re-tied model would lose one trained matrix)")
     lines += [f"  note: {n}" for n in report.notes]
-    return "\n".join(lines) + "\n"
+    return text_lines(lines)
 
 
 def render_json(report: MergeReport) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from peftdoctor.model.findings import FORMAT_VERSION, Compatibility, Report
 from peftdoctor.model.results import Checks
 from peftdoctor.render.sarif import artifact, sarif_log
+from peftdoctor.render.terminal import lines as text_lines
 
 if TYPE_CHECKING:
     from peftdoctor.ops.combine import Combination
@@ -44,7 +45,7 @@ def render_text(report: Report) -> str:
         lines += _losses(report.compatibility)
     if not report.findings:
         lines.append("  no findings")
-    return "\n".join(lines) + "\n"
+    return text_lines(lines)
 
 
 def _ranges(entries: tuple[Compatibility, ...]) -> str:
@@ -84,7 +85,7 @@ def render_combination(combination: "Combination") -> str:
     lines = [f"combine {len(combination.adapters)} adapters with {combination.combination_type}: {verdict}{rank}"]
     for f in combination.findings:
         lines += [f"  {f.code} {f.severity.value}: {f.message}", f"        fix: {f.fix}"]
-    return "\n".join(lines) + "\n"
+    return text_lines(lines)
 
 
 def checks_to_dict(checks: Checks) -> dict[str, Any]:

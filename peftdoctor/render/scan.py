@@ -9,6 +9,7 @@ from peftdoctor.model.findings import FORMAT_VERSION, Report, Severity
 from peftdoctor.ops.scan import ScanReport, natural_key, problems
 from peftdoctor.render.report import to_dict as report_dict
 from peftdoctor.render.sarif import artifact, sarif_log
+from peftdoctor.render.terminal import lines as text_lines
 from peftdoctor.rules.registry import RULES, rule
 
 SHOWN = 20  # adapters listed by name in the text summary; --format json lists all
@@ -32,7 +33,7 @@ def render_text(scan_report: ScanReport) -> str:
     if len(worst) > SHOWN:
         lines.append(f"  ... and {len(worst) - SHOWN} more adapters with findings (use --format json)")
     lines += [f"  unusable {path}: {reason}" for path, reason in scan_report.unusable]
-    return "\n".join(lines) + "\n"
+    return text_lines(lines)
 
 
 def to_dict(scan_report: ScanReport) -> dict[str, Any]:

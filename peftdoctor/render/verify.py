@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from peftdoctor.model.findings import FORMAT_VERSION
+from peftdoctor.render.terminal import lines as text_lines
 from peftdoctor.verification.result import VerifyReport
 
 
@@ -63,4 +64,4 @@ def render_text(report: VerifyReport) -> str:
     if report.out:
         lines.append(f"  merged model: {report.out}")
     lines.append(f"  verdict: {report.verdict}")
-    return "\n".join(lines) + "\n"
+    return text_lines(lines)
