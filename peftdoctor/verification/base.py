@@ -78,6 +78,28 @@ def load_base(base: Base, adapter: Adapter, *, dtype: str, device: str, trust_re
     return LoadedBase(model, missing)
 
 
+def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> Any:
+    """The base's architecture from its config.json alone, every parameter and buffer on the meta device:
+    no weight is read or allocated, so a base of any size is built in about the time its module tree takes.
+    The class and the head are those load_base picks, so that peft meets the same module tree."""
+    import torch
+    import transformers
+
+    if base.directory is not None:
+        config = transformers.AutoConfig.from_pretrained(str(base.directory), trust_remote_code=trust_remote_code)
+    else:  # only config.json is cached: the known architectures are built from it (remote code needs the files)
+        values = dict(base.config)
+        config = transformers.AutoConfig.for_model(str(values.pop("model_type", "")), **values)
+    labels = head_labels(adapter)
+    if labels is not None:
+        config.num_labels = labels
+    cls = getattr(transformers, auto_class_name(adapter.task_type))
+    with torch.device("meta"):
+        model = cls.from_config(config, trust_remote_code=trust_remote_code)
+    model.eval()
+    return model
+
+
 def _mismatched(info: dict[str, Any]) -> list[str]:
     return [entry[0] if isinstance(entry, (tuple, list)) else str(entry) for entry in info.get("mismatched_keys") or ()]
 
