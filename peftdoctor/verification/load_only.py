@@ -186,24 +186,27 @@ class _Recorder:
 
     def outcome(self, loaded_elsewhere: Any = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(applied, unexpected) saved tensor names. A tensor keeps its object through peft's renames, so its
-        file name is found by identity; one peft made anew (transformers 5's fused-expert conversions) is named
-        as peft named it, and the file tensors it was made from count as applied when every new one loaded."""
+        file name is found by identity. Tensors peft made anew from several saved ones (transformers 5's
+        fused-expert conversions) cannot be traced back one by one: the saved tensors they were made from
+        count as applied when every new one loaded, else as going nowhere (a mixed outcome is not split)."""
         names = {id(tensor): key for key, tensor in self.file.items()}
         rejected = set(self.result.unexpected_keys) - set(loaded_elsewhere)
         applied: set[str] = set()
         unexpected: set[str] = set()
+        new_lost = False
         for key, tensor in self.loaded.items():
-            (unexpected if key in rejected else applied).add(names.get(id(tensor), key))
+            if id(tensor) in names:
+                (unexpected if key in rejected else applied).add(names[id(tensor)])
+            else:
+                new_lost = new_lost or key in rejected
         consumed = set(self.file) - applied - unexpected
-        new_lost = any(key in rejected and id(tensor) not in names for key, tensor in self.loaded.items())
         (unexpected if new_lost else applied).update(consumed)
         return tuple(sorted(applied)), tuple(sorted(unexpected))
 
 
 def _adapter_params(peft_model: Any) -> dict[str, list[str]]:
     """{module path without the prefix: the state-dict keys of its adapter parameters} for every adapted
-    module and modules_to_save copy (the base layer's own weights excluded). A copy without weights is
-    the base module copied: it computes the base whatever the init key says; it is named by its role."""
+    module and modules_to_save copy (the base layer's own weights excluded)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     params: dict[str, list[str]] = {}
@@ -213,8 +216,18 @@ def _adapter_params(peft_model: Any) -> dict[str, list[str]]:
         keys = [f"{name}.{p}" for p, _ in module.named_parameters()
                 if ADAPTER_NAME in p.split(".") and not p.startswith(("base_layer.", "original_module."))]
         if keys:
-            params[name.removeprefix(PREFIX)] = keys
+            params[_target_name(name, module)] = keys
     return params
+
+
+def _target_name(name: str, module: Any) -> str:
+    """The module path without peft's prefix; for target_parameters (peft's ParamWrapper, nested one per
+    parameter of a module) the parameter's own path, e.g. model.layers.0.mlp.experts.gate_up_proj."""
+    path = name.removeprefix(PREFIX)
+    parameter = getattr(module, "parameter_name", None)
+    if not isinstance(parameter, str):
+        return path
+    return ".".join(part for part in path.split(".") if part != "base_layer") + "." + parameter
 
 
 def _unadapted(module: str, keys: list[str], missing: set[str], init: Any) -> Optional[Unadapted]:
