@@ -338,3 +338,20 @@ def test_moe_lora_trained_under_transformers_4_loaded_under_5(moe: dict[str, Pat
         assert result.verdict == "partial" and result.unexpected == tuple(routed)
         assert result.applied == tuple(k for k in saved if k not in routed)
         assert result.share == pytest.approx(1 - len(routed) / len(saved))
+
+
+def test_a_config_declaring_a_billion_layers_is_refused_in_one_line(made: dict[str, Path], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Building the module tree costs time per layer even on the meta device: a hostile count ends at once."""
+    import time
+
+    base = tmp_path / "deep"
+    base.mkdir()
+    config = json.loads((made["llama"] / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=10**9)))
+    start = time.perf_counter()
+    assert cli(["verify", str(made["llama-lora"]), "--base", str(base), "--load-only"]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress lines: one line, no traceback
+    assert "config.json declares 1,000,000,000 layers" in last and "Traceback" not in err, err

@@ -4,9 +4,11 @@ inside the functions so that importing peftdoctor.verification stays cheap.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from peftdoctor.errors import UnusableInput
 from peftdoctor.io.tokenizer import has_tokenizer
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
@@ -78,12 +80,31 @@ def load_base(base: Base, adapter: Adapter, *, dtype: str, device: str, trust_re
     return LoadedBase(model, missing)
 
 
+# Building the module tree costs time per layer even on the meta device (1,000 Llama layers: about 4 s on a
+# busy 2-core machine); the deepest published models have about 130. A config declaring more is refused.
+MAX_LAYERS = 1_000
+_LAYER_KEY = re.compile(r"(^|_)(n_)?layers?$")
+
+
+def declared_layers(config: dict[str, Any]) -> int:
+    """The largest layer count config.json declares (num_hidden_layers, n_layer, encoder_layers, ..., in the
+    config or one of its sub-configs such as text_config)."""
+    found = [v for c in (config, *(v for v in config.values() if isinstance(v, dict))) for k, v in c.items()
+             if _LAYER_KEY.search(k) and isinstance(v, int) and not isinstance(v, bool)]
+    return max(found, default=0)
+
+
 def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> Any:
     """The base's architecture from its config.json alone, every parameter and buffer on the meta device:
     no weight is read or allocated, so a base of any size is built in about the time its module tree takes.
     The class and the head are those load_base picks, so that peft meets the same module tree."""
     import torch
     import transformers
+
+    layers = declared_layers(base.config)
+    if layers > MAX_LAYERS:
+        raise UnusableInput(f"{base.display}: config.json declares {layers:,} layers (the deepest real models have "
+                            f"about 130; the cap is {MAX_LAYERS:,}): not built")
 
     if base.directory is not None:
         config = transformers.AutoConfig.from_pretrained(str(base.directory), trust_remote_code=trust_remote_code)
