@@ -355,3 +355,18 @@ def test_a_config_declaring_a_billion_layers_is_refused_in_one_line(made: dict[s
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # after the progress lines: one line, no traceback
     assert "config.json declares 1,000,000,000 layers" in last and "Traceback" not in err, err
+
+
+def test_a_base_with_its_own_code_is_not_run_without_the_flag(made: dict[str, Path], tmp_path: Path) -> None:
+    base = tmp_path / "custom"
+    base.mkdir()
+    marker = tmp_path / "remote-code-ran"
+    (base / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((made["llama"] / "config.json").read_text())
+    config.update(model_type="peftdoctor-custom", auto_map={"AutoConfig": "modeling_custom.CustomConfig",
+                                                            "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    (base / "config.json").write_text(json.dumps(config))
+    report = verify(str(made["llama-lora"]), base=str(base), load_only=True)
+    assert report.verdict == "failed" and report.step("build base").status == "failed" and report.load is None
+    assert report.step("build base").detail.endswith("read it, then pass --trust-remote-code")
+    assert not marker.exists()

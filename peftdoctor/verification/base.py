@@ -5,8 +5,9 @@ inside the functions so that importing peftdoctor.verification stays cheap.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.tokenizer import has_tokenizer
@@ -119,6 +120,19 @@ def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> An
         model = cls.from_config(config, trust_remote_code=trust_remote_code)
     model.eval()
     return model
+
+
+@contextmanager
+def remote_code_refusal_in_one_line(base: Base, trust_remote_code: bool) -> Iterator[None]:
+    """transformers' refusal to run a base's own code spans lines; the one-line step detail must still say
+    what to do."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise ValueError(f"{base.display} needs its own Python code to load, which was not run: read it, "
+                             "then pass --trust-remote-code") from None
+        raise
 
 
 def _mismatched(info: dict[str, Any]) -> list[str]:

@@ -93,7 +93,8 @@ def build(base: Base, facts: Adapter, trust_remote_code: bool) -> tuple[Any, Opt
 
 
 def _build_step(run: Run, base: Base, facts: Adapter, trust_remote_code: bool) -> tuple[Any, str]:
-    model, resized = build(base, facts, trust_remote_code)
+    with basemod.remote_code_refusal_in_one_line(base, trust_remote_code):
+        model, resized = build(base, facts, trust_remote_code)
     if resized:
         run.findings.append(rule("PD309").finding(
             f"the adapter was saved for {resized[1]} vocabulary rows, the base has {resized[0]}: embeddings resized",
