@@ -41,7 +41,10 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "llama-embedding": A.make_lora_adapter(root / "llama-embedding", llama,
                                                    target_modules=["embed_tokens", "q_proj", "v_proj"]),
             "bert-head": A.make_modules_to_save_adapter(root / "bert-head", bert),
-            "llama-dora": A.make_dora_adapter(root / "llama-dora", llama)}
+            "llama-dora": A.make_dora_adapter(root / "llama-dora", llama),
+            "llama-ia3": A.make_ia3_adapter(root / "llama-ia3", llama),
+            "llama-loha": A.make_loha_adapter(root / "llama-loha", llama),
+            "llama-prompt": A.make_prompt_tuning_adapter(root / "llama-prompt", llama)}
 
 
 def saved_keys(adapter: Path) -> list[str]:
@@ -82,6 +85,10 @@ def real_logits(base: Path, adapter: Path | None) -> tuple[Any, list[str]]:
     ("bert-head", "bert", ["classifier", *[f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1)
                                            for m in ("query", "value")]]),  # modules_to_save's key map
     ("llama-dora", "llama", LLAMA_MODULES),  # lora_magnitude_vector
+    ("llama-ia3", "llama", [f"model.layers.{i}.{m}" for i in (0, 1)
+                            for m in ("mlp.down_proj", "self_attn.k_proj", "self_attn.v_proj")]),
+    ("llama-loha", "llama", LLAMA_MODULES),
+    ("llama-prompt", "llama", []),  # prompt_embeddings: loaded by the prompt encoder, not a module
 ])
 def test_clean_adapter_applies_whole(made: dict[str, Path], name: str, family: str, modules: list[str]) -> None:
     result = load_only(str(made[name]), str(made[family]))
@@ -245,15 +252,27 @@ PORTABLE = ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target
             "inference_mode", "base_model_name_or_path", "modules_to_save")
 
 
-def test_an_old_peft_and_transformers_apply_the_same(made: dict[str, Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def portable(made: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The Llama adapter with only the keys old releases accept: as saved, without the prefix, and with
+    target_modules "all-linear" (introduced in peft 0.8.0; today's peft saves the resolved names instead)."""
+    root = tmp_path_factory.mktemp("portable")
+    config = json.loads((made["llama-lora"] / "adapter_config.json").read_text())
+    trim = {k: ... for k in config if k not in PORTABLE}
+    clean = A.edited_copy(made["llama-lora"], root / "clean", trim)
+    return {"clean": clean, "no-prefix": rewritten(clean, root / "no-prefix", BROKEN["prefix missing"]),
+            "all-linear": A.edited_copy(made["llama-lora"], root / "all-linear",
+                                        dict(trim, target_modules="all-linear"))}
+
+
+def test_an_old_peft_and_transformers_apply_the_same(made: dict[str, Path], portable: dict[str, Path],
+                                                     tmp_path: Path) -> None:
     """peft 0.9.0 with transformers 4.38.2 (side by side), whose from_pretrained has no low_cpu_mem_usage and
     no missing-keys warning: it loads the prefix-less adapter in silence and computes the base; load-only says so."""
     import torch
     from tests.in_release import answer_of
 
-    config = json.loads((made["llama-lora"] / "adapter_config.json").read_text())
-    clean = A.edited_copy(made["llama-lora"], tmp_path / "clean", {k: ... for k in config if k not in PORTABLE})
-    broken = rewritten(clean, tmp_path / "no-prefix", BROKEN["prefix missing"])
+    clean, broken = portable["clean"], portable["no-prefix"]
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"base": str(made["llama"]), "input_ids": IDS,
                                 "jobs": [["clean", str(clean), None], ["no-prefix", str(broken), None]]}))
@@ -263,12 +282,30 @@ def test_an_old_peft_and_transformers_apply_the_same(made: dict[str, Path], tmp_
     assert torch.equal(logits["no-prefix"], torch.tensor(real["base"]))
     assert not torch.equal(logits["clean"], torch.tensor(real["base"]))
 
-    answers = answer_of("0.9.0", "load_only.py", str(made["llama"]), str(clean), str(broken))
+    answers = answer_of("0.9.0", "load_only.py", str(made["llama"]), *map(str, portable.values()))
     assert answers[str(clean)]["verdict"] == "applies" and answers[str(clean)]["peft"] == "0.9.0"
     assert answers[str(clean)]["applied"] == saved_keys(clean)
     lost = answers[str(broken)]
     assert lost["verdict"] == "base-only" and lost["warnings"] == [] and lost["unexpected"] == saved_keys(broken)
     assert [u["module"] for u in lost["unadapted"]] == LLAMA_MODULES
+    # "all-linear" names every linear layer but lm_head: the saved q_proj/v_proj weights apply, the rest of
+    # the modules it targets get none (zero lora_B: they compute the base).
+    every = answers[str(portable["all-linear"])]
+    assert every["verdict"] == "partial" and every["applied"] == saved_keys(clean) and every["unexpected"] == []
+    assert every["adapted_modules"] == LLAMA_MODULES
+    assert {u["computes"] for u in every["unadapted"]} == {"base"} and len(every["unadapted"]) == 2 * 5
+
+
+def test_peft_0_6_2_refuses_all_linear_with_its_own_text(made: dict[str, Path], portable: dict[str, Path]) -> None:
+    from tests.in_release import answer_of
+
+    answers = answer_of("0.6.2", "load_only.py", str(made["llama"]), str(portable["clean"]),
+                        str(portable["all-linear"]))
+    assert answers[str(portable["clean"])]["verdict"] == "applies"
+    refused = answers[str(portable["all-linear"])]
+    assert (refused["verdict"], refused["peft"], refused["transformers"]) == ("fails", "0.6.2", "4.35.2")
+    assert refused["error"] == ("ValueError: Target modules all-linear not found in the base model. Please check "
+                                "the target modules and try again.")
 
 
 MOE_SIZES = dict(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -276,7 +313,8 @@ MOE_SIZES = dict(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attent
 MOE_CONFIGS = {"mixtral": dict(MOE_SIZES, intermediate_size=32, num_local_experts=4),
                "qwen2_moe": dict(MOE_SIZES, intermediate_size=32, moe_intermediate_size=8,
                                  shared_expert_intermediate_size=32, num_experts=4)}
-MOE_CLASSES = {"mixtral": ("MixtralConfig", "MixtralForCausalLM"), "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM")}
+MOE_CLASSES = {"mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+               "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM")}
 
 
 @pytest.fixture(scope="module")

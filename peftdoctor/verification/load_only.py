@@ -25,7 +25,7 @@ from peftdoctor.model.base import Base
 from peftdoctor.rules.registry import rule
 from peftdoctor.verification import base as basemod
 from peftdoctor.verification.facts import BaseUnavailable, find_base, read_adapter
-from peftdoctor.verification.result import LoadOnlyResult, LoadVerdict, Unadapted
+from peftdoctor.verification.result import Computes, LoadOnlyResult, LoadVerdict, Unadapted
 from peftdoctor.verification.steps import Run, load_failure_findings, one_line
 
 PREFIX = "base_model.model."
@@ -34,7 +34,7 @@ ADAPTER_NAME = "default"
 # the config's init key (init_lora_weights for LoRA, init_ia3_weights for IA3, init_weights for LoHa/LoKr).
 # True and "gaussian" zero lora_B (IA3: ones), so the module computes the base; false leaves both random.
 INIT_KEYS = ("init_lora_weights", "init_ia3_weights", "init_weights")
-COMPUTES_BY_INIT: dict[Any, str] = {True: "base", "gaussian": "base", False: "random"}
+COMPUTES_BY_INIT: dict[Any, Computes] = {True: "base", "gaussian": "base", False: "random"}
 WRAPPERS = ("ModulesToSaveWrapper", "TrainableTokensWrapper")  # a missing copy keeps the base's module
 # Prompt learning: peft loads these into the prompt encoder itself, strictly (it raises when they do not
 # fit), after the model's load_state_dict has called them unexpected.
@@ -250,7 +250,7 @@ def _init_value(config: Any) -> Any:
     return next((getattr(config, key) for key in INIT_KEYS if hasattr(config, key)), True)
 
 
-def _computes(init: Any) -> str:
+def _computes(init: Any) -> Computes:
     return COMPUTES_BY_INIT.get(init, "initial") if isinstance(init, (bool, str)) else "initial"
 
 

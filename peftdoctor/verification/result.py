@@ -21,6 +21,9 @@ Verdict = Literal["verified", "failed", "not-verified", "applies", "partial", "b
 # did; base-only / random: none did, and the adapted modules compute the base (zero-initialised LoRA B) /
 # their random initialisation (init_lora_weights false); fails: PeftModel.from_pretrained raised.
 LoadVerdict = Literal["applies", "partial", "base-only", "random", "fails"]
+# What a module left without (some of) its weights computes: the base (its initialisation is a no-op), its
+# random initialisation (init false), another initialisation, or partly loaded (some weights, the rest initial).
+Computes = Literal["base", "random", "initial", "partly loaded"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,7 @@ class Unadapted:
     """An adapted module (or a modules_to_save copy) that got no weights, or only some, from the file."""
 
     module: str  # its path in the base, without peft's "base_model.model." prefix
-    computes: str  # "base" (initialised to a no-op), "random" (init false), "initial" (another initialisation)
-    # or "partly loaded" (some of its weights loaded, the rest initial)
+    computes: Computes
     missing: tuple[str, ...]  # the parameters left without weights, e.g. ("lora_A", "lora_B")
 
 

@@ -1,10 +1,10 @@
 """Run inside a side-by-side peft env: save a LoRA adapter for a tiny MoE model as that era trains one.
 
 argv: one JSON list of [kind ("mixtral" or "qwen2_moe"), output directory, config kwargs]. Each model is built
-from the small config given (tests/test_verify_load_only.py, MOE_CONFIGS), in this era's module layout (transformers 4.x: one
-nn.Linear per expert), LoRA on q_proj and the MLP projections of every expert (and Qwen2-MoE's shared expert),
-the adapter weights perturbed with a seeded generator so that lora_B is not zero. Prints the trainable
-parameters' count per adapter.
+from the small config given (tests/test_verify_load_only.py, MOE_CONFIGS), in this era's module layout
+(transformers 4.x: one nn.Linear per expert), LoRA on q_proj and the MLP projections of every expert (and
+Qwen2-MoE's shared expert), the adapter weights perturbed with a seeded generator so that lora_B is not zero.
+Prints the trainable parameters' count per adapter.
 """
 import json
 import sys
