@@ -310,26 +310,43 @@ def test_peft_0_6_2_refuses_all_linear_with_its_own_text(made: dict[str, Path], 
 
 MOE_SIZES = dict(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                  max_position_embeddings=64, num_experts_per_tok=2)
-MOE_CONFIGS = {"mixtral": dict(MOE_SIZES, intermediate_size=32, num_local_experts=4),
-               "qwen2_moe": dict(MOE_SIZES, intermediate_size=32, moe_intermediate_size=8,
-                                 shared_expert_intermediate_size=32, num_experts=4)}
-MOE_CLASSES = {"mixtral": ("MixtralConfig", "MixtralForCausalLM"),
-               "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM")}
+TINY_TEXT = dict(model_type="llama", vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+TINY_VISION = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
+# kind: (config class, model class, config kwargs, target_modules), built alike under both transformers.
+ERA_MODELS = {
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(MOE_SIZES, intermediate_size=32, num_local_experts=4),
+                ["q_proj", "w1", "w2", "w3"]),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  dict(MOE_SIZES, intermediate_size=32, moe_intermediate_size=8, shared_expert_intermediate_size=32,
+                       num_experts=4), ["q_proj", "gate_proj", "up_proj", "down_proj"]),
+    "llava": ("LlavaConfig", "LlavaForConditionalGeneration",
+              dict(vision_config=TINY_VISION, text_config=TINY_TEXT, image_token_index=99), ["q_proj", "v_proj"]),
+}
 
 
 @pytest.fixture(scope="module")
-def moe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{kind: adapter} saved by peft 0.18.1 + transformers 4.57.6 (one process for both)."""
+def era4(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """{kind: (adapter, base)}: the adapter saved by peft 0.18.1 + transformers 4.57.6 (one process for all),
+    the base the same config saved by the installed transformers."""
+    import torch
+    import transformers
     from tests.in_release import answer_of
 
-    root = tmp_path_factory.mktemp("moe")
-    answer_of("0.18.1", "moe_lora.py", json.dumps([[kind, str(root / kind), config]
-                                                   for kind, config in MOE_CONFIGS.items()]))
-    return {kind: root / kind for kind in MOE_CONFIGS}
+    root = tmp_path_factory.mktemp("era4")
+    answer_of("0.18.1", "lora_of_era.py", json.dumps([[*spec, str(root / kind)] for kind, spec in ERA_MODELS.items()]))
+    made = {}
+    for kind, (config_class, model_class, config, _) in ERA_MODELS.items():
+        torch.manual_seed(0)
+        getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).save_pretrained(
+            str(root / f"{kind}-base"))
+        made[kind] = (root / kind, root / f"{kind}-base")
+    return made
 
 
 @pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
-def test_moe_lora_trained_under_transformers_4_loaded_under_5(moe: dict[str, Path], tmp_path: Path,
+def test_moe_lora_trained_under_transformers_4_loaded_under_5(era4: dict[str, tuple[Path, Path]], tmp_path: Path,
                                                              kind: str) -> None:
     """LoRA on every expert, trained with peft 0.18.1 + transformers 4.57.6 (one nn.Linear per expert), loaded by
     the installed peft + transformers 5 (experts fused into 3-d parameters). peft converts Mixtral's expert keys
@@ -337,12 +354,7 @@ def test_moe_lora_trained_under_transformers_4_loaded_under_5(moe: dict[str, Pat
     import torch
     import transformers
 
-    adapter = moe[kind]
-    base = tmp_path / "base"
-    config_class, model_class = MOE_CLASSES[kind]
-    torch.manual_seed(0)
-    getattr(transformers, model_class)(getattr(transformers, config_class)(**MOE_CONFIGS[kind])).save_pretrained(
-        str(base))
+    adapter, base = era4[kind]
     saved = saved_keys(adapter)
     routed = [k for k in saved if ".experts." in k]
     assert len(routed) == 2 * 4 * 3 * 2  # layers x experts x projections x (A, B), in transformers 4.x names
@@ -408,3 +420,31 @@ def test_a_base_with_its_own_code_is_not_run_without_the_flag(made: dict[str, Pa
     assert report.verdict == "failed" and report.step("build base").status == "failed" and report.load is None
     assert report.step("build base").detail.endswith("read it, then pass --trust-remote-code")
     assert not marker.exists()
+
+
+def test_llava_vision_tower_lora_trained_under_transformers_4_loaded_under_5(
+        era4: dict[str, tuple[Path, Path]]) -> None:
+    """transformers 5 dropped the `vision_model.` level of Llava's CLIP vision tower; the installed peft renames
+    the saved keys to the new tree, so every tensor lands (shown by value in the real load) and none is lost."""
+    import transformers
+    from peft import PeftModel
+
+    adapter, base = era4["llava"]
+    saved = saved_keys(adapter)
+    vision = [k for k in saved if ".vision_tower.vision_model." in k]
+    assert len(vision) == 2 * 2 * 2  # layers x (q_proj, v_proj) x (A, B), under transformers 4.x names
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(str(base))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(model, str(adapter))
+    assert not any("missing adapter keys" in str(w.message) for w in caught)
+    params = dict(model.named_parameters())
+    file = load_file(str(adapter / "adapter_model.safetensors"))
+    for key in vision:
+        landed = key.replace(".vision_model.", ".").replace(".weight", ".default.weight")
+        assert (params[landed] == file[key]).all(), key
+
+    result = load_only(str(adapter), str(base))
+    assert (result.verdict, result.base_class) == ("applies", "LlavaForConditionalGeneration")
+    assert result.applied == tuple(saved) and result.unexpected == () and result.unadapted == ()
+    assert "model.vision_tower.encoder.layers.0.self_attn.q_proj" in result.adapted_modules

@@ -98,7 +98,9 @@ def declared_layers(config: dict[str, Any]) -> int:
 def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> Any:
     """The base's architecture from its config.json alone, every parameter and buffer on the meta device:
     no weight is read or allocated, so a base of any size is built in about the time its module tree takes.
-    The class and the head are those load_base picks, so that peft meets the same module tree."""
+    The class and the head are those load_base picks, so that peft meets the same module tree; where that
+    Auto class does not take the architecture (a Llava with task_type CAUSAL_LM under transformers 5), the
+    class config.json names in `architectures`, as the user's own loading code does."""
     import torch
     import transformers
 
@@ -106,7 +108,6 @@ def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> An
     if layers > MAX_LAYERS:
         raise UnusableInput(f"{base.display}: config.json declares {layers:,} layers (the deepest real models have "
                             f"about 130; the cap is {MAX_LAYERS:,}): not built")
-
     if base.directory is not None:
         config = transformers.AutoConfig.from_pretrained(str(base.directory), trust_remote_code=trust_remote_code)
     else:  # only config.json is cached: the known architectures are built from it (remote code needs the files)
@@ -115,9 +116,15 @@ def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> An
     labels = head_labels(adapter)
     if labels is not None:
         config.num_labels = labels
-    cls = getattr(transformers, auto_class_name(adapter.task_type))
+    auto = getattr(transformers, auto_class_name(adapter.task_type))
+    named = getattr(transformers, base.architecture or "", None)
     with torch.device("meta"):
-        model = cls.from_config(config, trust_remote_code=trust_remote_code)
+        try:
+            model = auto.from_config(config, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            if not str(exc).startswith("Unrecognized configuration class") or not isinstance(named, type):
+                raise
+            model = named(config)
     model.eval()
     return model
 
