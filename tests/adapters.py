@@ -321,6 +321,19 @@ def edited_copy(src: PathLike, dst: PathLike, changes: Mapping[str, Any], *, ind
     return target
 
 
+def renamed_copy(src: PathLike, dst: PathLike, rename: Any) -> Path:
+    """A copy of the adapter directory `src` at `dst` whose saved tensors are renamed by `rename(key)` (None
+    drops the tensor), the config untouched: the key layouts users' files are found in (prefix lost or doubled,
+    another architecture's paths, a VLM's nesting, modules without weights)."""
+    from safetensors.torch import load_file, save_file
+
+    target = Path(shutil.copytree(src, dst))
+    weights = target / "adapter_model.safetensors"
+    tensors = {rename(k): v for k, v in load_file(str(weights)).items()}
+    save_file({k: v for k, v in tensors.items() if k is not None}, str(weights), metadata={"format": "pt"})
+    return target
+
+
 def load_base(base_dir: PathLike) -> "PreTrainedModel":
     """Load a base made by one of the make_*_base functions with its Auto class."""
     import transformers

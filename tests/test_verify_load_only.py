@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -50,15 +50,6 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def saved_keys(adapter: Path) -> list[str]:
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
         return sorted(f.keys())
-
-
-def rewritten(src: Path, dst: Path, rename: Callable[[str], Any]) -> Path:
-    """A copy of the adapter whose saved tensors are renamed (None: dropped), the config untouched."""
-    A.edited_copy(src, dst, {})
-    weights = dst / "adapter_model.safetensors"
-    tensors = {rename(k): v for k, v in load_file(str(weights)).items()}
-    save_file({k: v for k, v in tensors.items() if k is not None}, str(weights), metadata={"format": "pt"})
-    return dst
 
 
 def real_logits(base: Path, adapter: Path | None) -> tuple[Any, list[str]]:
@@ -117,7 +108,7 @@ BROKEN = {
 ])
 def test_keys_that_go_nowhere_leave_the_base(made: dict[str, Path], tmp_path: Path, name: str, family: str,
                                              broken: str, modules: list[str]) -> None:
-    adapter = rewritten(made[name], tmp_path / "broken", BROKEN[broken])
+    adapter = A.renamed_copy(made[name], tmp_path / "broken", BROKEN[broken])
     # What real peft does: loads it, warns, and computes the base, not the trained adapter.
     base, _ = real_logits(made[family], None)
     loaded, said = real_logits(made[family], adapter)
@@ -136,7 +127,7 @@ def test_keys_that_go_nowhere_leave_the_base(made: dict[str, Path], tmp_path: Pa
 
 def test_target_without_weights_under_init_false_is_random(made: dict[str, Path], tmp_path: Path) -> None:
     intended = A.make_lora_adapter(tmp_path / "intended", made["llama"], init_lora_weights=False)
-    adapter = rewritten(intended, tmp_path / "no-v", lambda k: None if ".v_proj." in k else k)
+    adapter = A.renamed_copy(intended, tmp_path / "no-v", lambda k: None if ".v_proj." in k else k)
     base, _ = real_logits(made["llama"], None)
     first, said = real_logits(made["llama"], adapter)
     second, _ = real_logits(made["llama"], adapter)
@@ -153,7 +144,7 @@ def test_target_without_weights_under_init_false_is_random(made: dict[str, Path]
 
 
 def test_a_module_with_half_its_weights_is_partly_loaded(made: dict[str, Path], tmp_path: Path) -> None:
-    adapter = rewritten(made["llama-lora"], tmp_path / "no-B", lambda k: None if "0.self_attn.q_proj.lora_B" in k
+    adapter = A.renamed_copy(made["llama-lora"], tmp_path / "no-B", lambda k: None if "0.self_attn.q_proj.lora_B" in k
                         else k)
     loaded, said = real_logits(made["llama"], adapter)
     intended, _ = real_logits(made["llama"], made["llama-lora"])
@@ -172,7 +163,7 @@ def test_what_peft_refuses_fails_with_its_own_text(made: dict[str, Path], tmp_pa
     if case == "rank":  # r says 8, the saved matrices have rank 4
         adapter, family = A.edited_copy(made["llama-lora"], tmp_path / "r8", {"r": 8}), "llama"
     else:  # modules_to_save names the head, the file lacks it
-        adapter, family = rewritten(made["bert-head"], tmp_path / "no-head",
+        adapter, family = A.renamed_copy(made["bert-head"], tmp_path / "no-head",
                                     lambda k: None if "classifier" in k else k), "bert"
     with pytest.raises(Exception) as real:
         real_logits(made[family], adapter)
@@ -184,7 +175,7 @@ def test_what_peft_refuses_fails_with_its_own_text(made: dict[str, Path], tmp_pa
 
 def test_verify_load_only_report_and_exit_codes(made: dict[str, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    adapter = rewritten(made["llama-lora"], tmp_path / "np", BROKEN["prefix missing"])
+    adapter = A.renamed_copy(made["llama-lora"], tmp_path / "np", BROKEN["prefix missing"])
     report = verify(str(adapter), base=str(made["llama"]), load_only=True)
     assert report.verdict == "base-only" and report.load is not None and report.device == "meta"
     assert [(s.name, s.status) for s in report.steps] == [("resolve base", "ok"), ("build base", "ok"),
@@ -260,7 +251,7 @@ def portable(made: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     config = json.loads((made["llama-lora"] / "adapter_config.json").read_text())
     trim = {k: ... for k in config if k not in PORTABLE}
     clean = A.edited_copy(made["llama-lora"], root / "clean", trim)
-    return {"clean": clean, "no-prefix": rewritten(clean, root / "no-prefix", BROKEN["prefix missing"]),
+    return {"clean": clean, "no-prefix": A.renamed_copy(clean, root / "no-prefix", BROKEN["prefix missing"]),
             "all-linear": A.edited_copy(made["llama-lora"], root / "all-linear",
                                         dict(trim, target_modules="all-linear"))}
 
@@ -358,7 +349,7 @@ def test_moe_lora_trained_under_transformers_4_loaded_under_5(era4: dict[str, tu
     saved = saved_keys(adapter)
     routed = [k for k in saved if ".experts." in k]
     assert len(routed) == 2 * 4 * 3 * 2  # layers x experts x projections x (A, B), in transformers 4.x names
-    without_routed = rewritten(adapter, tmp_path / "no-routed", lambda k: None if ".experts." in k else k)
+    without_routed = A.renamed_copy(adapter, tmp_path / "no-routed", lambda k: None if ".experts." in k else k)
 
     def logits(adapter_dir: Path | None) -> tuple[Any, list[str]]:
         import peft
