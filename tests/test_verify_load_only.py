@@ -93,6 +93,17 @@ def test_clean_adapter_applies_whole(made: dict[str, Path], name: str, family: s
     assert result.peft and result.transformers and result.error is None
 
 
+def test_a_pickled_adapter_is_loaded_by_peft_and_named(made: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    adapter = A.edited_copy(made["llama-lora"], tmp_path / "pickled", {})
+    torch.save(load_file(str(adapter / "adapter_model.safetensors")), str(adapter / "adapter_model.bin"))
+    (adapter / "adapter_model.safetensors").unlink()
+    report = verify(str(adapter), base=str(made["llama"]), load_only=True)
+    assert report.verdict == "applies" and report.load is not None and len(report.load.applied) == 8
+    assert [f.code for f in report.findings] == ["PD203"]
+
+
 # Each rename turns a real adapter into one a user really has; peft loads it with only a warning.
 BROKEN = {
     "prefix missing": lambda k: k.removeprefix("base_model.model."),

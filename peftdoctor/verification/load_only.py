@@ -26,7 +26,7 @@ from peftdoctor.rules.registry import rule
 from peftdoctor.verification import base as basemod
 from peftdoctor.verification.facts import BaseUnavailable, find_base, read_adapter
 from peftdoctor.verification.result import Computes, LoadOnlyResult, LoadVerdict, Unadapted
-from peftdoctor.verification.steps import Run, load_failure_findings, one_line
+from peftdoctor.verification.steps import Run, load_failure_findings, note_pickled_adapter, one_line
 
 PREFIX = "base_model.model."
 ADAPTER_NAME = "default"
@@ -66,6 +66,7 @@ def verify_load_only(run: Run, facts: Adapter, base_arg: Optional[str], trust_re
             raise Skip(str(exc)) from None
         return found, f"{found.directory or found.display} (config.json only)"
 
+    note_pickled_adapter(run, facts)
     base = run.step("resolve base", "finding the base model's config.json", resolve)
     state.update(base=base.display, device="meta", dtype="none")  # no weight is read, in no dtype
     model = run.step("build base", "building the base on the meta device (no weights read)",

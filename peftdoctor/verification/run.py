@@ -21,7 +21,6 @@ from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Severity
 from peftdoctor.peft import releases
-from peftdoctor.rules.registry import rule
 from peftdoctor.verification import facts as adapter_facts
 from peftdoctor.verification import large
 from peftdoctor.verification.facts import read_adapter
@@ -31,7 +30,7 @@ from peftdoctor.verification.offloaded import accelerate_budget, check_offload_f
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE
 from peftdoctor.verification.result import LoadOnlyResult, Verdict, VerifyReport
 from peftdoctor.verification.save import check_out
-from peftdoctor.verification.steps import Progress, Run, Skip, Stop, one_line, resolve_base
+from peftdoctor.verification.steps import Progress, Run, Skip, Stop, note_pickled_adapter, one_line, resolve_base
 from peftdoctor.verification.whole import verify_in_memory
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -174,11 +173,7 @@ def _bitsandbytes(device: str) -> tuple[None, str]:
 
 
 def _warn_pickles(run: Run, facts: Adapter, base: Base) -> None:
-    if facts.pickle_only:
-        run.say("warning: adapter_model.bin is a pickle; loading it with torch.load(weights_only=True)")
-        run.findings.append(rule("PD203").finding(
-            "adapter_model.bin is a pickle: loaded with weights_only=True (tensors only, no code)",
-            "re-save the adapter with safe_serialization=True", file="adapter_model.bin"))
+    note_pickled_adapter(run, facts)
     if base.pickle_only:
         run.say("warning: the base's weights are pickles; loading them with weights_only=True")
         run.notes.append("the base's weights are pickle files: loaded with weights_only=True")
