@@ -212,6 +212,9 @@ def test_verify_load_only_report_and_exit_codes(made: dict[str, Path], tmp_path:
     assert cli(["verify", str(adapter), "--load-only", "--out", str(tmp_path / "m")]) == 2
     with pytest.raises(UnusableInput):
         load_only(str(tmp_path))
+    import peftdoctor
+
+    assert peftdoctor.load_only is load_only  # the top-level API, imported on first use
 
 
 def test_a_seven_billion_parameter_base_without_weights_loads_in_seconds(tmp_path: Path) -> None:
