@@ -139,6 +139,23 @@ def test_keys_that_go_nowhere_leave_the_base(made: dict[str, Path], tmp_path: Pa
     assert result.warnings and result.warnings[0].startswith("Found missing adapter keys")
 
 
+def test_an_empty_weights_file_leaves_every_module_at_the_base(made: dict[str, Path], tmp_path: Path) -> None:
+    """alpaca-lora's "adapter_model.bin ... only 443 bytes" (https://github.com/tloen/alpaca-lora/issues/293: "the
+    adapter_mode.bin never updated at the end of the training and instead I have a 443 byte file"): a state_dict
+    patched to return nothing saved an empty dict. peft loads it with a warning and computes the base."""
+    import torch
+
+    adapter = A.edited_copy(made["llama-lora"], tmp_path / "empty", {})
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save({}, str(adapter / "adapter_model.bin"))
+    base, _ = real_logits(made["llama"], None)
+    loaded, said = real_logits(made["llama"], adapter)
+    assert any(w.startswith("Found missing adapter keys") for w in said) and torch.equal(loaded, base)
+    result = load_only(str(adapter), str(made["llama"]))
+    assert (result.verdict, result.applied, result.unexpected, result.share) == ("base-only", (), (), 0.0)
+    assert result.unadapted_modules == tuple(LLAMA_MODULES) and len(result.missing) == 8
+
+
 def test_target_without_weights_under_init_false_is_random(made: dict[str, Path], tmp_path: Path) -> None:
     intended = A.make_lora_adapter(tmp_path / "intended", made["llama"], init_lora_weights=False)
     adapter = A.renamed_copy(intended, tmp_path / "no-v", lambda k: None if ".v_proj." in k else k)
