@@ -104,6 +104,39 @@ def test_a_pickled_adapter_is_loaded_by_peft_and_named(made: dict[str, Path], tm
     assert [f.code for f in report.findings] == ["PD203"]
 
 
+def test_a_vocabulary_resized_in_training_is_resized_on_meta_too(made: dict[str, Path], tmp_path: Path) -> None:
+    """Tokens added in training: the saved embedding and LM head have 102 rows, the base 100. verify resizes the
+    base as the training script did (PD309); so does load-only, on the meta device. peft saves each such copy
+    twice (`X.weight` and `X.modules_to_save.weight`, equal) and loads the first: the second is named a copy."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(made["llama"]))
+    tokenizer.add_tokens(["<tool>", "</tool>"])
+    model = A.load_base(made["llama"])
+    model.resize_token_embeddings(len(tokenizer))
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
+    A.perturb_trainable(peft_model)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    report = verify(str(tmp_path / "adapter"), base=str(made["llama"]), load_only=True)
+    assert report.verdict == "applies" and [f.code for f in report.findings] == ["PD309"], render_text(report)
+    assert report.load is not None and {"model.embed_tokens", "lm_head"} <= set(report.load.adapted_modules)
+    assert report.load.copies == ("base_model.model.lm_head.modules_to_save.weight",
+                                  "base_model.model.model.embed_tokens.modules_to_save.weight")
+    assert report.load.unexpected == () and report.load.share == 1.0
+    # What real peft does: the trained rows land in the copy peft computes with, from `X.weight`.
+    real = A.load_base(made["llama"])
+    real.resize_token_embeddings(102)
+    params = dict(PeftModel.from_pretrained(real, str(tmp_path / "adapter")).named_parameters())
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    for module in ("lm_head", "model.embed_tokens"):
+        assert torch.equal(params[f"base_model.model.{module}.modules_to_save.default.weight"],
+                           saved[f"base_model.model.{module}.modules_to_save.weight"])
+
+
 # Each rename turns a real adapter into one a user really has; peft loads it with only a warning.
 BROKEN = {
     "prefix missing": lambda k: k.removeprefix("base_model.model."),

@@ -37,7 +37,7 @@ def to_dict(report: VerifyReport) -> dict[str, Any]:
 def load_dict(load: LoadOnlyResult) -> dict[str, Any]:
     return {"verdict": load.verdict, "peft": load.peft, "transformers": load.transformers,
             "base_class": load.base_class, "share_applied": round(load.share, 4), "applied": list(load.applied),
-            "unexpected": list(load.unexpected), "missing": list(load.missing),
+            "unexpected": list(load.unexpected), "copies": list(load.copies), "missing": list(load.missing),
             "unadapted": [{"module": u.module, "computes": u.computes, "missing": list(u.missing)}
                           for u in load.unadapted],
             "adapted_modules": list(load.adapted_modules), "error": load.error, "warnings": list(load.warnings)}
@@ -91,6 +91,7 @@ def _load_lines(load: LoadOnlyResult) -> list[str]:
              f"{len(load.applied)} of {total} saved tensors applied ({load.share:.0%}), "
              f"{len(load.adapted_modules)} module(s) adapted, {len(load.unadapted)} without weights"]
     lines += _listed("goes nowhere (unexpected key)", load.unexpected)
+    lines += _listed("goes nowhere, a copy of an applied tensor (nothing lost)", load.copies)
     lines += _listed("no weights loaded", [f"{u.module} ({', '.join(u.missing)}): {_COMPUTES[u.computes]}"
                                            for u in load.unadapted])
     lines += [f"  peft warned: {w}" for w in load.warnings]

@@ -26,7 +26,7 @@ from peftdoctor.rules.registry import rule
 from peftdoctor.verification import base as basemod
 from peftdoctor.verification.facts import BaseUnavailable, find_base, read_adapter
 from peftdoctor.verification.result import Computes, LoadOnlyResult, LoadVerdict, Unadapted
-from peftdoctor.verification.steps import Run, load_failure_findings, note_pickled_adapter, one_line
+from peftdoctor.verification.steps import Run, Skip, load_failure_findings, note_pickled_adapter, one_line
 
 PREFIX = "base_model.model."
 ADAPTER_NAME = "default"
@@ -57,8 +57,6 @@ def load_only(adapter: str, base: Optional[str] = None, trust_remote_code: bool 
 def verify_load_only(run: Run, facts: Adapter, base_arg: Optional[str], trust_remote_code: bool,
                      state: dict[str, Any]) -> None:
     """The load-only path of `verify`: resolve the base's config, build it on meta, attach the adapter."""
-    from peftdoctor.verification.steps import Skip
-
     def resolve() -> tuple[Base, str]:
         try:
             found = resolve_config(facts, base_arg)
@@ -88,9 +86,17 @@ def resolve_config(facts: Adapter, base_arg: Optional[str]) -> Base:
 
 
 def build(base: Base, facts: Adapter, trust_remote_code: bool) -> tuple[Any, Optional[tuple[int, int]]]:
-    """The meta base, its embeddings resized to the vocabulary the adapter was saved for (as verify does)."""
+    """The meta base, its embeddings resized to the vocabulary the adapter was saved for (as verify does).
+    New rows are not initialised from the old ones' mean (transformers >= 4.46 does by default, reading values
+    that the meta device does not have); only the shapes matter here."""
     model = basemod.build_meta_base(base, facts, trust_remote_code)
-    return model, basemod.resize_for_adapter(model, facts)
+    rows = basemod.resized_rows(model, facts)
+    if rows is not None:
+        try:
+            model.resize_token_embeddings(rows[1], mean_resizing=False)
+        except TypeError:  # transformers < 4.46: no mean_resizing, and no mean taken
+            model.resize_token_embeddings(rows[1])
+    return model, rows
 
 
 def _build_step(run: Run, base: Base, facts: Adapter, trust_remote_code: bool) -> tuple[Any, str]:
@@ -138,6 +144,8 @@ def attach(model: Any, facts: Adapter) -> tuple[LoadOnlyResult, Optional[Excepti
                            "load-only cannot observe this release")
     config = peft_model.peft_config[ADAPTER_NAME]
     applied, unexpected = recorder.outcome(PROMPT_KEYS if getattr(config, "is_prompt_learning", False) else ())
+    copies = recorder.copies(unexpected, applied)
+    unexpected = tuple(name for name in unexpected if name not in copies)
     params = _adapter_params(peft_model)
     missing = sorted(set(recorder.result.missing_keys) & {k for keys in params.values() for k in keys})
     init = _init_value(config)
@@ -145,7 +153,7 @@ def attach(model: Any, facts: Adapter) -> tuple[LoadOnlyResult, Optional[Excepti
     unadapted = tuple(sorted((u for u in found if u is not None), key=lambda u: u.module))
     done = {u.module for u in unadapted}
     return LoadOnlyResult(_verdict(applied, unexpected, unadapted), applied=applied, unexpected=unexpected,
-                          missing=tuple(missing), unadapted=unadapted,
+                          copies=tuple(sorted(copies)), missing=tuple(missing), unadapted=unadapted,
                           adapted_modules=tuple(sorted(m for m in params if m not in done)),
                           warnings=said, **versions), None
 
@@ -204,6 +212,22 @@ class _Recorder:
         consumed = set(self.file) - applied - unexpected
         (unexpected if new_lost else applied).update(consumed)
         return tuple(sorted(applied)), tuple(sorted(unexpected))
+
+    def copies(self, unexpected: tuple[str, ...], applied: tuple[str, ...]) -> set[str]:
+        """The unexpected tensors that hold exactly the values of a tensor peft applied: nothing is lost with
+        them (peft 0.21 saves a resized embedding kept in modules_to_save under both `X.weight` and
+        `X.modules_to_save.weight`, and loads only the first). Compared by value, a cheap fingerprint first."""
+        def fingerprint(tensor: Any) -> tuple[Any, ...]:
+            return tuple(tensor.shape), tensor.dtype, float(tensor.double().sum()) if tensor.numel() else 0.0
+
+        loaded: dict[tuple[Any, ...], list[Any]] = {}
+        for name in applied:
+            if name in self.file:
+                loaded.setdefault(fingerprint(self.file[name]), []).append(self.file[name])
+        if not loaded:
+            return set()
+        return {name for name in unexpected if name in self.file and any(
+            other.equal(self.file[name]) for other in loaded.get(fingerprint(self.file[name]), ()))}
 
 
 def _adapter_params(peft_model: Any) -> dict[str, list[str]]:

@@ -67,6 +67,7 @@ class LoadOnlyResult:
     base_class: str  # the transformers class built from the base's config.json
     applied: tuple[str, ...] = ()  # saved tensors peft loaded into a module
     unexpected: tuple[str, ...] = ()  # saved tensors that go nowhere (peft's unexpected keys)
+    copies: tuple[str, ...] = ()  # saved tensors that go nowhere but equal an applied one: nothing lost
     missing: tuple[str, ...] = ()  # peft's missing adapter keys, as peft names them
     unadapted: tuple[Unadapted, ...] = ()
     adapted_modules: tuple[str, ...] = ()  # modules that got all their weights
