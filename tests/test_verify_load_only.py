@@ -109,18 +109,9 @@ def test_a_vocabulary_resized_in_training_is_resized_on_meta_too(made: dict[str,
     base as the training script did (PD309); so does load-only, on the meta device. peft saves each such copy
     twice (`X.weight` and `X.modules_to_save.weight`, equal) and loads the first: the second is named a copy."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoTokenizer
+    from peft import PeftModel
 
-    tokenizer = AutoTokenizer.from_pretrained(str(made["llama"]))
-    tokenizer.add_tokens(["<tool>", "</tool>"])
-    model = A.load_base(made["llama"])
-    model.resize_token_embeddings(len(tokenizer))
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
-    A.perturb_trainable(peft_model)
-    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    A.make_added_tokens_adapter(tmp_path / "adapter", made["llama"])
     report = verify(str(tmp_path / "adapter"), base=str(made["llama"]), load_only=True)
     assert report.verdict == "applies" and [f.code for f in report.findings] == ["PD309"], render_text(report)
     assert report.load is not None and {"model.embed_tokens", "lm_head"} <= set(report.load.adapted_modules)
