@@ -149,7 +149,7 @@ def attach(model: Any, facts: Adapter) -> tuple[LoadOnlyResult, Optional[Excepti
     params = _adapter_params(peft_model)
     missing = sorted(set(recorder.result.missing_keys) & {k for keys in params.values() for k in keys})
     init = _init_value(config)
-    found = (_unadapted(m, keys, set(missing), True if _copies(keys) else init) for m, keys in params.items())
+    found = (_unadapted(m, keys, set(missing), True if _is_saved_copy(keys) else init) for m, keys in params.items())
     unadapted = tuple(sorted((u for u in found if u is not None), key=lambda u: u.module))
     done = {u.module for u in unadapted}
     return LoadOnlyResult(_verdict(applied, unexpected, unadapted), applied=applied, unexpected=unexpected,
@@ -266,7 +266,7 @@ def _unadapted(module: str, keys: list[str], missing: set[str], init: Any) -> Op
     return Unadapted(module, _computes(init), roles)
 
 
-def _copies(keys: list[str]) -> bool:
+def _is_saved_copy(keys: list[str]) -> bool:
     """Whether these are a modules_to_save / trainable-tokens copy's keys (a copy of the base when not loaded)."""
     return all(".modules_to_save." in k or ".trainable_tokens_" in k for k in keys)
 
