@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from peftdoctor.cli.app import run as cli  # noqa: E402
 from peftdoctor.errors import UnusableInput  # noqa: E402
 from peftdoctor.verification import render_text, verify  # noqa: E402
+from peftdoctor.verification.command import verify_command  # noqa: E402
 from peftdoctor.verification.load_only import load_only  # noqa: E402
 from tests import adapters as A  # noqa: E402
 
@@ -244,7 +245,8 @@ def test_verify_load_only_report_and_exit_codes(made: dict[str, Path], tmp_path:
     assert data["verdict"] == "base-only" and data["load"]["unexpected"] == saved_keys(adapter)
     assert data["load"]["unadapted"][0] == {"module": LLAMA_MODULES[0], "computes": "base",
                                            "missing": ["lora_A", "lora_B"]}
-    assert cli(["verify", str(made["llama-lora"]), "--load-only", "--format", "json"]) == 0  # its own base
+    assert verify_command(str(made["llama-lora"]), None, "auto", "auto", None, "json", None, False,
+                          load_only=True) == 0  # its own base, from base_model_name_or_path
     assert json.loads(capsys.readouterr().out)["load"]["share_applied"] == 1.0
     rank = A.edited_copy(made["llama-lora"], tmp_path / "r8", {"r": 8})
     assert cli(["verify", str(rank), "--load-only"]) == 1
