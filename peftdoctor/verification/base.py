@@ -117,16 +117,28 @@ def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> An
     if labels is not None:
         config.num_labels = labels
     auto = getattr(transformers, auto_class_name(adapter.task_type))
-    named = getattr(transformers, base.architecture or "", None)
     with torch.device("meta"):
         try:
             model = auto.from_config(config, trust_remote_code=trust_remote_code)
         except ValueError as exc:
-            if not str(exc).startswith("Unrecognized configuration class") or not isinstance(named, type):
+            named = _model_class(base.architecture)
+            if not str(exc).startswith("Unrecognized configuration class") or named is None:
                 raise
             model = named(config)
     model.eval()
     return model
+
+
+def _model_class(name: Optional[str]) -> Any:
+    """transformers' own model class of that name (config.json's `architectures`), or None: a name from a
+    stranger's file is looked up among transformers' models only, never imported from elsewhere."""
+    import transformers
+
+    try:
+        found = getattr(transformers, name or "", None)
+    except Exception:  # a lazy attribute whose optional dependency is missing
+        return None
+    return found if isinstance(found, type) and issubclass(found, transformers.PreTrainedModel) else None
 
 
 @contextmanager
