@@ -1,7 +1,8 @@
 """peftdoctor: keep PEFT adapters loadable and deployable.
 
 The Python API is the same set of functions the CLI calls, each returning the plain data object
-the CLI renders: check -> Report, fix -> Plan, scan -> ScanReport, verify -> VerifyReport.
+the CLI renders: check -> Report, fix -> Plan, scan -> ScanReport, verify -> VerifyReport,
+load_only (verify --load-only) -> LoadOnlyResult.
 Everything but `check` is imported on first use, so `import peftdoctor` stays light.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "plan_fix": ("ops.fix", "plan"), "apply_fix": ("ops.fix", "apply"), "Plan": ("ops.fix", "Plan"),
     "Change": ("ops.fix", "Change"), "Refusal": ("ops.fix", "Refusal"), "scan": ("ops.scan", "scan"),
-    "ScanReport": ("ops.scan", "ScanReport"),
+    "ScanReport": ("ops.scan", "ScanReport"), "load_only": ("verification.load_only", "load_only"),
+    "LoadOnlyResult": ("verification.result", "LoadOnlyResult"),
 }
 
 
@@ -54,5 +56,5 @@ def verify(adapter: str, base: Optional[str] = None, **options: Any) -> "VerifyR
     return run_verify(adapter, base, **options)
 
 
-__all__ = ["check", "fix", "verify", "scan", "ScanReport", "plan_fix", "apply_fix", "Plan", "Change", "Refusal",
-           "Report", "Finding", "Compatibility", "Severity", "UnusableInput", "__version__"]
+__all__ = ["check", "fix", "verify", "load_only", "LoadOnlyResult", "scan", "ScanReport", "plan_fix", "apply_fix",
+           "Plan", "Change", "Refusal", "Report", "Finding", "Compatibility", "Severity", "UnusableInput", "__version__"]

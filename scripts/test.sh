@@ -11,5 +11,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m pip install -q -e ".[test]"
 # Old peft releases, side by side, with the transformers of their era (cached across runs).
 "$PY" -m pip install -q $("$PY" scripts/peft_envs.py --base-requirements)
-"$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.9.0 0.13.2 0.15.0 >/dev/null
+"$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.9.0 0.13.2 0.15.0 0.18.1 >/dev/null
 exec "$PY" -m pytest -q "$@"

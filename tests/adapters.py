@@ -212,6 +212,28 @@ def make_modules_to_save_adapter(
     return make_lora_adapter(directory, base_dir, modules_to_save=list(modules_to_save), **kwargs)
 
 
+def make_added_tokens_adapter(directory: PathLike, base_dir: PathLike, *,
+                              added: Sequence[str] = ("<tool>", "</tool>")) -> Path:
+    """LoRA on q_proj/v_proj of a Llama base whose vocabulary was grown by `added` tokens in training: the
+    resized embed_tokens and lm_head are saved through modules_to_save, the grown tokenizer beside them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer.add_tokens(list(added))
+    model = load_base(base_dir)
+    model.resize_token_embeddings(len(tokenizer))
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
+    perturb_trainable(peft_model)
+    peft_model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
 def make_ia3_adapter(
     directory: PathLike,
     base_dir: PathLike,
@@ -318,6 +340,19 @@ def edited_copy(src: PathLike, dst: PathLike, changes: Mapping[str, Any], *, ind
         config.pop(key)
     text = json.dumps(config, indent=indent, sort_keys=sort_keys)
     (target / "adapter_config.json").write_text(text + "\n" if newline else text)
+    return target
+
+
+def renamed_copy(src: PathLike, dst: PathLike, rename: Any) -> Path:
+    """A copy of the adapter directory `src` at `dst` whose saved tensors are renamed by `rename(key)` (None
+    drops the tensor), the config untouched: the key layouts users' files are found in (prefix lost or doubled,
+    another architecture's paths, a VLM's nesting, modules without weights)."""
+    from safetensors.torch import load_file, save_file
+
+    target = Path(shutil.copytree(src, dst))
+    weights = target / "adapter_model.safetensors"
+    tensors = {rename(k): v for k, v in load_file(str(weights)).items()}
+    save_file({k: v for k, v in tensors.items() if k is not None}, str(weights), metadata={"format": "pt"})
     return target
 
 

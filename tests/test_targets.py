@@ -17,6 +17,7 @@ from adapters import (
     make_lora_adapter,
     make_pattern_lora_adapter,
     make_rslora_adapter,
+    renamed_copy,
 )
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -246,16 +247,11 @@ def _base_dir(adapter_dir: Path) -> Path:
 def _rekeyed_copy(adapter_dir: Path, destination: Path, old: str, new: str) -> Path:
     """A copy of a real peft adapter whose tensor keys start with `new` instead of `old`: the key
     layouts peft saves for a VLM base (the text model nested under language_model)."""
-    import shutil
+    def rename(key: str) -> str:
+        assert key.startswith(old), key
+        return new + key[len(old):]
 
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(adapter_dir, destination)
-    weights = destination / "adapter_model.safetensors"
-    tensors = load_file(str(weights))
-    assert all(k.startswith(old) for k in tensors)
-    save_file({new + k[len(old):]: v for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
-    return destination
+    return renamed_copy(adapter_dir, destination, rename)
 
 
 def test_sglang_routes_vlm_key_prefixes_by_layer_index(zoo: dict[str, Path], tmp_path: Path) -> None:

@@ -177,7 +177,9 @@ def test_interrupted_save_leaves_nothing_that_looks_complete(llama: dict[str, Pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_remote_code_is_not_run_without_the_flag(llama: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("load_only,step", [(False, "load base"), (True, "build base")])
+def test_remote_code_is_not_run_without_the_flag(llama: dict[str, Path], tmp_path: Path, load_only: bool,
+                                                 step: str) -> None:
     base = tmp_path / "custom"
     base.mkdir()
     marker = tmp_path / "remote-code-ran"
@@ -187,9 +189,9 @@ def test_remote_code_is_not_run_without_the_flag(llama: dict[str, Path], tmp_pat
                   auto_map={"AutoConfig": "modeling_custom.CustomConfig",
                             "AutoModelForCausalLM": "modeling_custom.CustomModel"})
     (base / "config.json").write_text(json.dumps(config))
-    report = verify(str(llama["lora"]), base=str(base))
-    assert report.verdict == "failed" and report.step("load base").status == "failed"
-    assert "--trust-remote-code" in report.step("load base").detail
+    report = verify(str(llama["lora"]), base=str(base), load_only=load_only)  # load-only builds it on meta
+    assert report.verdict == "failed" and report.step(step).status == "failed" and report.load is None
+    assert report.step(step).detail.endswith("read it, then pass --trust-remote-code")
     assert not marker.exists()
 
 

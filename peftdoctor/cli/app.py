@@ -268,13 +268,19 @@ def verify(
     offload_folder: Optional[str] = typer.Option(None, "--offload-folder", help="A base too large for memory is "
                                                  "loaded with accelerate (device_map=auto), what does not fit "
                                                  "offloaded to disk here; without it: layer by layer."),
+    load_only: bool = typer.Option(False, "--load-only", help="Only attach the adapter with the installed peft to "
+                                   "the base built on the meta device from its config.json (no weights read, "
+                                   "seconds for any size) and report which saved tensors and modules peft applied: "
+                                   "applies, partial, base-only, random or fails."),
 ) -> None:
     """Load base + adapter on the target device, merge, compare, and save a deployable merged model.
 
     With --merged DIR: judge a merged model made elsewhere, tensor by tensor in bounded memory (delta
     missing, wrong scale and its factor, applied twice, extra changes); exit 0 only when it is right.
     A base too large for memory: loaded with accelerate (device_map=auto) across the GPUs, the CPU and
-    --offload-folder when given, else verified layer by layer; step `memory` says which path ran."""
+    --offload-folder when given, else verified layer by layer; step `memory` says which path ran.
+    With --load-only: what peft applies of the adapter (missing and unexpected keys, modules left without
+    weights), on a base never materialised; exit 0 only when the whole adapter applies."""
     from peftdoctor.cli.heavy import library_output_to_stderr, progress, require_extra
 
     require_format((VERIFY,), fmt)
@@ -285,10 +291,10 @@ def verify(
     with library_output_to_stderr(), display:
         report = run_verify(adapter, base=base, device=device, dtype=dtype, out=out, tolerance=tolerance,
                             trust_remote_code=trust_remote_code, progress=say, merged=merged,
-                            offload_folder=offload_folder)
+                            offload_folder=offload_folder, load_only=load_only)
     _emit(render(report, fmt))
-    # 0 only when verified: a run that could not verify (skipped) must not pass a CI gate.
-    raise typer.Exit(EXIT_CLEAN if report.verdict == "verified" else EXIT_FINDINGS)
+    # 0 only when verified (or, load-only, applied whole): a run that could not verify must not pass a CI gate.
+    raise typer.Exit(EXIT_CLEAN if report.verdict in ("verified", "applies") else EXIT_FINDINGS)
 
 
 @app.command()

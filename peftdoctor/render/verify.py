@@ -6,7 +6,7 @@ from typing import Any
 
 from peftdoctor.model.findings import FORMAT_VERSION
 from peftdoctor.render.terminal import lines as text_lines
-from peftdoctor.verification.result import VerifyReport
+from peftdoctor.verification.result import LoadOnlyResult, VerifyReport
 
 
 def to_dict(report: VerifyReport) -> dict[str, Any]:
@@ -31,7 +31,17 @@ def to_dict(report: VerifyReport) -> dict[str, Any]:
                    for p in report.parity],
         "findings": [f.to_dict() for f in report.findings],
         "notes": list(report.notes),
+        "load": None if report.load is None else load_dict(report.load),
     }
+
+
+def load_dict(load: LoadOnlyResult) -> dict[str, Any]:
+    return {"verdict": load.verdict, "peft": load.peft, "transformers": load.transformers,
+            "base_class": load.base_class, "share_applied": round(load.share, 4), "applied": list(load.applied),
+            "unexpected": list(load.unexpected), "copies": list(load.copies), "missing": list(load.missing),
+            "unadapted": [{"module": u.module, "computes": u.computes, "missing": list(u.missing)}
+                          for u in load.unadapted],
+            "adapted_modules": list(load.adapted_modules), "error": load.error, "warnings": list(load.warnings)}
 
 
 def render_json(report: VerifyReport) -> str:
@@ -42,8 +52,9 @@ _MARK = {"ok": "ok  ", "failed": "FAIL", "skipped": "skip"}
 
 
 def render_text(report: VerifyReport) -> str:
+    where = "meta device (no weights read)" if report.device == "meta" else f"{report.device} {report.dtype}"
     lines = [f"{report.adapter}: {report.peft_type or '?'} adapter ({report.task_type or 'no task_type'}) "
-             f"on {report.base or '?'}, {report.device} {report.dtype}"]
+             f"on {report.base or '?'}, {where}"]
     for s in report.steps:
         detail = f"  {s.detail}" if s.detail else ""
         lines.append(f"  [{_MARK[s.status]}] {s.name:<15} {s.seconds:7.2f}s{detail}")
@@ -53,6 +64,8 @@ def render_text(report: VerifyReport) -> str:
                      f" -> {'ok' if p.passed else 'FAILED'}")
     if report.merge_base:
         lines.append(f"  merge base: {report.merge_base}")
+    if report.load is not None:
+        lines += _load_lines(report.load)
     for note in report.notes:
         lines.append(f"  note: {note}")
     for f in report.findings:
@@ -65,3 +78,31 @@ def render_text(report: VerifyReport) -> str:
         lines.append(f"  merged model: {report.out}")
     lines.append(f"  verdict: {report.verdict}")
     return text_lines(lines)
+
+
+
+# What a module left without weights computes, in words.
+_COMPUTES = {"base": "computes the base", "random": "computes its random initialisation (init false)",
+             "initial": "computes its initialisation", "partly loaded": "partly loaded, the rest initial"}
+_LISTED = 20  # names listed per kind before "... and N more": the JSON has them all
+
+
+def _load_lines(load: LoadOnlyResult) -> list[str]:
+    total = len(load.applied) + len(load.unexpected)
+    lines = [f"  load-only (peft {load.peft}, transformers {load.transformers}, {load.base_class} on meta): "
+             f"{len(load.applied)} of {total} saved tensors applied ({load.share:.0%}), "
+             f"{len(load.adapted_modules)} module(s) adapted, {len(load.unadapted)} without weights"]
+    lines += _listed("goes nowhere (unexpected key)", load.unexpected)
+    lines += _listed("goes nowhere, a copy of an applied tensor (nothing lost)", load.copies)
+    lines += _listed("no weights loaded", [f"{u.module} ({', '.join(u.missing)}): {_COMPUTES[u.computes]}"
+                                           for u in load.unadapted])
+    lines += [f"  peft warned: {w}" for w in load.warnings]
+    if load.error:
+        lines.append(f"  peft raised: {load.error}")
+    return lines
+
+
+def _listed(what: str, names: "list[str] | tuple[str, ...]") -> list[str]:
+    lines = [f"    {what}: {name}" for name in names[:_LISTED]]
+    return lines + ([f"    ... and {len(names) - _LISTED} more (--format json lists them all)"]
+                    if len(names) > _LISTED else [])

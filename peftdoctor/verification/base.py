@@ -4,9 +4,12 @@ inside the functions so that importing peftdoctor.verification stays cheap.
 """
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from peftdoctor.errors import UnusableInput
 from peftdoctor.io.tokenizer import has_tokenizer
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
@@ -76,6 +79,79 @@ def load_base(base: Base, adapter: Adapter, *, dtype: str, device: str, trust_re
     model.eval()
     missing = tuple(sorted(set(info.get("missing_keys") or ()) | set(_mismatched(info))))
     return LoadedBase(model, missing)
+
+
+# Building the module tree costs time per layer even on the meta device (1,000 Llama layers: about 4 s on a
+# busy 2-core machine); the deepest published models have about 130. A config declaring more is refused.
+MAX_LAYERS = 1_000
+_LAYER_KEY = re.compile(r"(^|_)(n_)?layers?$")
+
+
+def declared_layers(config: dict[str, Any]) -> int:
+    """The largest layer count config.json declares (num_hidden_layers, n_layer, encoder_layers, ..., in the
+    config or one of its sub-configs such as text_config)."""
+    found = [v for c in (config, *(v for v in config.values() if isinstance(v, dict))) for k, v in c.items()
+             if _LAYER_KEY.search(k) and isinstance(v, int) and not isinstance(v, bool)]
+    return max(found, default=0)
+
+
+def build_meta_base(base: Base, adapter: Adapter, trust_remote_code: bool) -> Any:
+    """The base's architecture from its config.json alone, every parameter and buffer on the meta device:
+    no weight is read or allocated, so a base of any size is built in about the time its module tree takes.
+    The class and the head are those load_base picks, so that peft meets the same module tree; where that
+    Auto class does not take the architecture (a Llava with task_type CAUSAL_LM under transformers 5), the
+    class config.json names in `architectures`, as the user's own loading code does."""
+    import torch
+    import transformers
+
+    layers = declared_layers(base.config)
+    if layers > MAX_LAYERS:
+        raise UnusableInput(f"{base.display}: config.json declares {layers:,} layers (the deepest real models have "
+                            f"about 130; the cap is {MAX_LAYERS:,}): not built")
+    if base.directory is not None:
+        config = transformers.AutoConfig.from_pretrained(str(base.directory), trust_remote_code=trust_remote_code)
+    else:  # only config.json is cached: the known architectures are built from it (remote code needs the files)
+        values = dict(base.config)
+        config = transformers.AutoConfig.for_model(str(values.pop("model_type", "")), **values)
+    labels = head_labels(adapter)
+    if labels is not None:
+        config.num_labels = labels
+    auto = getattr(transformers, auto_class_name(adapter.task_type))
+    with torch.device("meta"):
+        try:
+            model = auto.from_config(config, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            named = _model_class(base.architecture)
+            if not str(exc).startswith("Unrecognized configuration class") or named is None:
+                raise
+            model = named(config)
+    model.eval()
+    return model
+
+
+def _model_class(name: Optional[str]) -> Any:
+    """transformers' own model class of that name (config.json's `architectures`), or None: a name from a
+    stranger's file is looked up among transformers' models only, never imported from elsewhere."""
+    import transformers
+
+    try:
+        found = getattr(transformers, name or "", None)
+    except Exception:  # a lazy attribute whose optional dependency is missing
+        return None
+    return found if isinstance(found, type) and issubclass(found, transformers.PreTrainedModel) else None
+
+
+@contextmanager
+def remote_code_refusal_in_one_line(base: Base, trust_remote_code: bool) -> Iterator[None]:
+    """transformers' refusal to run a base's own code spans lines; the one-line step detail must still say
+    what to do."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise ValueError(f"{base.display} needs its own Python code to load, which was not run: read it, "
+                             "then pass --trust-remote-code") from None
+        raise
 
 
 def _mismatched(info: dict[str, Any]) -> list[str]:

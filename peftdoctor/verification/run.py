@@ -4,7 +4,8 @@ Each step is timed and recorded (steps.py). A step that cannot run here (no GPU,
 bitsandbytes unusable) is skipped with its reason and ends the run as "not-verified"; a step that
 fails ends it as "failed"; only unusable input raises (UnusableInput, one line).
 
-This module checks the arguments and picks the path: a base that fits in memory is loaded whole
+This module checks the arguments and picks the path: --load-only attaches the adapter to a base built
+on the meta device and reports what peft applied (load_only.py); a base that fits in memory is loaded whole
 (whole.py); one too large for memory but not for the devices present is loaded with accelerate
 (offloaded.py); else, and for --merged, the merge is judged one module at a time (layered.py).
 """
@@ -20,16 +21,16 @@ from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Severity
 from peftdoctor.peft import releases
-from peftdoctor.rules.registry import rule
 from peftdoctor.verification import facts as adapter_facts
 from peftdoctor.verification import large
 from peftdoctor.verification.facts import read_adapter
 from peftdoctor.verification.layered import verify_layer_by_layer, verify_merged
+from peftdoctor.verification.load_only import verify_load_only
 from peftdoctor.verification.offloaded import accelerate_budget, check_offload_folder, verify_offloaded
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE
-from peftdoctor.verification.result import Verdict, VerifyReport
+from peftdoctor.verification.result import LoadOnlyResult, Verdict, VerifyReport
 from peftdoctor.verification.save import check_out
-from peftdoctor.verification.steps import Progress, Run, Skip, Stop, one_line, resolve_base
+from peftdoctor.verification.steps import Progress, Run, Skip, Stop, note_pickled_adapter, one_line, resolve_base
 from peftdoctor.verification.whole import verify_in_memory
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -42,13 +43,16 @@ QUANTIZED_TOLERANCE_FLOOR = DEFAULT_TOLERANCE["float16"]
 def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype: str = "auto",
            out: Optional[str] = None, tolerance: Optional[float] = None, trust_remote_code: bool = False,
            progress: Optional[Progress] = None, merge_dtype: Optional[str] = "float32",
-           merged: Optional[str] = None, offload_folder: Optional[str] = None) -> VerifyReport:
+           merged: Optional[str] = None, offload_folder: Optional[str] = None,
+           load_only: bool = False) -> VerifyReport:
     """Verify that `adapter` loads, computes the same merged as unmerged, and saves deployable.
 
     merge_dtype: the precision the merge is done in before casting to `dtype` (None: in `dtype`).
     merged: instead, judge this merged model (made by any tool) against base + adapter, tensor by tensor.
     offload_folder: a base too large for memory is loaded with accelerate (device_map="auto"), what does
     not fit the GPUs and the CPU offloaded to disk here (in a subfolder removed at the end).
+    load_only: only attach the adapter with peft to the base built on the meta device (no weights read) and
+    report which saved tensors and adapted modules peft applied (VerifyReport.load; the verdict is its verdict).
     """
     if dtype not in DTYPES or (merge_dtype is not None and merge_dtype not in DTYPES[1:]):
         raise UnusableInput(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
@@ -61,13 +65,19 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
                             "bounds come from the dtypes' rounding)")
     if merged is not None and offload_folder is not None:
         raise UnusableInput("--merged judges a merge that exists tensor by tensor: --offload-folder does not apply")
+    if load_only and (merged, out, offload_folder, tolerance) != (None, None, None, None):
+        raise UnusableInput("--load-only only attaches the adapter to the base built on the meta device: --merged, "
+                            "--out, --offload-folder and --tolerance do not apply")
     offload = check_offload_folder(offload_folder)
     facts = read_adapter(adapter)
     out_path = check_out(out)
     run = Run(progress)
-    state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None}
+    state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None,
+                             "load": None}
     try:
-        if merged is not None:
+        if load_only:
+            verify_load_only(run, facts, base, trust_remote_code, state)
+        elif merged is not None:
             verify_merged(run, facts, base, merged, state)
         else:
             _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state, offload)
@@ -78,12 +88,14 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
     return VerifyReport(
         adapter=facts.display, base=state["base"], peft_type=facts.peft_type, task_type=facts.task_type,
         device=state["device"], dtype=state["dtype"], peft_installed=releases.installed_peft(),
-        mergeable=adapter_facts.mergeable(facts), verdict=_verdict(run, facts), steps=tuple(run.steps),
+        mergeable=adapter_facts.mergeable(facts), verdict=_verdict(run, state["load"]), steps=tuple(run.steps),
         parity=tuple(run.parity), findings=tuple(run.findings), merge_base=state["merge_base"],
-        out=state["out"], notes=tuple(run.notes))
+        out=state["out"], notes=tuple(run.notes), load=state["load"])
 
 
-def _verdict(run: Run, facts: Adapter) -> Verdict:
+def _verdict(run: Run, load: Optional[LoadOnlyResult]) -> Verdict:
+    if load is not None:
+        return load.verdict
     if any(s.status == "failed" for s in run.steps) or any(p.passed is False for p in run.parity) \
             or any(f.severity is Severity.ERROR for f in run.findings):
         return "failed"
@@ -161,11 +173,7 @@ def _bitsandbytes(device: str) -> tuple[None, str]:
 
 
 def _warn_pickles(run: Run, facts: Adapter, base: Base) -> None:
-    if facts.pickle_only:
-        run.say("warning: adapter_model.bin is a pickle; loading it with torch.load(weights_only=True)")
-        run.findings.append(rule("PD203").finding(
-            "adapter_model.bin is a pickle: loaded with weights_only=True (tensors only, no code)",
-            "re-save the adapter with safe_serialization=True", file="adapter_model.bin"))
+    note_pickled_adapter(run, facts)
     if base.pickle_only:
         run.say("warning: the base's weights are pickles; loading them with weights_only=True")
         run.notes.append("the base's weights are pickle files: loaded with weights_only=True")

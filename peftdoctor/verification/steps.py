@@ -81,6 +81,15 @@ def resolve_base(facts: Adapter, base_arg: Optional[str]) -> tuple[Base, str]:
     return found, str(found.directory)
 
 
+def note_pickled_adapter(run: Run, facts: Adapter) -> None:
+    """PD203 when the adapter's weights are a pickle (peft reads it with torch.load(weights_only=True))."""
+    if facts.pickle_only:
+        run.say("warning: adapter_model.bin is a pickle; loading it with torch.load(weights_only=True)")
+        run.findings.append(rule("PD203").finding(
+            "adapter_model.bin is a pickle: loaded with weights_only=True (tensors only, no code)",
+            "re-save the adapter with safe_serialization=True", file="adapter_model.bin"))
+
+
 def note_untrained_head(run: Run, missing: Any, facts: Adapter) -> None:
     """PD302 for each head the base lacks and the adapter does not save (`missing`: the base's missing keys)."""
     for key in basemod.untrained_head(missing, facts):

@@ -92,15 +92,9 @@ def _adapted_reference(run: Run, facts: Adapter, base: Base, dtype: str, device:
 
 def _load(base: Base, facts: Adapter, dtype: str, device: str, trust_remote_code: bool,
           quantized: bool) -> tuple[basemod.LoadedBase, str]:
-    try:
+    with basemod.remote_code_refusal_in_one_line(base, trust_remote_code):
         loaded = basemod.load_base(base, facts, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                    quantized=quantized)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc) and not trust_remote_code:
-            # transformers' own text spans lines; the one-line step detail must still say what to do.
-            raise ValueError(f"{base.display} needs its own Python code to load, which was not run: read it, "
-                             "then pass --trust-remote-code") from None
-        raise
     kind = "4-bit/8-bit (bitsandbytes)" if base.bnb_quantized and quantized else dtype
     return loaded, f"{type(loaded.model).__name__} ({basemod.auto_class_name(facts.task_type)}), {kind}"
 
