@@ -43,6 +43,8 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "llama": ("AutoModelForCausalLM", "CAUSAL_LM", ("q_proj", "v_proj")),
     "gpt2": ("AutoModelForCausalLM", "CAUSAL_LM", ("c_attn",)),
     "bert": ("AutoModelForSequenceClassification", "SEQ_CLS", ("query", "value")),
+    "gemma": ("AutoModelForCausalLM", "CAUSAL_LM", ("q_proj", "v_proj")),
+    "gemma2": ("AutoModelForCausalLM", "CAUSAL_LM", ("q_proj", "v_proj")),
 }
 
 
@@ -113,6 +115,21 @@ def make_gpt2_base(directory: PathLike, *, seed: int = 0, vocab_size: int = 100)
         eos_token_id=tokenizer.eos_token_id,
     )
     return _save_base(directory, GPT2LMHeadModel, config, tokenizer, seed)
+
+
+def make_gemma_base(directory: PathLike, *, generation: int = 1, seed: int = 0, vocab_size: int = 100) -> Path:
+    """A 2-layer Gemma (generation 1) or Gemma2 (2): tied embeddings, and an embedding that scales its
+    output by sqrt(hidden_size) through a buffer the checkpoint does not hold (embed_scale)."""
+    import transformers
+
+    tokenizer = _build_tokenizer(vocab_size)
+    name = "Gemma" if generation == 1 else f"Gemma{generation}"
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return _save_base(directory, getattr(transformers, f"{name}ForCausalLM"), config, tokenizer, seed)
 
 
 def make_bert_classifier_base(

@@ -87,6 +87,7 @@ def _layer(skeleton: Skeleton, module: str, params: dict[str, Any], fan_in_fan_o
                 current = getattr(layer, name)
                 setattr(layer, name, torch.nn.Parameter(torch.empty_like(current, device=weight.device),
                                                         requires_grad=False))
+        _fill_buffers(skeleton.model, found, layer, weight.device)
     elif embedding:
         layer = torch.nn.Embedding(*weight.shape, _weight=weight, _freeze=True)
     elif fan_in_fan_out and weight.dim() == 2:
@@ -102,6 +103,21 @@ def _layer(skeleton: Skeleton, module: str, params: dict[str, Any], fan_in_fan_o
     for param in layer.parameters():
         param.requires_grad_(False)
     return layer
+
+
+def _fill_buffers(model: Any, found: Any, layer: Any, device: Any) -> None:
+    """Give `layer` the buffers a checkpoint does not hold (non-persistent ones, such as Gemma's embed_scale
+    = sqrt(hidden_size)), which the meta skeleton holds without values: the values transformers' own
+    _init_weights gives them when it materialises a model, taken from a throw-away copy (whose weights it
+    re-initialises, hence not `layer` itself)."""
+    empty = [name for name, buffer in layer.named_buffers() if buffer.is_meta]
+    if not empty:
+        return
+    fresh = copy.deepcopy(found).to_empty(device=device)
+    fresh.apply(model._init_weights)
+    for name in empty:
+        owner, _, leaf = name.rpartition(".")
+        layer.get_submodule(owner)._buffers[leaf] = fresh.get_buffer(name)
 
 
 def _with_bias(params: dict[str, Any], size: int) -> dict[str, Any]:

@@ -65,8 +65,9 @@ class _Job:
     adapter_key: str = ""  # "copy": the saved tensor; "cast": unused
 
 
-# Output shards, the job producing each changed tensor, and the tied names written separately.
-_Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[str]]
+# Output shards, the job producing each changed tensor, and the tied names written separately, each
+# with the tie it had: (name written, name it was tied to).
+_Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[tuple[str, str]]]
 
 
 def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "auto", device: str = "cpu",
@@ -154,7 +155,17 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
         tensors_merged=producer.merged, tensors_replaced=producer.replaced,
         tensors_passed=sum(len(s.tensors) for s in shards) - producer.merged - producer.replaced,
         bytes_written=sum(s.nbytes for s in shards), seconds=round(time.monotonic() - started, 3), peak_rss_bytes=peak_rss(),
-        shards=len(shards), untied=tuple(untied), equality=equality_statement(device, dtype), notes=tuple(notes))
+        shards=len(shards), untied=tuple(name for name, _ in untied),
+        equality=equality_statement(device, dtype, _ties(untied, adapter_plan)), notes=tuple(notes))
+
+
+def _ties(untied: list[tuple[str, str]], plan: P.AdapterPlan) -> tuple[tuple[str, str], ...]:
+    """Each undone tie as (the adapted tensor, the partner peft's own merge would change through it)."""
+    ties = []
+    for name, partner in untied:
+        adapted = name.rsplit(".", 1)[0] in plan.lora
+        ties.append((name, partner) if adapted else (partner, name))
+    return tuple(ties)
 
 
 def _check_device(device: str) -> None:
@@ -229,7 +240,7 @@ def _layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton:
         target = P.checkpoint_name(base, model_name, skeleton.prefix) or model_name
         jobs[target] = _Job("copy", outputs={target: ""}, adapter_key=key)
     shards: list[OutShard] = []
-    untied: list[str] = []
+    untied: list[tuple[str, str]] = []
     emitted: set[str] = set()
     for shard in base.shards:
         tensors: list[OutTensor] = []
@@ -240,7 +251,7 @@ def _layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton:
                 jobs.setdefault(extra, _Job("cast", params={"weight": info.name}, outputs={extra: "weight"}))
                 tensors.append(_out_tensor(extra, info, shard, jobs, adapter, dtype))
                 emitted.add(extra)
-                untied.append(extra)
+                untied.append((extra, info.name))
         shards.append(OutShard(shard.path.name, tuple(tensors)))
     # modules_to_save tensors the base lacks (a task head it was saved without) go into the last shard.
     missing = [n for n, j in jobs.items() if n not in emitted and j.kind == "copy"]

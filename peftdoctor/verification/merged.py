@@ -363,9 +363,13 @@ class _Walk:
         if same:
             self.out.count("same ok")
             return
+        adapted = next((n for n in self.group(name) if n != name and (n in self.targets or n in self.copies)), None)
         self.out.findings.append(rule("PD317").finding(
             f"{name}: the adapter does not change it, yet it differs from the base by up to {worst:.3g}"
             + (f" (through its tie to {merged_source}, which the adapter changes)" if tie else ""),
+            f"{name} is tied to {adapted}, which the adapter changes: the merge changed both (peft's "
+            "merge_and_unload on a tied model does); untie them before merging (`peftdoctor merge` does) "
+            "and save with tie_word_embeddings false" if adapted is not None else
             "merge from the base this adapter was trained on; a tool changed a tensor it had no delta for", key=name))
 
     def _missing(self, name: str, why: str) -> None:
