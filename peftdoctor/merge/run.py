@@ -71,8 +71,10 @@ _Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[tuple[str, str]]]
 
 
 def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "auto", device: str = "cpu",
-                 progress: Optional[Progress] = None, allow_noop: bool = False) -> MergeReport:
+                 progress: Optional[Progress] = None, allow_noop: bool = False,
+                 trust_remote_code: bool = False) -> MergeReport:
     """Merge `adapter` into `base` (a directory or cached repo id) and write the result to `out`.
+    trust_remote_code: a base that ships its own model code may run it to tell its structure.
 
     Raises UnusableInput (exit 2), P.MergeRefused (exit 1) or WriteFailed (exit 2), each one line.
     """
@@ -114,7 +116,8 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                     say("reading the base's structure")
                     from peftdoctor.merge.layer import load_skeleton  # transformers from here on
 
-                    skeleton = load_skeleton(base_files.directory, config.get("task_type"))
+                    skeleton = load_skeleton(base_files.directory, config.get("task_type"),
+                                             trust_remote_code=trust_remote_code)
                     layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
                 assert layout is not None
                 if prefill is not None and layout != guess:  # the model class ties or renames tensors

@@ -108,7 +108,7 @@ def canonical_names(skeleton: Any) -> Callable[[str], str]:
     return canonical
 
 
-def judge(adapter: Adapter, base: Base, merged: Optional[Base], say: Say) -> Outcome:
+def judge(adapter: Adapter, base: Base, merged: Optional[Base], say: Say, *, trust_remote_code: bool) -> Outcome:
     """Compare `merged` (a directory, or None: merge each targeted module on the fly) with base + adapter."""
     from safetensors.torch import load_file
 
@@ -118,7 +118,7 @@ def judge(adapter: Adapter, base: Base, merged: Optional[Base], say: Say) -> Out
     base_layout = P.read_layout(base)
     merged_layout = P.read_layout(merged) if merged is not None else None
     say("reading the base's structure")
-    skeleton = load_skeleton(base_layout.directory, adapter.task_type)
+    skeleton = load_skeleton(base_layout.directory, adapter.task_type, trust_remote_code=trust_remote_code)
     if skeleton.note:
         outcome.notes.append(skeleton.note)
     canonical = canonical_names(skeleton)

@@ -68,7 +68,7 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
     state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None}
     try:
         if merged is not None:
-            verify_merged(run, facts, base, merged, state)
+            verify_merged(run, facts, base, merged, state, trust_remote_code)
         else:
             _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state, offload)
     except Stop:
@@ -112,7 +112,7 @@ def _verify(run: Run, facts: Adapter, base_arg: Optional[str], out: Optional[Pat
             if budget is not None:
                 return verify_offloaded(run, facts, base, out, dtype, tol, reason, budget, offload, trust_remote_code,
                                         state)
-            return verify_layer_by_layer(run, facts, base, out, dtype, reason, state)
+            return verify_layer_by_layer(run, facts, base, out, dtype, reason, state, trust_remote_code)
     if offload is not None:
         run.notes.append("--offload-folder not used: " + (
             "the base fits in memory and was loaded whole" if not base.bnb_quantized and facts.peft_type == "LORA"
