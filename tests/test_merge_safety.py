@@ -77,3 +77,88 @@ def test_remote_code_runs_with_the_flag(made: dict[str, Path], tmp_path: Path, m
     monkeypatch.setattr(sys, "path", list(sys.path))  # transformers appends the modules folder to it
     assert merge_command(str(made["adapter"]), str(remote), str(tmp_path / "out"), trust_remote_code=True) == 0
     assert (tmp_path / "marker").read_text() == "ran"
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "secret"
+    secret.write_text('{"the": "secret"}')
+    os.chmod(secret, 0o600)
+    return secret
+
+
+def test_a_link_planted_during_the_merge_is_refused(made: dict[str, Path], tmp_path: Path) -> None:
+    """The file rules were checked once at the start; the tokenizer was found and copied at the end,
+    following links: a tokenizer.json -> 0600 secret planted meanwhile was copied into --out as 0644.
+    Now each file is opened under the rules when it is read: the merge stops with one line, nothing at --out."""
+    from peftdoctor.errors import UnusableInput
+
+    base = Path(shutil.copytree(made["llama"], tmp_path / "base"))
+    secret = _secret(tmp_path)
+
+    def plant(message: str) -> None:
+        if message.startswith("writing shard") and not (base / "tokenizer.json").is_symlink():
+            (base / "tokenizer.json").unlink()
+            (base / "tokenizer.json").symlink_to(secret)
+
+    with pytest.raises(UnusableInput) as refused:
+        stream_merge(str(made["adapter"]), str(base), str(tmp_path / "out"), progress=plant)
+    assert str(refused.value) == (f"{base / 'tokenizer.json'} is a symlink pointing outside the directory; not "
+                                  f"followed; nothing was left at {tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_copies_take_the_umask_not_the_source_mode(made: dict[str, Path], tmp_path: Path) -> None:
+    base = Path(shutil.copytree(made["llama"], tmp_path / "base"))
+    os.chmod(base / "tokenizer.json", 0o600)
+    os.chmod(base / "generation_config.json", 0o640)
+    stream_merge(str(made["adapter"]), str(base), str(tmp_path / "out"))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("tokenizer.json", "generation_config.json", "config.json", "model.safetensors"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_open_inside_refuses_a_link_swapped_in_after_its_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window between looking at an entry and opening it: open_inside checks what it opened."""
+    from peftdoctor.io import files
+
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "vocab.txt").write_text("a\nb\n")
+    secret = _secret(tmp_path)
+    looked = files.refusal
+
+    def look_then_swap(where: Path, name: str, **kwargs: bool) -> object:
+        why = looked(where, name, **kwargs)
+        (where / name).unlink()
+        (where / name).symlink_to(secret)
+        return why
+
+    monkeypatch.setattr(files, "refusal", look_then_swap)
+    with pytest.raises(files.FileRefused, match="vocab.txt is a symlink pointing outside the directory; not followed"):
+        files.open_inside(directory / "vocab.txt")
+    monkeypatch.setattr(files, "refusal", looked)
+    (directory / "vocab.txt").unlink()
+    (directory / "vocab.txt").symlink_to("../model/other.txt")  # a link that stays inside is fine
+    (directory / "other.txt").write_text("c\n")
+    with files.open_inside(directory / "vocab.txt") as fh:
+        assert fh.read() == b"c\n"
+
+
+def test_verify_loads_the_tokenizer_from_a_copy_made_under_the_rules(made: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify handed the base directory to AutoTokenizer, which follows any link planted since the start
+    and would save what it read into --out: now its files are copied under the rules first."""
+    from peftdoctor.io.files import FileRefused
+    from peftdoctor.verification import base as basemod
+    from peftdoctor.verification.facts import read_adapter, find_base
+
+    base = Path(shutil.copytree(made["llama"], tmp_path / "base"))
+    facts = read_adapter(str(made["adapter"]))
+    found = find_base(facts, str(base))
+    tokenizer, source = basemod.load_tokenizer(facts, found, False)
+    assert tokenizer is not None and source == str(base)
+    (base / "tokenizer.json").unlink()
+    (base / "tokenizer.json").symlink_to(_secret(tmp_path))
+    with pytest.raises(FileRefused, match="tokenizer.json is a symlink pointing outside"):
+        basemod.load_tokenizer(facts, found, False)

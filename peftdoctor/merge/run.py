@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from peftdoctor.errors import UnusableInput, message_line
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
-from peftdoctor.io.files import require_safe
+from peftdoctor.io.files import FileRefused, copy_inside, require_safe
 from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
 from peftdoctor.io.staging import staged
@@ -39,7 +39,6 @@ from peftdoctor.merge.stream import (
     Raw,
     WriteFailed,
     check_out,
-    copy_file,
     free_space_problem,
     read_exact,
     write_failure,
@@ -147,6 +146,8 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
             if base_files.sharded:
                 write_index(staging, shards)
             _copy_side_files(base_files, found.directory, staging, dtype, bool(untied))
+    except FileRefused as exc:  # a side file (tokenizer, generation config) turned into a link out since the start
+        raise UnusableInput(f"{exc}; nothing was left at {out_path}") from None
     except OSError as exc:
         raise write_failure(exc, out_path) from None
     notes = [skeleton.note] if skeleton.note else []
@@ -532,7 +533,7 @@ def _copy_side_files(base: P.BaseLayout, adapter_dir: Path, staging: Path, dtype
             config["torch_dtype"] = dtype
     write_json(staging / "config.json", config)
     if (base.directory / "generation_config.json").is_file():
-        copy_file(base.directory / "generation_config.json", staging / "generation_config.json")
+        copy_inside(base.directory / "generation_config.json", staging / "generation_config.json")
     source = tokenizer_source((adapter_dir, base.directory))
     for path in tokenizer_files(source) if source is not None else ():
-        copy_file(path, staging / path.name)
+        copy_inside(path, staging / path.name)

@@ -6,11 +6,11 @@ staging directory is removed. Nothing else is written.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 from peftdoctor.errors import UnusableInput
+from peftdoctor.io.files import copy_inside
 from peftdoctor.io.staging import staged
 from peftdoctor.model.base import Base
 
@@ -37,5 +37,5 @@ def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
             tokenizer.save_pretrained(str(staging))
         generation = base.directory / "generation_config.json"
         if generation.is_file() and not (staging / "generation_config.json").exists():
-            shutil.copyfile(generation, staging / "generation_config.json")
+            copy_inside(generation, staging / "generation_config.json")
     return out
