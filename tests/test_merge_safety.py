@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -162,3 +163,107 @@ def test_verify_loads_the_tokenizer_from_a_copy_made_under_the_rules(made: dict[
     (base / "tokenizer.json").symlink_to(_secret(tmp_path))
     with pytest.raises(FileRefused, match="tokenizer.json is a symlink pointing outside"):
         basemod.load_tokenizer(facts, found, False)
+
+
+# Sends Ctrl-C (SIGINT) to itself at the moment torch's C extension initialiser imports numpy: an
+# exception raised there is cleared by torch (numpy is optional to it), so the interrupt was lost.
+_INTERRUPTED_IMPORT = """
+import importlib.abc, os, signal, sys
+
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and "torch" in sys.modules and not os.path.exists(os.environ["PD_FIRED"]):
+            open(os.environ["PD_FIRED"], "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, Interrupt())
+from peftdoctor.cli.app import main
+
+sys.argv = ["peftdoctor", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_during_the_torch_import_is_honoured(made: dict[str, Path], tmp_path: Path) -> None:
+    env = {**os.environ, "PD_FIRED": str(tmp_path / "fired")}
+    out = tmp_path / "parent" / "out"
+    out.parent.mkdir()
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, "merge", str(made["adapter"]), "--base",
+                           str(made["llama"]), "--out", str(out)], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert (tmp_path / "fired").exists(), done.stderr[-2000:]
+    assert done.returncode == 130 and done.stderr.strip().splitlines()[-1] == "peftdoctor: interrupted", done.stderr
+    assert list(out.parent.iterdir()) == []  # nothing written, no staging directory left
+
+
+def _destination(kind: str, tmp_path: Path) -> Path:
+    """An --out of each kind; the accepted ones leave nothing behind when the command refuses."""
+    out = tmp_path / "dest" / "out"
+    out.parent.mkdir()
+    if kind == "empty directory":
+        out.mkdir()
+    elif kind == "directory holding a file":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif kind == "file":
+        out.write_text("mine")
+    elif kind == "link to an empty directory":
+        (tmp_path / "elsewhere").mkdir()
+        out.symlink_to(tmp_path / "elsewhere")
+    elif kind == "missing parent":
+        out = out.parent / "missing" / "out"
+    return out
+
+
+@pytest.mark.parametrize("kind, accepted", [("new", True), ("empty directory", True), ("directory holding a file", False),
+                                            ("file", False), ("link to an empty directory", False),
+                                            ("missing parent", False)])
+def test_merge_and_verify_accept_the_same_out(kind: str, accepted: bool, made: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """merge refused the empty directory verify accepted: both now ask io/staging.check_out."""
+    from peftdoctor.merge.command import merge_command
+    from peftdoctor.verification.command import verify_command
+
+    codes = []
+    for command in ("merge", "verify"):
+        case = tmp_path / command
+        case.mkdir()
+        out = _destination(kind, case)
+        before = sorted(p.name for p in out.parent.iterdir()) if out.parent.is_dir() else None
+        if command == "merge":
+            codes.append(merge_command(str(made["adapter"]), str(made["llama"]), str(out)))
+        else:
+            codes.append(verify_command(str(made["adapter"]), str(made["llama"]), "cpu", "auto", str(out), "text",
+                                        None, False))
+        err = capsys.readouterr().err
+        if accepted:
+            assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+        else:
+            assert f"--out {out}: " in err.splitlines()[-1]
+            assert (sorted(p.name for p in out.parent.iterdir()) if out.parent.is_dir() else None) == before
+    assert codes == ([0, 0] if accepted else [2, 2])
+
+
+def test_verify_out_write_failure_exits_2_naming_the_file(made: dict[str, Path], tmp_path: Path) -> None:
+    """A real failed write: the file size limit (RLIMIT_FSIZE, SIGXFSZ ignored so the write returns EFBIG)
+    set under the merged weights' size. It was a failed step, verdict "failed", exit 1."""
+    import resource
+    import signal
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "peftdoctor", "verify", str(made["adapter"]), "--base",
+                           str(made["llama"]), "--device", "cpu", "--out", str(out)], capture_output=True, text=True,
+                          preexec_fn=small_files, cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-2000:]
+    assert last == (f"peftdoctor: --out {out}: writing the weights (model*.safetensors) failed (Error while "
+                    "serializing: I/O error: "
+                    f"File too large (os error 27)); nothing was left at {out}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -264,7 +264,7 @@ def merge(
     adapter: str = typer.Argument(..., help="LoRA adapter directory (or cached hub repo id)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model directory or cached repo id with "
                                        "safetensors shards (default: base_model_name_or_path)."),
-    out: str = typer.Option(..., "--out", help="Directory to write the merged model to (must not exist)."),
+    out: str = typer.Option(..., "--out", help="Directory to write the merged model to (new, or empty)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where each layer's delta is computed."),
     fmt: str = _format(MERGE),

@@ -12,13 +12,40 @@ into place as it was would be unreadable to every other user (a serving containe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
+from peftdoctor.errors import UnusableInput, WriteFailed
 from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
+
+
+def check_out(out: str) -> Path:
+    """The --out of merge and verify, the same for both: a new directory in one that exists, or an empty
+    directory (staged() replaces it at the end). Refused before any work: a link, a file, a directory
+    that holds something (nothing is ever overwritten), a parent that does not exist."""
+    path = Path(out)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UnusableInput(f"--out {out}: exists and is not a directory; nothing written")
+    if path.is_dir() and any(path.iterdir()):
+        raise UnusableInput(f"--out {out}: directory is not empty; choose a new or empty one (nothing is overwritten)")
+    if not path.parent.is_dir():
+        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
+    return path
+
+
+def write_failure(exc: Exception, out: Path, what: Optional[str] = None) -> WriteFailed:
+    """The one line for a write into --out that failed (exit 2): the file it failed on (the error's own, else
+    `what` says which) and why; staged() has removed everything by the time it is shown."""
+    where = getattr(exc, "filename", None)
+    file = f" {Path(where).name}" if where else f" {what}" if what else ""
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return WriteFailed(f"--out {out}: disk full while writing{file}; nothing was left at {out}")
+    why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return WriteFailed(f"--out {out}: writing{file or ' the merged model'} failed ({why}); nothing was left at {out}")
 
 
 def umask() -> int:

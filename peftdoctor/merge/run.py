@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput, message_line
+from peftdoctor.errors import UnusableInput, WriteFailed, import_holding_interrupts, message_line
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
 from peftdoctor.io.files import FileRefused, copy_inside, require_safe
 from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
-from peftdoctor.io.staging import staged
+from peftdoctor.io.staging import check_out, staged, write_failure
 from peftdoctor.io.tokenizer import tokenizer_files, tokenizer_source
 from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
@@ -37,11 +37,8 @@ from peftdoctor.merge.stream import (
     OutShard,
     OutTensor,
     Raw,
-    WriteFailed,
-    check_out,
     free_space_problem,
     read_exact,
-    write_failure,
     write_index,
     write_json,
     write_shard,
@@ -176,7 +173,7 @@ def _check_device(device: str) -> None:
     # Before torch's first allocation: large tensors on transparent huge pages (madvise), which makes
     # the model-sized buffers of a merge ~2x cheaper to fault in. Read once by torch; the user's setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    import torch
+    torch = import_holding_interrupts("torch")
 
     try:
         kind = torch.device(device).type

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from peftdoctor.errors import UnusableInput, WriteFailed
+from peftdoctor.errors import UnusableInput
 from peftdoctor.io.files import FileRefused, open_inside
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
@@ -61,16 +61,6 @@ class OutShard:
 
 # A producer returns the bytes of the named output tensor (anything with the buffer protocol).
 Producer = Callable[[OutTensor], Any]
-
-
-def check_out(out: str) -> Path:
-    """Refuse an --out that exists (nothing is ever overwritten) or whose parent is missing."""
-    path = Path(out)
-    if path.exists() or path.is_symlink():
-        raise UnusableInput(f"--out {out}: already exists; choose a new directory (nothing is overwritten)")
-    if not path.parent.is_dir():
-        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
-    return path
 
 
 def header_bytes(shard: OutShard) -> bytes:
@@ -222,9 +212,3 @@ def free_space_problem(parent: Path, needed: int) -> Optional[str]:
         return (f"{parent}: {free / 1e9:.2f} GB free but the merged model needs {needed / 1e9:.2f} GB; "
                 "nothing written")
     return None
-
-
-def write_failure(exc: OSError, out: Path) -> WriteFailed:
-    if exc.errno == errno.ENOSPC:
-        return WriteFailed(f"--out {out}: disk full while writing the merged model; nothing was left at {out}")
-    return WriteFailed(f"--out {out}: write failed ({exc.strerror or exc}); nothing was left at {out}")

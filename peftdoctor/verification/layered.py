@@ -29,8 +29,6 @@ def verify_layer_by_layer(run: Run, facts: Adapter, base: Base, out: Optional[Pa
              lambda: (None, f"{reason}: verified layer by layer, one module in memory at a time, on the CPU"))
     merged_base: Optional[Base] = None
     if out is not None:
-        if out.is_dir():
-            out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
         run.step("merge (streaming)", "streaming the merge shard by shard",
                  lambda: streamed_merge(facts, base, out, dtype, allow_noop=False, trust_remote_code=trust_remote_code))
         state["out"] = str(out)

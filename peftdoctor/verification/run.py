@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, import_holding_interrupts
+from peftdoctor.io.staging import check_out
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Severity
@@ -28,7 +29,6 @@ from peftdoctor.verification.layered import verify_layer_by_layer, verify_merged
 from peftdoctor.verification.offloaded import accelerate_budget, check_offload_folder, verify_offloaded
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE
 from peftdoctor.verification.result import Verdict, VerifyReport
-from peftdoctor.verification.save import check_out
 from peftdoctor.verification.steps import Progress, Run, Skip, Stop, one_line, resolve_base
 from peftdoctor.verification.whole import verify_in_memory
 
@@ -62,8 +62,9 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
     if merged is not None and offload_folder is not None:
         raise UnusableInput("--merged judges a merge that exists tensor by tensor: --offload-folder does not apply")
     offload = check_offload_folder(offload_folder)
+    import_holding_interrupts("torch")  # the first import of torch (see there): Ctrl-C during it is not lost
     facts = read_adapter(adapter)
-    out_path = check_out(out)
+    out_path = check_out(out) if out is not None else None
     run = Run(progress)
     state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None}
     try:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput, message_line
+from peftdoctor.errors import UnusableInput, WriteFailed, message_line
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Severity
@@ -51,7 +51,7 @@ class Run:
         except Skip as exc:
             self.steps.append(Step(name, "skipped", time.perf_counter() - start, str(exc)))
             raise Stop from None
-        except (Stop, UnusableInput, KeyboardInterrupt):
+        except (Stop, UnusableInput, WriteFailed, KeyboardInterrupt):  # not a verdict: exit 2 or 130
             raise
         except MergeNotFinite as exc:
             self.findings.append(rule("PD306").finding(str(exc), "retrain or repair the adapter: its weights "
