@@ -3,6 +3,7 @@ a base that ships its own code, links planted while a merge runs, the --out dest
 accept, a write that fails, and Ctrl-C while torch loads."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -19,6 +21,7 @@ pytest.importorskip("peft")
 from peftdoctor.merge import stream_merge  # noqa: E402
 from peftdoctor.verification import render_text, verify  # noqa: E402
 from tests import adapters as A  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -152,7 +155,7 @@ def test_verify_loads_the_tokenizer_from_a_copy_made_under_the_rules(made: dict[
     and would save what it read into --out: now its files are copied under the rules first."""
     from peftdoctor.io.files import FileRefused
     from peftdoctor.verification import base as basemod
-    from peftdoctor.verification.facts import read_adapter, find_base
+    from peftdoctor.verification.facts import find_base, read_adapter
 
     base = Path(shutil.copytree(made["llama"], tmp_path / "base"))
     facts = read_adapter(str(made["adapter"]))
@@ -218,9 +221,9 @@ def _destination(kind: str, tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kind, accepted", [("new", True), ("empty directory", True), ("directory holding a file", False),
-                                            ("file", False), ("link to an empty directory", False),
-                                            ("missing parent", False)])
+@pytest.mark.parametrize("kind, accepted", [("new", True), ("empty directory", True),
+                                            ("directory holding a file", False), ("file", False),
+                                            ("link to an empty directory", False), ("missing parent", False)])
 def test_merge_and_verify_accept_the_same_out(kind: str, accepted: bool, made: dict[str, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """merge refused the empty directory verify accepted: both now ask io/staging.check_out."""
@@ -247,23 +250,38 @@ def test_merge_and_verify_accept_the_same_out(kind: str, accepted: bool, made: d
     assert codes == ([0, 0] if accepted else [2, 2])
 
 
-def test_verify_out_write_failure_exits_2_naming_the_file(made: dict[str, Path], tmp_path: Path) -> None:
-    """A real failed write: the file size limit (RLIMIT_FSIZE, SIGXFSZ ignored so the write returns EFBIG)
-    set under the merged weights' size. It was a failed step, verdict "failed", exit 1."""
+def test_verify_out_write_failure_exits_2_naming_the_file(made: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A real failed write: while verify saves, the file size limit (RLIMIT_FSIZE, SIGXFSZ ignored so the
+    write returns EFBIG) is under the merged weights' size. It was a failed step, verdict "failed", exit 1."""
     import resource
     import signal
 
-    def small_files() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    from peftdoctor.verification import save
+    from peftdoctor.verification.command import verify_command
 
+    real = save.staged
+
+    @contextlib.contextmanager
+    def small_files(*args: Any, **kwargs: Any) -> Iterator[Path]:
+        with real(*args, **kwargs) as staging:  # the limit holds while the model is written into staging
+            limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+            handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20000, limits[1]))
+            try:
+                yield staging
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+                signal.signal(signal.SIGXFSZ, handler)
+
+    monkeypatch.setattr(save, "staged", small_files)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "peftdoctor", "verify", str(made["adapter"]), "--base",
-                           str(made["llama"]), "--device", "cpu", "--out", str(out)], capture_output=True, text=True,
-                          preexec_fn=small_files, cwd=Path(__file__).resolve().parent.parent, timeout=300)
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 2 and done.stdout == "", done.stderr[-2000:]
-    assert last == (f"peftdoctor: --out {out}: writing the weights (model*.safetensors) failed (Error while "
-                    "serializing: I/O error: "
-                    f"File too large (os error 27)); nothing was left at {out}")
+    capsys.readouterr()
+    code = verify_command(str(made["adapter"]), str(made["llama"]), "cpu", "auto", str(out), "text", None, False)
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.err[-2000:]
+    assert captured.err.strip().splitlines()[-1] == (
+        f"peftdoctor: --out {out}: writing the weights (model*.safetensors) failed (Error while serializing: I/O "
+        f"error: File too large (os error 27)); nothing was left at {out}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -27,7 +27,8 @@ def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
                 if isinstance(exc, FileRefused):
                     raise UnusableInput(f"{exc}; nothing was left at {out}") from None
                 # safetensors' error names no file, and it removes the one it failed on.
-                raise write_failure(exc, out, None if isinstance(exc, OSError) else "the weights (model*.safetensors)") from None
+                what = None if isinstance(exc, OSError) else "the weights (model*.safetensors)"
+                raise write_failure(exc, out, what) from None
     except OSError as exc:  # making, syncing or renaming the staging directory
         raise write_failure(exc, out) from None
     return out
