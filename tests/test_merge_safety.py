@@ -285,3 +285,28 @@ def test_verify_out_write_failure_exits_2_naming_the_file(made: dict[str, Path],
         f"peftdoctor: --out {out}: writing the weights (model*.safetensors) failed (Error while serializing: I/O "
         f"error: File too large (os error 27)); nothing was left at {out}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_verify_tokenizer_copy_keeps_its_own_code_with_the_flag(made: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokenizer that ships its own class (auto_map) loads from the private copy with --trust-remote-code
+    (its .py files are copied too); without it that class never runs and stdin is never read."""
+    import transformers.dynamic_module_utils as dynamic
+
+    from peftdoctor.verification import base as basemod
+    from peftdoctor.verification.facts import find_base, read_adapter
+
+    base = Path(shutil.copytree(made["llama"], tmp_path / "base"))
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "tokenization_pd.PdTokenizer"]}
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "tokenization_pd.py").write_text("from transformers import PreTrainedTokenizerFast\n\n\n"
+                                             "class PdTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    facts = read_adapter(str(made["adapter"]))
+    found = find_base(facts, str(base))
+    assert type(basemod.load_tokenizer(facts, found, True)[0]).__name__ == "PdTokenizer"
+    without = basemod.load_tokenizer(facts, found, False)[0]  # transformers falls back to tokenizer.json alone
+    assert type(without).__name__ != "PdTokenizer" and sys.stdin.tell() == 0

@@ -134,9 +134,11 @@ def load_tokenizer(adapter: Adapter, base: Base, trust_remote_code: bool) -> tup
     sources = ([adapter.directory] if has_tokenizer(adapter.directory) else []) + [base.directory]
     for source in sources:
         with tempfile.TemporaryDirectory(prefix="peftdoctor-tokenizer-") as private:
-            # config.json too: without a tokenizer_class, AutoTokenizer picks the class by its model_type.
+            # config.json too: without a tokenizer_class, AutoTokenizer picks the class by its model_type;
+            # and a tokenizer's own code, which runs only with --trust-remote-code.
             config = [source / "config.json"] if (source / "config.json").is_file() else []
-            for path in [*tokenizer_files(source), *config]:
+            code = sorted(source.glob("*.py")) if trust_remote_code else []
+            for path in [*tokenizer_files(source), *config, *code]:
                 copy_inside(path, Path(private) / path.name)
             try:
                 return AutoTokenizer.from_pretrained(private, trust_remote_code=trust_remote_code), str(source)
