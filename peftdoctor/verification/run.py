@@ -62,9 +62,9 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
     if merged is not None and offload_folder is not None:
         raise UnusableInput("--merged judges a merge that exists tensor by tensor: --offload-folder does not apply")
     offload = check_offload_folder(offload_folder)
-    import_holding_interrupts("torch")  # the first import of torch (see there): Ctrl-C during it is not lost
     facts = read_adapter(adapter)
     out_path = check_out(out) if out is not None else None
+    import_holding_interrupts("torch")  # the first import of torch (see there): Ctrl-C during it is not lost
     run = Run(progress)
     state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None}
     try:
