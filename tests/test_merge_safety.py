@@ -190,11 +190,13 @@ main()
 """
 
 
-def test_ctrl_c_during_the_torch_import_is_honoured(made: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["merge", "verify"])
+def test_ctrl_c_during_the_torch_import_is_honoured(command: str, made: dict[str, Path], tmp_path: Path) -> None:
+    """Both ran on to exit 0 with the merged model written."""
     env = {**os.environ, "PD_FIRED": str(tmp_path / "fired")}
     out = tmp_path / "parent" / "out"
     out.parent.mkdir()
-    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, "merge", str(made["adapter"]), "--base",
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, command, str(made["adapter"]), "--base",
                            str(made["llama"]), "--out", str(out)], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parent.parent, timeout=300)
     assert (tmp_path / "fired").exists(), done.stderr[-2000:]
