@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, WriteFailed  # noqa: F401  (its old import location)
 from peftdoctor.io.files import FileRefused, open_inside
 from peftdoctor.io.safetensors import DTYPE_SIZES
 
