@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from peftdoctor.merge import stream_merge  # noqa: E402
-from peftdoctor.verification import render_text, verify  # noqa: E402
+from peftdoctor.verification import large, render_text, verify  # noqa: E402
 from tests import adapters as A  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def test_remote_code_never_runs_nor_asks_without_the_flag(made: dict[str, Path],
     assert any("ships its own model code, which runs only with --trust-remote-code" in n for n in report.notes)
     judged = verify(str(made["adapter"]), base=str(remote), merged=str(tmp_path / "out"))
     assert judged.verdict == "verified", render_text(judged)
-    monkeypatch.setenv("PEFTDOCTOR_MEMORY_BUDGET", "10000")
+    monkeypatch.setenv(large.BUDGET_VARIABLE, "10000")  # layer by layer
     assert verify(str(made["adapter"]), base=str(remote)).verdict == "verified"
     assert stdin.tell() == 0 and not (tmp_path / "marker").exists()
 
