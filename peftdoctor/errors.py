@@ -5,7 +5,11 @@ catches them, prints `peftdoctor: <message>` on stderr and exits with the code b
 """
 from __future__ import annotations
 
-from typing import Optional
+import importlib
+import signal
+import threading
+from types import ModuleType
+from typing import Any, Optional
 
 
 class PeftdoctorError(Exception):
@@ -100,6 +104,28 @@ def clip(text: str, limit: int) -> str:
     """`text`, or its first limit - 3 characters and "..." when it is longer than `limit`: how a
     message or finding quotes a value that may be any size."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def import_holding_interrupts(name: str) -> ModuleType:
+    """importlib.import_module(name), with Ctrl-C held until the import is done and raised after it.
+    torch's C extension initialiser imports Python modules and clears whatever exception they raise, so
+    a KeyboardInterrupt arriving during `import torch` was lost and the command ran on to completion.
+    Only the main thread can hold signals; elsewhere this is a plain import."""
+    if threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(name)
+    caught: list[int] = []
+
+    def hold(signum: int, _frame: Any) -> None:
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        module = importlib.import_module(name)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+    return module
 
 
 def _entry(exc: BaseException) -> Optional[tuple[int, str]]:

@@ -43,6 +43,9 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "llama": ("AutoModelForCausalLM", "CAUSAL_LM", ("q_proj", "v_proj")),
     "gpt2": ("AutoModelForCausalLM", "CAUSAL_LM", ("c_attn",)),
     "bert": ("AutoModelForSequenceClassification", "SEQ_CLS", ("query", "value")),
+    "gemma": ("AutoModelForCausalLM", "CAUSAL_LM", ("q_proj", "v_proj")),
+    "gemma2": ("AutoModelForCausalLM", "CAUSAL_LM", ("q_proj", "v_proj")),
+    "bart": ("AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM", ("q_proj", "v_proj")),
 }
 
 
@@ -113,6 +116,35 @@ def make_gpt2_base(directory: PathLike, *, seed: int = 0, vocab_size: int = 100)
         eos_token_id=tokenizer.eos_token_id,
     )
     return _save_base(directory, GPT2LMHeadModel, config, tokenizer, seed)
+
+
+def make_gemma_base(directory: PathLike, *, generation: int = 1, seed: int = 0, vocab_size: int = 100) -> Path:
+    """A 2-layer Gemma (generation 1) or Gemma2 (2): tied embeddings, and an embedding that scales its
+    output by sqrt(hidden_size) through a buffer the checkpoint does not hold (embed_scale)."""
+    import transformers
+
+    tokenizer = _build_tokenizer(vocab_size)
+    name = "Gemma" if generation == 1 else f"Gemma{generation}"
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return _save_base(directory, getattr(transformers, f"{name}ForCausalLM"), config, tokenizer, seed)
+
+
+def make_bart_base(directory: PathLike, *, seed: int = 0, vocab_size: int = 100) -> Path:
+    """A 1+1-layer BART: model.shared, both embed_tokens and lm_head are one tied tensor."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    tokenizer = _build_tokenizer(vocab_size)
+    config = BartConfig(
+        vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    return _save_base(directory, BartForConditionalGeneration, config, tokenizer, seed)
 
 
 def make_bert_classifier_base(

@@ -164,10 +164,11 @@ def test_corrupt_shard_is_one_line_exit_2(bases: dict[str, Path], tmp_path: Path
 def test_existing_out_is_refused(bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     adapter = A.make_lora_adapter(tmp_path / "adapter", bases["llama"])
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
     capsys.readouterr()
     assert merge_cli.merge_command(str(adapter), str(bases["llama"]), str(tmp_path / "out")) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert list((tmp_path / "out").iterdir()) == []
+    assert "directory is not empty" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
 def test_non_lora_is_refused_exit_1(bases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,7 +87,7 @@ def test_torch_path_is_bit_identical_to_peft_layer_code(variant: str, dtype: str
     family, make, options, modules = VARIANTS[variant]
     adapter = make(tmp_path / "adapter", bases[family], **options)
     config = json.loads((adapter / "adapter_config.json").read_text())
-    skeleton = L.load_skeleton(bases[family], config.get("task_type"))
+    skeleton = L.load_skeleton(bases[family], config.get("task_type"), trust_remote_code=False)
     saved, peft_config = _saved(adapter), L.peft_config(adapter)
     for module in modules:
         weight = _base_weight(bases[family], module).to(getattr(torch, dtype))
@@ -109,8 +109,8 @@ def test_torch_path_is_bit_identical_to_peft_layer_code(variant: str, dtype: str
 
 
 def test_kinds_follow_the_layer_class(bases: dict[str, Path]) -> None:
-    gpt2 = L.load_skeleton(bases["gpt2"], "CAUSAL_LM")
-    llama = L.load_skeleton(bases["llama"], "CAUSAL_LM")
+    gpt2 = L.load_skeleton(bases["gpt2"], "CAUSAL_LM", trust_remote_code=False)
+    llama = L.load_skeleton(bases["llama"], "CAUSAL_LM", trust_remote_code=False)
     assert D.layer_kind(gpt2.model, {"fan_in_fan_out": False}, "transformer.h.0.attn.c_proj", {}) == "conv1d"
     assert D.layer_kind(llama.model, {"fan_in_fan_out": True}, "model.layers.0.self_attn.q_proj", {}) == "linear"
     assert D.layer_kind(llama.model, {}, "model.embed_tokens", {}) == "embedding"

@@ -252,6 +252,11 @@ def fix(
     raise typer.Exit(max(codes))
 
 
+# Without it transformers never runs a base's own code, and never asks on stdin (it is told no).
+TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base "
+                                 "(read it first); without it such code never runs.")
+
+
 @app.command()
 def verify(
     adapter: str = typer.Argument(..., help="Adapter directory (or cached hub repo id)."),
@@ -262,7 +267,7 @@ def verify(
     out: Optional[str] = typer.Option(None, "--out", help="Save the merged model here (must not exist or be empty)."),
     fmt: str = _format(VERIFY),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Largest relative logit difference allowed."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with the base."),
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
     merged: Optional[str] = typer.Option(None, "--merged", help="Judge this merged model (made by any tool) "
                                          "against base + adapter, tensor by tensor, instead of merging."),
     offload_folder: Optional[str] = typer.Option(None, "--offload-folder", help="A base too large for memory is "
@@ -302,12 +307,13 @@ def merge(
     adapter: str = typer.Argument(..., help="LoRA adapter directory (or cached hub repo id)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model directory or cached repo id with "
                                        "safetensors shards (default: base_model_name_or_path)."),
-    out: str = typer.Option(..., "--out", help="Directory to write the merged model to (must not exist)."),
+    out: str = typer.Option(..., "--out", help="Directory to write the merged model to (new, or empty)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where each layer's delta is computed."),
     fmt: str = _format(MERGE),
     allow_noop: bool = typer.Option(False, "--allow-noop", help="Merge even an adapter whose every lora_B is "
                                     "zero (the result equals the base)."),
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
     """Merge a LoRA adapter into a base shard by shard, tensor by tensor: peak memory about one shard.
 
@@ -321,7 +327,8 @@ def merge(
 
     with library_output_to_stderr():
         report = stream_merge(adapter, base, out, dtype=dtype, device=device,
-                              progress=say if fmt == "text" else None, allow_noop=allow_noop)
+                              progress=say if fmt == "text" else None, allow_noop=allow_noop,
+                              trust_remote_code=trust_remote_code)
     _emit(render(report, fmt))
     raise typer.Exit(EXIT_CLEAN)
 

@@ -7,11 +7,15 @@ applies the same two rules before it opens a file of theirs:
 - only regular files are opened: a fifo blocks the reader forever and a device (`/dev/zero`) never
   ends, so both are refused before a byte is read, and the type is checked again on the opened
   descriptor so that a file swapped for a fifo between the two looks is still refused.
-Reads are bounded: a caller names the most bytes it will take.
+Reads are bounded: a caller names the most bytes it will take. The rules hold at the moment a file is
+read, not only when its directory was first looked at: merge and verify run for minutes, and a link
+planted meanwhile (tokenizer.json -> a 0600 secret, found and copied at the end) is refused by
+open_inside, which checks the file it actually opened.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import BinaryIO, Optional
@@ -101,6 +105,35 @@ def open_regular(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_inside(path: Path, directory: Optional[Path] = None) -> BinaryIO:
+    """Open `path`, an entry of `directory` (default: its parent), under the file rules at this moment:
+    refused before opening when it is a link out of the directory's roots or not a regular file, and
+    after opening when the file the descriptor really holds (Linux's /proc/self/fd) lies outside them, so
+    that a link swapped in between the two looks is refused too."""
+    directory = path.parent if directory is None else directory
+    why = refusal(directory, str(path.relative_to(directory)))
+    if why is not None:
+        raise FileRefused(f"{path} {why}")
+    fh = open_regular(path)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fh.fileno()}")
+    except OSError:  # no /proc (macOS): the check before opening is what there is
+        return fh
+    if not any(os.path.commonpath([root, real]) == root for root in own_roots(directory)):
+        fh.close()
+        raise FileRefused(f"{path} is a symlink pointing outside the directory; not followed")
+    return fh
+
+
+def copy_inside(src: Path, dst: Path) -> None:
+    """Copy the file `src` (opened by open_inside) to the new file `dst`, created with the umask's mode
+    (never the source's: a 0600 file stays private to its owner's copy) and synced."""
+    with open_inside(src) as source, open(dst, "xb") as target:
+        shutil.copyfileobj(source, target)
+        target.flush()
+        os.fsync(target.fileno())
 
 
 def read_limited(path: Path, limit: int) -> bytes:

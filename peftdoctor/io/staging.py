@@ -17,10 +17,38 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
-from peftdoctor.errors import WriteFailed, os_reason
+from peftdoctor.errors import UnusableInput, WriteFailed, os_reason
 from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
+
+
+def check_out(out: str) -> Path:
+    """The --out of merge and verify, the same for both: a new directory in one that exists, or an empty
+    directory (staged() replaces it at the end). Refused before any work: a link, a file, a directory
+    that holds something (nothing is ever overwritten), a parent that does not exist."""
+    path = Path(out)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UnusableInput(f"--out {out}: exists and is not a directory; nothing written")
+    if path.is_dir() and any(path.iterdir()):
+        raise UnusableInput(f"--out {out}: directory is not empty; choose a new or empty one (nothing is overwritten)")
+    if not path.parent.is_dir():
+        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
+    return path
+
+
+def write_failure(exc: Exception, out: Path, what: Optional[str] = None) -> WriteFailed:
+    """The one line for a write into --out that failed (exit 2): the file it failed on and why. An OSError
+    names its file ("FILE: reason", errors.os_reason; from write() it names none), another writer's error
+    (safetensors') names none: then `what` says which file was being written. staged() has removed
+    everything by the time it is shown."""
+    writing = what or "the merged model"
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return WriteFailed(f"--out {out}: disk full while writing {writing}; nothing was left at {out}")
+    if isinstance(exc, OSError):
+        return WriteFailed(f"--out {out}: write failed ({os_reason(exc)}); nothing was left at {out}")
+    why = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return WriteFailed(f"--out {out}: writing {writing} failed ({why}); nothing was left at {out}")
 
 
 def umask() -> int:
@@ -71,14 +99,6 @@ def fsync_tree(directory: Path) -> None:
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-
-
-def write_failure(exc: OSError, out: Path) -> WriteFailed:
-    """The one line for an output directory that could not be written: --out, the file and the OS reason
-    (an OSError from write() names no file: then --out is the file)."""
-    if exc.errno == errno.ENOSPC:
-        return WriteFailed(f"--out {out}: disk full while writing the merged model; nothing was left at {out}")
-    return WriteFailed(f"--out {out}: write failed ({os_reason(exc)}); nothing was left at {out}")
 
 
 @contextlib.contextmanager

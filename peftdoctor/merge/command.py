@@ -11,8 +11,9 @@ from typing import Optional
 
 
 def merge_command(adapter: str, base: Optional[str], out: str, dtype: str = "auto", device: str = "cpu",
-                  fmt: str = "text") -> int:
+                  fmt: str = "text", trust_remote_code: bool = False) -> int:
     from peftdoctor.cli.app import run
 
     argv = ["merge", adapter, "--out", out, "--dtype", dtype, "--device", device, "--format", fmt]
-    return run(argv + (["--base", base] if base is not None else []))
+    return run(argv + (["--base", base] if base is not None else [])
+               + (["--trust-remote-code"] if trust_remote_code else []))

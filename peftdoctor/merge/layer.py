@@ -36,19 +36,25 @@ class Skeleton:
 HEADERS_ONLY = Skeleton(None, None, ())
 
 
-def load_skeleton(base_dir: Path, task_type: Optional[str]) -> Skeleton:
+def load_skeleton(base_dir: Path, task_type: Optional[str], *, trust_remote_code: bool) -> Skeleton:
+    """The base's structure from its config.json. A base that ships its own code (auto_map) runs it only
+    with `trust_remote_code` (--trust-remote-code); else it falls back to shapes. Passed explicitly to
+    every call: left unset, transformers asks on stdin for a model type it does not know ("y" runs the
+    code, an open stdin stalls 15 s)."""
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
     try:
-        # No trust_remote_code: code from the hub never runs here; such bases fall back to shapes.
-        config = transformers.AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(base_dir), local_files_only=True,
+                                                         trust_remote_code=trust_remote_code)
         cls = getattr(transformers, AUTO_CLASS_BY_TASK.get(task_type or "", "AutoModel"))
         with torch.device("meta"):
-            model = cls.from_config(config)
+            model = cls.from_config(config, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure means "no skeleton", never a crash
-        return Skeleton(None, None, (), f"the base's model class could not be built ({message_line(str(exc))}); "
+        why = ("it ships its own model code, which runs only with --trust-remote-code"
+               if "trust_remote_code" in str(exc) and not trust_remote_code else message_line(str(exc)))
+        return Skeleton(None, None, (), f"the base's model class could not be built ({why}); "
                                         "layer types were inferred from shapes and fan_in_fan_out")
     groups: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -87,6 +93,7 @@ def _layer(skeleton: Skeleton, module: str, params: dict[str, Any], fan_in_fan_o
                 current = getattr(layer, name)
                 setattr(layer, name, torch.nn.Parameter(torch.empty_like(current, device=weight.device),
                                                         requires_grad=False))
+        _fill_buffers(skeleton.model, found, layer, weight.device)
     elif embedding:
         layer = torch.nn.Embedding(*weight.shape, _weight=weight, _freeze=True)
     elif fan_in_fan_out and weight.dim() == 2:
@@ -102,6 +109,21 @@ def _layer(skeleton: Skeleton, module: str, params: dict[str, Any], fan_in_fan_o
     for param in layer.parameters():
         param.requires_grad_(False)
     return layer
+
+
+def _fill_buffers(model: Any, found: Any, layer: Any, device: Any) -> None:
+    """Give `layer` the buffers a checkpoint does not hold (non-persistent ones, such as Gemma's embed_scale
+    = sqrt(hidden_size)), which the meta skeleton holds without values: the values transformers' own
+    _init_weights gives them when it materialises a model, taken from a throw-away copy (whose weights it
+    re-initialises, hence not `layer` itself)."""
+    empty = [name for name, buffer in layer.named_buffers() if buffer.is_meta]
+    if not empty:
+        return
+    fresh = copy.deepcopy(found).to_empty(device=device)
+    fresh.apply(model._init_weights)
+    for name in empty:
+        owner, _, leaf = name.rpartition(".")
+        layer.get_submodule(owner)._buffers[leaf] = fresh.get_buffer(name)
 
 
 def _with_bias(params: dict[str, Any], size: int) -> dict[str, Any]:

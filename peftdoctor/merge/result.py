@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 # by peft's own merge_and_unload on a model holding just that module (DoRA, lora_bias, ...), from the
 # same inputs in the same dtype on the same device. Tested bit-identical on CPU in float32 (tests/
 # test_merge.py) and, layer by layer, in bfloat16 and float16 too (tests/test_merge_delta.py).
-EQUALITY_CPU = ("bit-identical to peft's merge_and_unload + save_pretrained on {device} in {dtype}: each changed "
-                "tensor is computed by peft's operations in peft's order (or by peft's own layer code), every "
-                "other tensor is copied byte for byte")
-EQUALITY_CUDA = ("same peft merge code and inputs as merge_and_unload on {device} in {dtype}; GPU matmul kernels may "
-                 "be chosen per call, so equality with a full-model merge there is expected but not tested here")
+EQUALITY_CPU = ("bit-identical to peft's merge_and_unload + save_pretrained{model} on {device} in {dtype}: "
+                "each changed tensor is computed by peft's operations in peft's order (or by peft's own layer "
+                "code), every other tensor is copied byte for byte")
+EQUALITY_CUDA = ("same peft merge code and inputs as merge_and_unload{model} on {device} in {dtype}; GPU matmul "
+                 "kernels may be chosen per call, so equality with a full-model merge there is expected but not "
+                 "tested here")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,23 @@ def peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def equality_statement(device: str, dtype: str) -> str:
+# An adapted tensor tied to another (GPT-2's wte and lm_head, Gemma's embed_tokens and lm_head, BART's
+# shared embeddings): merge_and_unload adds the delta into the one shared tensor, so the partner changes
+# too and the merged model computes something else than base + adapter. This merge unties first (the
+# partner keeps the base's values), so it equals peft's merge of a base untied before merging, not
+# peft's merge of the tied base (tests/test_merge_ties.py shows both).
+UNTIED = ("{adapted} was tied to {partners} in the base: untied before merging, {partners} kept the base's "
+          "values, so the merged model computes base + adapter; peft's merge_and_unload on the tied base would "
+          "also change {partners}, which share{s} the adapted tensor")
+
+
+def equality_statement(device: str, dtype: str, ties: tuple[tuple[str, str], ...] = ()) -> str:
+    """What the output equals; `ties`: (adapted tensor, its tie partner) for each tie undone."""
     template = EQUALITY_CPU if device == "cpu" else EQUALITY_CUDA
-    return template.format(device=device, dtype=dtype)
+    partners: dict[str, list[str]] = {}
+    for adapted, partner in ties:
+        partners.setdefault(adapted, []).append(partner)
+    untied = " and ".join(f"{', '.join(names)} untied from {adapted}" for adapted, names in partners.items())
+    statement = template.format(device=device, dtype=dtype, model=f" of the base with {untied} first" if ties else "")
+    return "; ".join([statement, *(UNTIED.format(adapted=adapted, partners=", ".join(names), s="" if len(names) > 1
+                                                 else "s") for adapted, names in partners.items())])

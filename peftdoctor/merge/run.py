@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput, message_line
+from peftdoctor.errors import UnusableInput, WriteFailed, import_holding_interrupts, message_line
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import open_base
-from peftdoctor.io.files import require_safe
+from peftdoctor.io.files import FileRefused, copy_inside, require_safe
 from peftdoctor.io.machine import memory_available
 from peftdoctor.io.safetensors import expected_nbytes, read_header
-from peftdoctor.io.staging import staged
+from peftdoctor.io.staging import check_out, staged, write_failure
 from peftdoctor.io.tokenizer import tokenizer_files, tokenizer_source
 from peftdoctor.merge import delta as D
 from peftdoctor.merge import plan as P
@@ -37,12 +37,8 @@ from peftdoctor.merge.stream import (
     OutShard,
     OutTensor,
     Raw,
-    WriteFailed,
-    check_out,
-    copy_file,
     free_space_problem,
     read_exact,
-    write_failure,
     write_index,
     write_json,
     write_shard,
@@ -65,13 +61,16 @@ class _Job:
     adapter_key: str = ""  # "copy": the saved tensor; "cast": unused
 
 
-# Output shards, the job producing each changed tensor, and the tied names written separately.
-_Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[str]]
+# Output shards, the job producing each changed tensor, and the tied names written separately, each
+# with the tie it had: (name written, name it was tied to).
+_Layout = tuple[tuple[OutShard, ...], dict[str, _Job], list[tuple[str, str]]]
 
 
 def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "auto", device: str = "cpu",
-                 progress: Optional[Progress] = None, allow_noop: bool = False) -> MergeReport:
+                 progress: Optional[Progress] = None, allow_noop: bool = False,
+                 trust_remote_code: bool = False) -> MergeReport:
     """Merge `adapter` into `base` (a directory or cached repo id) and write the result to `out`.
+    trust_remote_code: a base that ships its own model code may run it to tell its structure.
 
     Raises UnusableInput (exit 2), P.MergeRefused (exit 1) or WriteFailed (exit 2), each one line.
     """
@@ -113,7 +112,8 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
                     say("reading the base's structure")
                     from peftdoctor.merge.layer import load_skeleton  # transformers from here on
 
-                    skeleton = load_skeleton(base_files.directory, config.get("task_type"))
+                    skeleton = load_skeleton(base_files.directory, config.get("task_type"),
+                                             trust_remote_code=trust_remote_code)
                     layout = _layout(base_files, adapter_plan, adapter_files, skeleton, dtype)
                 assert layout is not None
                 if prefill is not None and layout != guess:  # the model class ties or renames tensors
@@ -143,6 +143,8 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
             if base_files.sharded:
                 write_index(staging, shards)
             _copy_side_files(base_files, found.directory, staging, dtype, bool(untied))
+    except FileRefused as exc:  # a side file (tokenizer, generation config) turned into a link out since the start
+        raise UnusableInput(f"{exc}; nothing was left at {out_path}") from None
     except OSError as exc:
         raise write_failure(exc, out_path) from None
     notes = [skeleton.note] if skeleton.note else []
@@ -154,14 +156,24 @@ def stream_merge(adapter: str, base: Optional[str], out: str, *, dtype: str = "a
         tensors_merged=producer.merged, tensors_replaced=producer.replaced,
         tensors_passed=sum(len(s.tensors) for s in shards) - producer.merged - producer.replaced,
         bytes_written=sum(s.nbytes for s in shards), seconds=round(time.monotonic() - started, 3), peak_rss_bytes=peak_rss(),
-        shards=len(shards), untied=tuple(untied), equality=equality_statement(device, dtype), notes=tuple(notes))
+        shards=len(shards), untied=tuple(name for name, _ in untied),
+        equality=equality_statement(device, dtype, _ties(untied, adapter_plan)), notes=tuple(notes))
+
+
+def _ties(untied: list[tuple[str, str]], plan: P.AdapterPlan) -> tuple[tuple[str, str], ...]:
+    """Each undone tie as (the adapted tensor, the partner peft's own merge would change through it)."""
+    ties = []
+    for name, partner in untied:
+        adapted = name.rsplit(".", 1)[0] in plan.lora
+        ties.append((name, partner) if adapted else (partner, name))
+    return tuple(ties)
 
 
 def _check_device(device: str) -> None:
     # Before torch's first allocation: large tensors on transparent huge pages (madvise), which makes
     # the model-sized buffers of a merge ~2x cheaper to fault in. Read once by torch; the user's setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    import torch
+    torch = import_holding_interrupts("torch")
 
     try:
         kind = torch.device(device).type
@@ -229,7 +241,7 @@ def _layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton:
         target = P.checkpoint_name(base, model_name, skeleton.prefix) or model_name
         jobs[target] = _Job("copy", outputs={target: ""}, adapter_key=key)
     shards: list[OutShard] = []
-    untied: list[str] = []
+    untied: list[tuple[str, str]] = []
     emitted: set[str] = set()
     for shard in base.shards:
         tensors: list[OutTensor] = []
@@ -240,7 +252,7 @@ def _layout(base: P.BaseLayout, plan: P.AdapterPlan, adapter: Adapter, skeleton:
                 jobs.setdefault(extra, _Job("cast", params={"weight": info.name}, outputs={extra: "weight"}))
                 tensors.append(_out_tensor(extra, info, shard, jobs, adapter, dtype))
                 emitted.add(extra)
-                untied.append(extra)
+                untied.append((extra, info.name))
         shards.append(OutShard(shard.path.name, tuple(tensors)))
     # modules_to_save tensors the base lacks (a task head it was saved without) go into the last shard.
     missing = [n for n, j in jobs.items() if n not in emitted and j.kind == "copy"]
@@ -518,7 +530,7 @@ def _copy_side_files(base: P.BaseLayout, adapter_dir: Path, staging: Path, dtype
             config["torch_dtype"] = dtype
     write_json(staging / "config.json", config)
     if (base.directory / "generation_config.json").is_file():
-        copy_file(base.directory / "generation_config.json", staging / "generation_config.json")
+        copy_inside(base.directory / "generation_config.json", staging / "generation_config.json")
     source = tokenizer_source((adapter_dir, base.directory))
     for path in tokenizer_files(source) if source is not None else ():
-        copy_file(path, staging / path.name)
+        copy_inside(path, staging / path.name)

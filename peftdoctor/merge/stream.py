@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
-from peftdoctor.errors import UnusableInput, WriteFailed  # noqa: F401 - merge.run imports WriteFailed from here
-from peftdoctor.io.files import open_regular
+from peftdoctor.errors import UnusableInput, WriteFailed  # noqa: F401  (its old import location)
+from peftdoctor.io.files import FileRefused, open_inside
 from peftdoctor.io.safetensors import DTYPE_SIZES
 from peftdoctor.io.staging import write_failure  # noqa: F401 - merge.run's name for it; the one home is io/staging
 
@@ -64,16 +64,6 @@ class OutShard:
 Producer = Callable[[OutTensor], Any]
 
 
-def check_out(out: str) -> Path:
-    """Refuse an --out that exists (nothing is ever overwritten) or whose parent is missing."""
-    path = Path(out)
-    if path.exists() or path.is_symlink():
-        raise UnusableInput(f"--out {out}: already exists; choose a new directory (nothing is overwritten)")
-    if not path.parent.is_dir():
-        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
-    return path
-
-
 def header_bytes(shard: OutShard) -> bytes:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
     position = 0
@@ -91,7 +81,7 @@ def read_exact(path: Path, offset: int, nbytes: int, into: Any = None) -> Any:
     buffer = bytearray(nbytes) if into is None else into
     view = memoryview(buffer).cast("B")
     try:
-        with open_regular(path) as fh:
+        with open_inside(path) as fh:
             fh.seek(offset)
             done = 0
             while done < nbytes:
@@ -100,6 +90,8 @@ def read_exact(path: Path, offset: int, nbytes: int, into: Any = None) -> Any:
                     raise UnusableInput(f"{path}: ends {nbytes - done} bytes early while reading tensor data "
                                         "(truncated or changed during the merge)")
                 done += got
+    except FileRefused as exc:
+        raise UnusableInput(str(exc)) from None
     except OSError as exc:
         raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
     return buffer
@@ -109,7 +101,9 @@ def _copy_range(src: Path, offset: int, nbytes: int, dst: int, dst_offset: int) 
     """Copy nbytes of `src` from `offset` into the file descriptor `dst` at `dst_offset`, in the
     kernel where it can (copy_file_range also releases the GIL, so a prefill thread runs in parallel)."""
     try:
-        source = open_regular(src)
+        source = open_inside(src)
+    except FileRefused as exc:
+        raise UnusableInput(str(exc)) from None
     except OSError as exc:
         raise UnusableInput(f"{src}: cannot read: {exc.strerror or exc}") from None
     with source:
@@ -211,15 +205,6 @@ def write_json(path: Path, data: Any) -> None:
         fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy a side file (tokenizer, generation config) that the file rules already let through;
-    opened as a regular file again, so a swap for a fifo or device in between is refused too."""
-    with open_regular(src) as source, open(dst, "xb") as target:
-        shutil.copyfileobj(source, target)
-        target.flush()
-        os.fsync(target.fileno())
 
 
 def free_space_problem(parent: Path, needed: int) -> Optional[str]:

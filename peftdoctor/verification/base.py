@@ -5,12 +5,15 @@ inside the functions so that importing peftdoctor.verification stays cheap.
 from __future__ import annotations
 
 import re
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from peftdoctor.errors import UnusableInput
-from peftdoctor.io.tokenizer import has_tokenizer
+from peftdoctor.io.files import copy_inside
+from peftdoctor.io.tokenizer import has_tokenizer, tokenizer_files
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.peft import targeting
@@ -199,13 +202,22 @@ def resize_for_adapter(model: Any, adapter: Adapter) -> Optional[tuple[int, int]
 
 def load_tokenizer(adapter: Adapter, base: Base, trust_remote_code: bool) -> tuple[Any, Optional[str]]:
     """The adapter's own tokenizer when it ships one (it holds tokens added in training), else the
-    base's; (None, None) when neither loads."""
+    base's; (None, None) when neither loads. Loaded from a private copy of its files made under the file
+    rules (io.files.copy_inside) at this moment: transformers would follow a link planted since the start
+    (vocab.txt -> a secret) and save what it read into --out. A refused file raises FileRefused."""
     from transformers import AutoTokenizer
 
     sources = ([adapter.directory] if has_tokenizer(adapter.directory) else []) + [base.directory]
     for source in sources:
-        try:
-            return AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code), str(source)
-        except (OSError, ValueError, TypeError, KeyError):
-            continue
+        with tempfile.TemporaryDirectory(prefix="peftdoctor-tokenizer-") as private:
+            # config.json too: without a tokenizer_class, AutoTokenizer picks the class by its model_type;
+            # and a tokenizer's own code, which runs only with --trust-remote-code.
+            config = [source / "config.json"] if (source / "config.json").is_file() else []
+            code = sorted(source.glob("*.py")) if trust_remote_code else []
+            for path in [*tokenizer_files(source), *config, *code]:
+                copy_inside(path, Path(private) / path.name)
+            try:
+                return AutoTokenizer.from_pretrained(private, trust_remote_code=trust_remote_code), str(source)
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
     return None, None

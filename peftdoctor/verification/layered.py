@@ -20,7 +20,7 @@ from peftdoctor.verification.steps import Progress, Run, resolve_base, streamed_
 
 
 def verify_layer_by_layer(run: Run, facts: Adapter, base: Base, out: Optional[Path], dtype: str,
-                          reason: str, state: dict[str, Any]) -> None:
+                          reason: str, state: dict[str, Any], trust_remote_code: bool) -> None:
     """Too large to load whole: stream the merge into --out shard by shard, then verify it one module at a
     time (each targeted weight against base + delta, and its layer's output on a probe against peft's
     unmerged forward); without --out, each module is merged on the fly and judged the same way."""
@@ -29,21 +29,20 @@ def verify_layer_by_layer(run: Run, facts: Adapter, base: Base, out: Optional[Pa
              lambda: (None, f"{reason}: verified layer by layer, one module in memory at a time, on the CPU"))
     merged_base: Optional[Base] = None
     if out is not None:
-        if out.is_dir():
-            out.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
         run.step("merge (streaming)", "streaming the merge shard by shard",
-                 lambda: streamed_merge(facts, base, out, dtype, allow_noop=False))
+                 lambda: streamed_merge(facts, base, out, dtype, allow_noop=False, trust_remote_code=trust_remote_code))
         state["out"] = str(out)
         merged_base = merged_judge.merged_base(out)
     else:
         run.notes.append("no --out given: each targeted module was merged on the fly (as the streaming merge "
                          "does) and judged; pass --out DIR to write and verify the merged model")
     _judge_into(run, facts, base, merged_base, "layer parity",
-                "checking the merged model layer by layer against base + adapter")
+                "checking the merged model layer by layer against base + adapter", trust_remote_code)
     state["merge_base"] = f"{base.display} weights in {dtype}"
 
 
-def verify_merged(run: Run, facts: Adapter, base_arg: Optional[str], merged: str, state: dict[str, Any]) -> None:
+def verify_merged(run: Run, facts: Adapter, base_arg: Optional[str], merged: str, state: dict[str, Any],
+                  trust_remote_code: bool) -> None:
     """Judge a merged model made elsewhere: every tensor against base + the adapter's delta."""
     base = run.step("resolve base", "finding the base model", lambda: resolve_base(facts, base_arg))
     state["base"], state["device"] = base.display, "cpu"
@@ -57,7 +56,7 @@ def verify_merged(run: Run, facts: Adapter, base_arg: Optional[str], merged: str
     state["dtype"] = found.saved_dtype or "auto"
     state["merge_base"] = f"{merged} (made elsewhere), against {base.display}"
     outcome = _judge_into(run, facts, base, found, "compare tensors",
-                          "comparing the merged model with base + adapter, tensor by tensor")
+                          "comparing the merged model with base + adapter, tensor by tensor", trust_remote_code)
     if outcome is not None and outcome.merged_dtype:
         state["dtype"] = outcome.merged_dtype
 
@@ -71,8 +70,8 @@ def _read_merged(directory: str) -> tuple[Base, str]:
 
 
 def _judge_into(run: Run, facts: Adapter, base: Base, merged: Optional[Base], name: str,
-                message: str) -> Optional[merged_judge.Outcome]:
-    outcome = run.step(name, message, lambda: _judged(facts, base, merged, run.say))
+                message: str, trust_remote_code: bool) -> Optional[merged_judge.Outcome]:
+    outcome = run.step(name, message, lambda: _judged(facts, base, merged, run.say, trust_remote_code))
     run.findings.extend(outcome.findings)
     run.notes.extend(outcome.notes)
     parity = outcome.parity()
@@ -88,8 +87,9 @@ def _judge_into(run: Run, facts: Adapter, base: Base, merged: Optional[Base], na
     return outcome
 
 
-def _judged(facts: Adapter, base: Base, merged: Optional[Base], say: Progress) -> tuple[Any, str]:
-    outcome = merged_judge.judge(facts, base, merged, say)
+def _judged(facts: Adapter, base: Base, merged: Optional[Base], say: Progress,
+            trust_remote_code: bool) -> tuple[Any, str]:
+    outcome = merged_judge.judge(facts, base, merged, say, trust_remote_code=trust_remote_code)
     parity = outcome.parity()
     probe = (f"; probe: worst relative output difference {parity.max_rel:.3g} (rounding allows "
              f"{parity.tolerance:.3g})") if parity is not None else ""

@@ -108,7 +108,7 @@ def canonical_names(skeleton: Any) -> Callable[[str], str]:
     return canonical
 
 
-def judge(adapter: Adapter, base: Base, merged: Optional[Base], say: Say) -> Outcome:
+def judge(adapter: Adapter, base: Base, merged: Optional[Base], say: Say, *, trust_remote_code: bool) -> Outcome:
     """Compare `merged` (a directory, or None: merge each targeted module on the fly) with base + adapter."""
     from safetensors.torch import load_file
 
@@ -118,7 +118,7 @@ def judge(adapter: Adapter, base: Base, merged: Optional[Base], say: Say) -> Out
     base_layout = P.read_layout(base)
     merged_layout = P.read_layout(merged) if merged is not None else None
     say("reading the base's structure")
-    skeleton = load_skeleton(base_layout.directory, adapter.task_type)
+    skeleton = load_skeleton(base_layout.directory, adapter.task_type, trust_remote_code=trust_remote_code)
     if skeleton.note:
         outcome.notes.append(skeleton.note)
     canonical = canonical_names(skeleton)
@@ -363,9 +363,13 @@ class _Walk:
         if same:
             self.out.count("same ok")
             return
+        adapted = next((n for n in self.group(name) if n != name and (n in self.targets or n in self.copies)), None)
         self.out.findings.append(rule("PD317").finding(
             f"{name}: the adapter does not change it, yet it differs from the base by up to {worst:.3g}"
             + (f" (through its tie to {merged_source}, which the adapter changes)" if tie else ""),
+            f"{name} is tied to {adapted}, which the adapter changes: the merge changed both (peft's "
+            "merge_and_unload on a tied model does); untie them before merging (`peftdoctor merge` does) "
+            "and save with tie_word_embeddings false" if adapted is not None else
             "merge from the base this adapter was trained on; a tool changed a tensor it had no delta for", key=name))
 
     def _missing(self, name: str, why: str) -> None:

@@ -77,10 +77,9 @@ def verify_offloaded(run: Run, facts: Adapter, base: Base, out: Optional[Path], 
                                                   scratch, state)
         free(state["device"])
         target = out if out is not None else scratch / "merged"
-        if target.is_dir():
-            target.rmdir()  # check_out() made sure it is empty; the streaming merge creates it itself
         run.step("merge (streaming)", "streaming the merge shard by shard",
-                 lambda: streamed_merge(facts, base, target, dtype, allow_noop=True))
+                 lambda: streamed_merge(facts, base, target, dtype, allow_noop=True,
+                                        trust_remote_code=trust_remote_code))
         if out is not None:
             state["out"] = str(out)
         else:

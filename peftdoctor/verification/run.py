@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, import_holding_interrupts
+from peftdoctor.io.staging import check_out
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Severity
@@ -29,7 +30,6 @@ from peftdoctor.verification.load_only import verify_load_only
 from peftdoctor.verification.offloaded import accelerate_budget, check_offload_folder, verify_offloaded
 from peftdoctor.verification.probe import DEFAULT_TOLERANCE
 from peftdoctor.verification.result import LoadOnlyResult, Verdict, VerifyReport
-from peftdoctor.verification.save import check_out
 from peftdoctor.verification.steps import Progress, Run, Skip, Stop, note_pickled_adapter, one_line, resolve_base
 from peftdoctor.verification.whole import verify_in_memory
 
@@ -70,7 +70,8 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
                             "--out, --offload-folder and --tolerance do not apply")
     offload = check_offload_folder(offload_folder)
     facts = read_adapter(adapter)
-    out_path = check_out(out)
+    out_path = check_out(out) if out is not None else None
+    import_holding_interrupts("torch")  # the first import of torch (see there): Ctrl-C during it is not lost
     run = Run(progress)
     state: dict[str, Any] = {"device": device, "dtype": dtype, "base": None, "merge_base": None, "out": None,
                              "load": None}
@@ -78,7 +79,7 @@ def verify(adapter: str, base: Optional[str] = None, device: str = "auto", dtype
         if load_only:
             verify_load_only(run, facts, base, trust_remote_code, state)
         elif merged is not None:
-            verify_merged(run, facts, base, merged, state)
+            verify_merged(run, facts, base, merged, state, trust_remote_code)
         else:
             _verify(run, facts, base, out_path, tolerance, trust_remote_code, merge_dtype, state, offload)
     except Stop:
@@ -124,7 +125,7 @@ def _verify(run: Run, facts: Adapter, base_arg: Optional[str], out: Optional[Pat
             if budget is not None:
                 return verify_offloaded(run, facts, base, out, dtype, tol, reason, budget, offload, trust_remote_code,
                                         state)
-            return verify_layer_by_layer(run, facts, base, out, dtype, reason, state)
+            return verify_layer_by_layer(run, facts, base, out, dtype, reason, state, trust_remote_code)
     if offload is not None:
         run.notes.append("--offload-folder not used: " + (
             "the base fits in memory and was loaded whole" if not base.bnb_quantized and facts.peft_type == "LORA"

@@ -6,36 +6,40 @@ staging directory is removed. Nothing else is written.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from peftdoctor.errors import UnusableInput
-from peftdoctor.io.staging import staged
+from peftdoctor.io.files import FileRefused, copy_inside
+from peftdoctor.io.staging import staged, write_failure
 from peftdoctor.model.base import Base
 
 
-def check_out(out: Optional[str]) -> Optional[Path]:
-    """Refuse an --out that holds something (we would overwrite it) before any work is done."""
-    if out is None:
-        return None
-    path = Path(out)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise UnusableInput(f"--out {out}: exists and is not a directory; nothing written")
-    if path.is_dir() and any(path.iterdir()):
-        raise UnusableInput(f"--out {out}: directory is not empty; nothing written")
-    if not path.parent.is_dir():
-        raise UnusableInput(f"--out {out}: parent directory {path.parent} does not exist")
-    return path
-
-
 def save_merged(model: Any, tokenizer: Any, base: Base, out: Path) -> Path:
-    with staged(out, sync_files=True) as staging:  # renamed into place when complete, with the umask's modes
-        # safetensors only: a merged model must not need pickle to load.
-        model.save_pretrained(str(staging), safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(staging))
-        generation = base.directory / "generation_config.json"
-        if generation.is_file() and not (staging / "generation_config.json").exists():
-            shutil.copyfile(generation, staging / "generation_config.json")
+    """Raises WriteFailed (exit 2, the file named) when a write fails: a failed write is not a verdict."""
+    from safetensors import SafetensorError  # what save_pretrained raises for a failed write (no filename)
+
+    try:
+        with staged(out, sync_files=True) as staging:  # renamed into place when complete, with the umask's modes
+            try:
+                _save(model, tokenizer, base, staging)
+            except (OSError, SafetensorError) as exc:
+                if isinstance(exc, FileRefused):
+                    raise UnusableInput(f"{exc}; nothing was left at {out}") from None
+                # safetensors' error names no file, and it removes the one it failed on.
+                what = None if isinstance(exc, OSError) else "the weights (model*.safetensors)"
+                raise write_failure(exc, out, what) from None
+    except OSError as exc:  # making, syncing or renaming the staging directory
+        raise write_failure(exc, out) from None
     return out
+
+
+def _save(model: Any, tokenizer: Any, base: Base, staging: Path) -> None:
+    # safetensors only: a merged model must not need pickle to load.
+    model.save_pretrained(str(staging), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(staging))
+    generation = base.directory / "generation_config.json"
+    if generation.is_file() and not (staging / "generation_config.json").exists():
+        copy_inside(generation, staging / "generation_config.json")
+

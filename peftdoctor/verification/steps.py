@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from peftdoctor.errors import UnusableInput, message_line
+from peftdoctor.errors import UnusableInput, WriteFailed, message_line
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Severity
@@ -51,7 +51,7 @@ class Run:
         except Skip as exc:
             self.steps.append(Step(name, "skipped", time.perf_counter() - start, str(exc)))
             raise Stop from None
-        except (Stop, UnusableInput, KeyboardInterrupt):
+        except (Stop, UnusableInput, WriteFailed, KeyboardInterrupt):  # not a verdict: exit 2 or 130
             raise
         except MergeNotFinite as exc:
             self.findings.append(rule("PD306").finding(str(exc), "retrain or repair the adapter: its weights "
@@ -143,11 +143,13 @@ def judge_merged_output(run: Run, name: str, output: Any, reference: Any, tol: f
             f"(tolerance {tol:.3g}; top-1 agreement {parity.top1_agreement:.1%})", fix))
 
 
-def streamed_merge(facts: Adapter, base: Base, out: Path, dtype: str, allow_noop: bool) -> tuple[Any, str]:
+def streamed_merge(facts: Adapter, base: Base, out: Path, dtype: str, allow_noop: bool,
+                   trust_remote_code: bool) -> tuple[Any, str]:
     """The "merge (streaming)" step's action: peftdoctor's streaming merge into `out`."""
     from peftdoctor.merge import stream_merge
 
-    report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype, allow_noop=allow_noop)
+    report = stream_merge(str(facts.directory), str(base.directory), str(out), dtype=dtype, allow_noop=allow_noop,
+                          trust_remote_code=trust_remote_code)
     return report, (f"{report.tensors_merged} tensors merged with peft's per-layer merge, "
                     f"{report.tensors_passed} copied; peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB")
 
