@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from peftdoctor.errors import UnusableInput, WriteFailed, os_reason
+from peftdoctor.io.files import FileRefused
 from peftdoctor.io.leftovers import clear_dead_stagings, staging_prefix
 
 
@@ -123,6 +124,9 @@ def staged(out: Path, say: Callable[[str], object] = lambda _note: None, sync_fi
             out.rmdir()  # an empty directory the caller accepted; rmdir refuses one that is not
         os.rename(staging, out)  # fails rather than replace if someone created --out meanwhile
         fsync_dir(out.parent)
+    except FileRefused:  # a file read into the output turned out not to be readable: not a failed write
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise write_failure(exc, out) from None
