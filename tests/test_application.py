@@ -129,6 +129,20 @@ def test_keys_peft_drops_leave_the_base(made: dict[str, Path], tmp_path: Path, c
     assert not [c for c in report.compatibility if c.judged == "ok"]  # no release applies these keys
 
 
+def test_lora_a_b_on_an_embedding(made: dict[str, Path], tmp_path: Path) -> None:
+    """An embedding's LoRA saved as lora_A/lora_B (another tool's layout): peft reads lora_embedding_A/B there,
+    warns that those are missing, and the embedding computes the base while q_proj is applied."""
+    saved = make_lora_adapter(tmp_path / "emb", made["llama"], target_modules=["embed_tokens", "q_proj"],
+                              base_model_name_or_path="peftdoctor/tiny")
+    adapter = rekeyed(saved, tmp_path / "emb-ab", lambda k: k.replace("lora_embedding_", "lora_"))
+    _, said = loaded(made["llama"], adapter)
+    assert any(MISSING in w and "embed_tokens.lora_embedding_A.default" in w for w in said), said
+    report = check(str(adapter), peft="0.21.2", base=str(made["llama"]))
+    found = errors(report)
+    assert application.REASONS["embedding-role"] in found["PD223"] and "model.embed_tokens" in found["PD207"]
+    assert verdict(report, "0.21.2").judged == "partial"
+
+
 @pytest.mark.parametrize("model_type, base, changes", [
     ("opt", "llama", {}),
     ("bart", "llama", {}),
@@ -236,6 +250,8 @@ def test_all_linear_before_0_8_and_prefixes_across_releases(made: dict[str, Path
 @pytest.mark.parametrize("before, since, text", [
     ("0.13.2", "0.14.0", MISSING),  # peft_model.py: the missing-keys warning
     ("0.11.1", "0.12.0", "new_dora_suffix"),  # save_and_load.py: DoRA's magnitude read under both names
+    ("0.20.0", "0.21.0", "_remap_adapter_state_dict_for_load"),  # the model's own keys mapped back
+    ("0.14.0", "0.15.0", "adapter_state_dict_load_map"),  # modules_to_save copies indexed: KeyError when missing
 ])
 def test_release_behaviours_are_read_from_the_wheels(before: str, since: str, text: str) -> None:
     import zipfile
@@ -260,6 +276,25 @@ def test_the_text_line_never_says_ok_under_an_error(made: dict[str, Path], tmp_p
     assert " ok " not in line + " " and "fails 0.1.0-0.21.2" in line, line
     entry = json.loads(render_json(report))["compatibility"][-1]
     assert (entry["verdict"], entry["part"], entry["result"]) == ("fails", "weights", "ok")
+
+
+def test_a_missing_modules_to_save_copy_fails_from_0_15(tmp_path: Path) -> None:
+    """peft 0.21.2 raises KeyError on a modules_to_save copy the file lacks (0.14 and older keep the base's)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    from tests.adapters import make_bert_classifier_base, make_modules_to_save_adapter
+
+    base = make_bert_classifier_base(tmp_path / "bert")
+    adapter = make_modules_to_save_adapter(tmp_path / "mts", base, base_model_name_or_path="peftdoctor/tiny")
+    weights = adapter / "adapter_model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if "classifier" not in k}, str(weights))
+    with pytest.raises(KeyError, match="classifier"):
+        PeftModel.from_pretrained(load_base(base), str(adapter))
+    report = check(str(adapter), peft="0.21.2", base=str(base))
+    assert "PD209" in errors(report)
+    assert (verdict(report, "0.21.2").judged, verdict(report, "0.21.2").part) == ("fails", "weights")
+    assert verdict(report, "0.5.0").judged == "partial"
 
 
 def test_hostile_layer_counts_stay_bounded(made: dict[str, Path], tmp_path: Path) -> None:

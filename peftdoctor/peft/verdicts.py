@@ -28,8 +28,9 @@ BY_CODE: dict[str, tuple[str, str]] = {
     "PD215": ("fails", "weights"), "PD206": ("fails", "weights"), "PD214": ("fails", "weights"),
     "PD220": ("fails", "base"), "PD221": ("fails", "base"), "PD222": ("fails", "base"),
     "PD211": ("wrong", "weights"), "PD210": ("wrong", "weights"), "PD212": ("base", "weights"),
-    "PD209": ("partial", "weights"),
 }
+# PD209 (a modules_to_save copy missing): KeyError from 0.15.0, the base's untrained module before
+MISSING_COPY = "PD209"
 # error findings judged for the target release alone (the schema rules): they decide that release's entry
 TARGET_ONLY: dict[str, tuple[str, str]] = {"PD104": ("fails", "config"), "PD114": ("wrong", "config")}
 # codes the application decides per release (PD223, PD207, PD208): not taken from the target's findings
@@ -58,6 +59,7 @@ def judge(entries: tuple[Compatibility, ...], findings: tuple[Finding, ...], tar
         if failure:
             candidates.append((("fails", "transformers"), f"import peft fails with transformers {transformers}: {failure}"))
         candidates += common + (own if entry.peft == target else [])
+        candidates += [(_missing_copy(entry.peft), f.message) for f in errors if f.code == MISSING_COPY]
         if lora is not None and entry.result != "fails":
             done = _application(applied, entry.peft, lora, config, tree, transformers)
             if done.verdict != "ok":
@@ -81,6 +83,11 @@ def _application(memo: dict[Any, Application], peft: str, lora: tuple[Mapping[st
     return memo[key]
 
 
+def _missing_copy(peft: str) -> tuple[str, str]:
+    version = releases.parse_version(peft) or releases.known_versions()[-1]
+    return ("fails" if application.behaviour(version).copies_required else "partial"), "weights"
+
+
 def _base_side(done: Application) -> bool:
     """Whether the base decides it: tensors whose paths the base lacks, and no other reason."""
     return bool(done.ignored) and all(p.ignored == "not-in-base" for p in done.ignored)
@@ -90,6 +97,6 @@ def _said(done: Application) -> str:
     reasons = sorted({application.REASONS[p.ignored] for p in done.ignored if p.ignored})
     parts = [f"applies {done.share}"] + reasons
     if done.unweighted:
-        parts.append(f"{len(done.unweighted)} adapted modules get "
+        parts.append(f"{len(done.unweighted)} adapted module(s) get "
                      + ("random weights" if done.random else "no weights (they compute the base)"))
     return "; ".join(parts)

@@ -22,7 +22,7 @@ _FIXES = {
     "adapter-name": "re-save with save_pretrained(), or drop the adapter name from the keys (lora_A.default.weight "
                     "-> lora_A.weight)",
     "not-in-base": "load the adapter on the base it was trained for (base_model_name_or_path)",
-    "embedding-role": "rename the embedding's lora_A/lora_B to lora_embedding_A/lora_embedding_B (B transposed)",
+    "embedding-role": "rename the embedding's lora_A.weight/lora_B.weight to lora_embedding_A/lora_embedding_B",
     "linear-role": "rename lora_embedding_A/B to lora_A/B for these layers",
     "dora-name": "load with peft>=0.12.0, or rename lora_magnitude_vector.weight to lora_magnitude_vector",
 }
@@ -96,7 +96,7 @@ def unweighted_findings(done: Application) -> list[Finding]:
     what = ("init_lora_weights is false, so peft gives them random LoRA weights: the outputs change at random"
             if done.random else "their lora_B stays zero: they compute the base")
     return [rule("PD207").finding(
-        f"{len(done.unweighted)} modules the config adapts get no weights from the file: {short(done.unweighted)} "
+        f"{len(done.unweighted)} module(s) the config adapts get no weights from the file: {short(done.unweighted)} "
         f"({done.tree.source if done.tree else 'the base'}); {what}. Applied: {done.share}",
         "re-save the adapter that trained these modules, or remove them from target_modules",
         key="target_modules")]

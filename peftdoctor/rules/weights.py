@@ -123,8 +123,9 @@ def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[
     missing = [w for w in wanted if isinstance(w, str) and w not in present]
     if optional and present & optional:
         missing = [w for w in missing if w not in optional]
-    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: the base's "
-                                  "untrained copy is used instead", f"re-save the adapter with the trained {w!r}, "
+    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: peft 0.15.0 and "
+                                  "later raise KeyError on load, older releases keep the base's untrained module",
+                                  f"re-save the adapter with the trained {w!r}, "
                                   "or remove it from modules_to_save", key="modules_to_save") for w in missing]
 
 
