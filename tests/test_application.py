@@ -214,7 +214,8 @@ def test_the_default_adapter_name_in_keys_loads_from_0_21(made: dict[str, Path],
     assert torch.equal(logits, loaded(made["llama"], made["lora-llama"])[0]) and not any(MISSING in w for w in said)
     report = check(str(adapter), peft="0.21.2", base=str(made["llama"]))
     assert not errors(report) and verdict(report, "0.21.2").judged == "ok"
-    assert verdict(report, "0.20.0").judged == "base" and "saved with the adapter name" in verdict(report, "0.20.0").detail
+    before = verdict(report, "0.20.0")
+    assert before.judged == "base" and "saved with the adapter name" in (before.detail or "")
 
 
 def test_all_linear_before_0_8_and_prefixes_across_releases(made: dict[str, Path], tmp_path: Path) -> None:
@@ -247,6 +248,36 @@ def test_all_linear_before_0_8_and_prefixes_across_releases(made: dict[str, Path
             assert real["jobs"]["all-linear"]["error"] is None and predicted.judged == "partial"
 
 
+def test_dora_magnitude_names_before_0_12(made: dict[str, Path], tmp_path: Path) -> None:
+    """peft 0.9-0.11 read DoRA's magnitude as `lora_magnitude_vector` only: real 0.9.0 drops the 0.12+ module's
+    name `lora_magnitude_vector.weight` without a word (the untrained magnitude computes something else), and
+    loads the same tensors under the name save_pretrained writes as 0.21.2 does."""
+    import torch
+
+    from tests.adapters import make_dora_adapter
+
+    keep = {"base_model_name_or_path", "bias", "fan_in_fan_out", "inference_mode", "lora_alpha", "lora_dropout",
+            "modules_to_save", "peft_type", "r", "target_modules", "task_type", "use_dora"}
+    saved = make_dora_adapter(tmp_path / "dora", made["llama"], base_model_name_or_path="peftdoctor/tiny")
+    config = json.loads((saved / "adapter_config.json").read_text())
+    old = edited_copy(saved, tmp_path / "old", {k: ... for k in config if k not in keep})
+    # save_pretrained keeps the old name; a state dict of a 0.12+ model (saved by hand) holds the module's
+    new = rekeyed(old, tmp_path / "new", lambda k: k + ".weight" if k.endswith("lora_magnitude_vector") else k)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"base": str(made["llama"]), "input_ids": IDS,
+                                "jobs": {"new": str(new), "old": str(old)}}))
+    real = in_release.answer_of("0.9.0", "load_applied.py", str(spec))
+    intended = loaded(made["llama"], new)[0]
+    assert torch.allclose(torch.tensor(real["jobs"]["old"]["logits"]), intended, atol=1e-5)
+    assert not torch.allclose(torch.tensor(real["jobs"]["new"]["logits"]), intended, atol=1e-3)
+    assert not any(MISSING in w for w in real["jobs"]["new"]["warnings"])
+
+    report = check(str(new), peft="0.9.0", base=str(made["llama"]))
+    assert application.REASONS["dora-name"] in errors(report)["PD223"]
+    assert verdict(report, "0.9.0").judged == "partial" and verdict(report, "0.12.0").judged == "ok"
+    assert "PD223" not in errors(check(str(old), peft="0.9.0", base=str(made["llama"])))
+
+
 @pytest.mark.parametrize("before, since, text", [
     ("0.13.2", "0.14.0", MISSING),  # peft_model.py: the missing-keys warning
     ("0.11.1", "0.12.0", "new_dora_suffix"),  # save_and_load.py: DoRA's magnitude read under both names
@@ -272,7 +303,7 @@ def test_the_text_line_never_says_ok_under_an_error(made: dict[str, Path], tmp_p
 
     report = check(str(edited_copy(made["lora-llama"], tmp_path / "r8", {"r": 8})), peft="0.21.2")
     assert "PD206" in errors(report)
-    line = next(l for l in render_text(report).splitlines() if "compatibility:" in l)
+    line = next(text for text in render_text(report).splitlines() if "compatibility:" in text)
     assert " ok " not in line + " " and "fails 0.1.0-0.21.2" in line, line
     entry = json.loads(render_json(report))["compatibility"][-1]
     assert (entry["verdict"], entry["part"], entry["result"]) == ("fails", "weights", "ok")

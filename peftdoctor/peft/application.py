@@ -1,11 +1,11 @@
 """What a peft release applies of a saved LoRA adapter, tensor by tensor, against its base's module tree.
 
-`PeftModel.from_pretrained` ends in `set_peft_model_state_dict` (peft/utils/save_and_load.py), the same in
-every release from 0.3.0 to 0.21.2 in what matters here: it inserts the adapter name after the role
-(`lora_A.weight` -> `lora_A.default.weight`), then `load_state_dict(peft_model, strict=False)`. Whatever
-key names no parameter of the PeftModel is dropped without a word, and whatever adapter parameter no key
-names keeps its initial value: lora_B is zero, so the module computes the base, unless
-`init_lora_weights` is false (A and B random: the outputs change at random). So a tensor applies only when
+`PeftModel.from_pretrained` ends in `set_peft_model_state_dict` (peft/utils/save_and_load.py): it maps each
+saved key to a parameter name of the PeftModel (`lora_A.weight` -> `lora_A.default.weight`), then calls
+`load_state_dict(peft_model, strict=False)` in every release. Whatever key names no parameter of the
+PeftModel is dropped without a word, and whatever adapter parameter no key names keeps its initial value:
+lora_B is zero, so the module computes the base, unless `init_lora_weights` is false (A and B random: the
+outputs change at random). So a tensor applies only when
 
 - its key carries the PeftModel prefix `base_model.model.` once (no prefix, or a doubled one: dropped);
 - it was saved by save_pretrained, without the adapter name: before 0.21.0 `_insert_adapter_name_into_state_dict`
@@ -218,8 +218,8 @@ def _narrowed(config: Mapping[str, Any], names: Collection[str]) -> Mapping[str,
     characters) selects a module only as a suffix of its path in every release, so the others are left out
     before the 36 releases' matchers run (a 50,000-entry list against 2,000 tensors took 108 s)."""
     targets = config.get("target_modules")
-    if not isinstance(targets, list) or len(targets) < 64:
-        return config
+    if not isinstance(targets, list) or len(targets) < 64 or sum(map(len, names)) > 2_000_000:
+        return config  # (a short list costs nothing to match; a huge header would cost more to index)
     suffixes = {name[i:] for name in names for i in range(len(name))}
     return {**config, "target_modules": [t for t in targets if isinstance(t, str) and (
         not targeting.REGEX_CHARS.isdisjoint(t) or t in suffixes)]}

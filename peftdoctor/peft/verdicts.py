@@ -57,7 +57,8 @@ def judge(entries: tuple[Compatibility, ...], findings: tuple[Finding, ...], tar
             candidates.append((("fails", "config"), entry.error or "fails"))
         failure = transformers_axis.import_failure(entry.peft, transformers) if transformers else None
         if failure:
-            candidates.append((("fails", "transformers"), f"import peft fails with transformers {transformers}: {failure}"))
+            said = f"import peft fails with transformers {transformers}: {failure}"
+            candidates.append((("fails", "transformers"), said))
         candidates += common + (own if entry.peft == target else [])
         candidates += [(_missing_copy(entry.peft), f.message) for f in errors if f.code == MISSING_COPY]
         if lora is not None and entry.result != "fails":

@@ -106,7 +106,6 @@ def _architecture(base: Optional[Base]) -> Optional[Architecture]:
     return architectures.for_config(base.config)
 
 
-
 def all_linear_unknown(ctx: Context) -> list[Finding]:
     """PD119: before 0.8.0 "all-linear" is a regex that no module name fullmatches, so peft raises."""
     targets = ctx.config.get("target_modules")
