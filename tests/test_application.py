@@ -328,6 +328,30 @@ def test_a_missing_modules_to_save_copy_fails_from_0_15(tmp_path: Path) -> None:
     assert verdict(report, "0.5.0").judged == "partial"
 
 
+def test_target_parameters_wrappers_apply(tmp_path: Path) -> None:
+    """LoRA on MoE expert parameters (target_parameters): two parameters of one module nest ParamWrappers, saved
+    under `experts.base_layer.lora_A`; real peft loads every key, and check drops none of them. (Their ranks,
+    r x experts, are PD206's to understand: issue 19 item 4.)"""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+    MixtralForCausalLM(config).save_pretrained(str(tmp_path / "base"))
+    lora = LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM",
+                      target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    model = get_peft_model(MixtralForCausalLM.from_pretrained(str(tmp_path / "base")), lora)
+    model.save_pretrained(str(tmp_path / "a"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(MixtralForCausalLM.from_pretrained(str(tmp_path / "base")), str(tmp_path / "a"))
+    assert not any(MISSING in str(w.message) for w in caught)
+    codes = {f.code for f in check(str(tmp_path / "a"), peft="0.21.2", base=str(tmp_path / "base")).findings}
+    assert not codes & {"PD223", "PD207", "PD208"}, codes
+
+
 def test_hostile_layer_counts_stay_bounded(made: dict[str, Path], tmp_path: Path) -> None:
     base = Path(shutil.copytree(made["llama"], tmp_path / "huge"))
     config = json.loads((base / "config.json").read_text())

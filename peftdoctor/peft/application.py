@@ -199,14 +199,15 @@ def apply(tensors: Mapping[str, TensorName], sizes: Mapping[str, int], config: M
     lora = {k: n for k, n in tensors.items() if n.family in ("lora", "dora")}
     model_type = tree.arch.model_type if tree is not None else None
     rules = transformers_axis.renames(str(version), transformers, model_type) if transformers else ()
-    paths = {k: _renamed(n.module, rules) for k, n in lora.items()}
+    paths = {k: _renamed(_unwrapped(n.module), rules) for k, n in lora.items()}
     bare = tree is not None and tree.bare_prefix is not None and sum(
         tree.resolve(p, True) is not None for p in paths.values()) > sum(
         tree.resolve(p, False) is not None for p in paths.values())
     modules = _modules(tree, bare, paths.values(), config.get("task_type")) if tree is not None else []
     linear = [p for p, kind in modules if kind in ("Linear", "Conv1D")] if tree is not None else None
     narrowed = _narrowed(config, {*paths.values(), *(p for p, _ in modules)})
-    chosen = {m: adapts(narrowed, m, version, linear) for m in set(paths.values())}
+    chosen = {m: adapts(narrowed, m, version, linear) or _holds_target_parameter(config, m)
+              for m in set(paths.values())}
     placements = tuple(Placement(n, paths[k], _why(n, paths[k], chosen[paths[k]], tree, bare, version), sizes.get(k, 0))
                        for k, n in lora.items())
     unweighted = _unweighted(placements, narrowed, modules, version, linear) if tree is not None and lora else ()
@@ -223,6 +224,22 @@ def _narrowed(config: Mapping[str, Any], names: Collection[str]) -> Mapping[str,
     suffixes = {name[i:] for name in names for i in range(len(name))}
     return {**config, "target_modules": [t for t in targets if isinstance(t, str) and (
         not targeting.REGEX_CHARS.isdisjoint(t) or t in suffixes)]}
+
+
+def _unwrapped(module: str) -> str:
+    """The module path without the `.base_layer` of nested wrappers (several target_parameters on one module
+    nest ParamWrappers; peft matches them by strip_base_layer_from_name)."""
+    return module.replace(".base_layer", "") if ".base_layer" in module else module
+
+
+def _holds_target_parameter(config: Mapping[str, Any], module: str) -> bool:
+    """Whether target_parameters (0.17.0 on: LoRA on a parameter, e.g. fused MoE experts) names a parameter of
+    `module`: an entry `<module>.<param>` equal to its path or a dotted suffix of it (BaseTuner._inject_parameters)."""
+    wanted = config.get("target_parameters")
+    if not isinstance(wanted, list):
+        return False
+    owners = {t.rpartition(".")[0] for t in wanted if isinstance(t, str)}
+    return any(module == o or module.endswith("." + o) for o in owners if o)
 
 
 def _renamed(module: str, rules: tuple[transformers_axis.Rename, ...]) -> str:
