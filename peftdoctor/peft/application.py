@@ -322,7 +322,7 @@ def _targeted_strictly(config: Mapping[str, Any], module: str, version: Version,
         return False
 
 
-def guessed_tree(config: Mapping[str, Any], transformers: str) -> Optional[Tree]:
+def guessed_tree(config: Mapping[str, Any]) -> Optional[Tree]:
     """The module tree of the family base_model_name_or_path names, when no config.json of the base is at hand."""
     name = config.get("base_model_name_or_path")
     family = family_of(name)

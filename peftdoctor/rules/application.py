@@ -6,10 +6,12 @@ judged; without one, PD207 compares the target_modules entries with the saved mo
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Optional
 
 from peftdoctor.model.findings import Finding
-from peftdoctor.peft import application, releases, targeting
+from peftdoctor.peft import application, architectures, releases, targeting
 from peftdoctor.peft.application import Application, Placement, Tree, short
 from peftdoctor.peft.targeting import REGEX_CHARS
 from peftdoctor.rules import Context
@@ -31,9 +33,14 @@ _FIXES = {
 def tree_of(ctx: Context) -> tuple[Optional[Tree], Optional[str]]:
     """The base's module tree (from its config.json, else the family its name says) and a note on which."""
     if ctx.base is not None:
-        tree = application.tree_for(ctx.base.config, f"{ctx.base.display}'s config.json")
-        return tree, None
-    tree = application.guessed_tree(ctx.config, ctx.transformers or "")
+        tree = application.tree_for(ctx.base.config, "")
+        if tree is None:
+            return None, None
+        arch = tree.arch
+        return dataclasses.replace(tree, source=f"{ctx.base.display}: the modules of {arch.entry['class']} "
+                                                f"({arch.model_type}) in transformers "
+                                                f"{architectures.transformers_version()}"), None
+    tree = application.guessed_tree(ctx.config)
     return tree, (f"weights applied against {tree.source}; pass --base for the base's own layer count and "
                   "sizes") if tree is not None else None
 
@@ -47,26 +54,19 @@ def lora_tensors(ctx: Context) -> Optional[tuple[dict, dict[str, int]]]:
 
 def application_findings(ctx: Context, tree: Optional[Tree], note: Optional[str]) -> tuple[list[Finding], list[str]]:
     """PD223/PD208/PD207 for the judged release on `tree` (tree_of), and the note saying which tree it was."""
-    adapter = ctx.adapter
+    lora = lora_tensors(ctx)
     targets = ctx.config.get("target_modules")
-    if lora_tensors(ctx) is None or (targeting.names_all_linear(targets) and not targeting.is_all_linear(
-            targets, ctx.target.version)):
+    if lora is None or (targeting.names_all_linear(targets)
+                        and not targeting.is_all_linear(targets, ctx.target.version)):
         return [], []  # (an all-linear this release does not know fails to load: PD119)
-    done = application.apply(adapter.tensors, sizes(adapter), ctx.config, tree, ctx.target.version,
-                             ctx.transformers)
+    done = application.apply(*lora, ctx.config, tree, ctx.target.version, ctx.transformers)
     findings = ignored_findings(done)
-    findings += unweighted_findings(done) if tree is not None else _entry_findings(ctx.config, adapter.tensors)
+    findings += unweighted_findings(done) if tree is not None else _entry_findings(ctx.config, lora[0])
     return findings, [note] if note else []
 
 
 def sizes(adapter: Any) -> dict[str, int]:
-    out = {}
-    for key in adapter.tensors:
-        size = 1
-        for dim in adapter.shape_of(key):
-            size *= dim
-        out[key] = size
-    return out
+    return {key: math.prod(adapter.shape_of(key)) for key in adapter.tensors}
 
 
 def ignored_findings(done: Application) -> list[Finding]:
@@ -83,10 +83,13 @@ def ignored_findings(done: Application) -> list[Finding]:
                 "layers_to_transform): peft builds no layer for them and silently ignores those weights",
                 "add the module names to target_modules", key="target_modules"))
             continue
+        effect = (f"the base has none of the modules they name ({short(modules)}), so nothing of them is computed"
+                  if reason == "not-in-base" else
+                  f"the modules they were meant for ({short(modules)}) compute the base there")
         findings.append(rule("PD223").finding(
-            f"{len(dropped)} saved LoRA tensors are dropped on load, {application.REASONS[reason]}{where}: "
-            f"{short([p.name.key for p in dropped])}; the modules they were meant for ({short(modules)}) compute "
-            f"the base. Applied: {done.share}", _FIXES[reason], file="adapter_model.safetensors"))
+            f"{len(dropped)} saved LoRA tensors are dropped on load without an error, {application.REASONS[reason]}"
+            f"{where}: {short([p.name.key for p in dropped])}; {effect}. Applied: {done.share}", _FIXES[reason],
+            file="adapter_model.safetensors"))
     return findings
 
 
