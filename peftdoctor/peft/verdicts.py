@@ -33,8 +33,7 @@ BY_CODE: dict[str, tuple[str, str]] = {
 MISSING_COPY = "PD209"
 # error findings judged for the target release alone (the schema rules): they decide that release's entry
 TARGET_ONLY: dict[str, tuple[str, str]] = {"PD104": ("fails", "config"), "PD114": ("wrong", "config")}
-# codes the application decides per release (PD223, PD207, PD208): not taken from the target's findings
-PER_RELEASE = frozenset({"PD207", "PD208", "PD223"})
+# (PD223, PD207 and PD208 are not read from the target's findings: the application is judged per release)
 
 
 def _rank(verdict: str) -> int:
