@@ -45,6 +45,9 @@ class Finding:
 
 
 CompatResult = Literal["ok", "drops_keys", "fails"]
+# The whole adapter in one release, best first: computes the adapter; drops config keys; computes part of it;
+# computes the base; some modules random; computes something else (NaN, other magnitudes); raises.
+VERDICTS = ("ok", "drops_keys", "partial", "base", "random", "wrong", "fails")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class Compatibility:
     error: Optional[str] = None  # the error text that release raises
     warning: Optional[str] = None  # the warning it prints while dropping keys, if any
     lost: tuple[tuple[str, str], ...] = ()  # (key, what is lost) for each dropped key that bears meaning
+    verdict: Optional[str] = None  # the whole adapter (one of VERDICTS); None: only the config was judged
+    part: Optional[str] = None  # what decides the verdict: "config", "transformers", "weights" or "base"
+    detail: Optional[str] = None  # one line: the error text, or what is applied
+
+    @property
+    def judged(self) -> str:
+        return self.verdict or self.result
 
 
 @dataclass(frozen=True)

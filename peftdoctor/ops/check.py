@@ -9,14 +9,16 @@ from peftdoctor.io.base import find_base_config
 from peftdoctor.model.adapter import CONFIG_NAME, Adapter
 from peftdoctor.model.base import Base
 from peftdoctor.model.findings import Finding, Report
-from peftdoctor.peft import compat, releases, transformers_axis
+from peftdoctor.peft import compat, releases, transformers_axis, verdicts
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Check, Context
+from peftdoctor.rules.application import application_findings, lora_tensors, tree_of
 from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
 from peftdoctor.rules.schema import pattern_findings, peft_type_findings, value_findings
 from peftdoctor.rules.traps import (
+    all_linear_unknown,
     base_mutating_init,
     base_not_portable,
     oft_weights_changed,
@@ -28,7 +30,7 @@ from peftdoctor.rules.weights import weight_findings
 
 CONFIG_CHECKS: tuple[Check, ...] = (
     peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
-    base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
+    base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted, all_linear_unknown,
 )
 
 
@@ -118,12 +120,17 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)
+    tree, tree_note = tree_of(ctx)
+    applied, applied_notes = application_findings(ctx, tree, tree_note)
     on_base, base_skipped = base_findings(ctx)
-    weights += on_base
-    skipped += base_skipped
+    weights += applied + on_base
+    skipped += base_skipped + applied_notes
     if engine is not None:
         from peftdoctor.engines import target_findings
 
         weights += target_findings(adapter, adapter.config, engine, ctx.base)
-    return Report(**shown, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
+    everything = tuple(findings + weights)
+    judged = verdicts.judge(compat.compatibility(adapter.config), everything, release.name, ctx.transformers,
+                            lora_tensors(ctx), adapter.config, tree)
+    return Report(**shown, findings=everything, compatibility=judged,
                   written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))

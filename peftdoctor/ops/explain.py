@@ -113,8 +113,10 @@ PATTERNS: tuple[Pattern, ...] = (
        "the safetensors file is damaged or truncated ({why})",
        "re-copy or re-save the weights; `peftdoctor check ADAPTER` says exactly what is wrong"),
     _p("PD355", r"Found missing adapter keys while loading the checkpoint: \[(?P<keys>[^\]]*)",
-       "the weights file lacks tensors the config asks for: those layers stay at their initial (no-op) values",
-       "run `peftdoctor check ADAPTER` to compare target_modules with the saved weights"),
+       "peft found no weights for modules it adapted: they keep their initial values and compute the base "
+       "(random outputs with init_lora_weights false); the file's tensors under other names were dropped",
+       "run `peftdoctor check ADAPTER --base BASE`: PD223 names the tensors peft dropped (no or a doubled "
+       "base_model.model. prefix, another architecture's module paths) and PD207 the modules left without weights"),
     _p("PD356", r"NaNs detected in the merged weights\. The adapter (?P<adapter>\S+) seems to be broken",
        "merging adapter {adapter} produced NaNs: its weights hold NaN/inf or overflow in the merge dtype",
        "merge in float32 (`peftdoctor verify --dtype float32`) and check the adapter's weights for NaN"),

@@ -12,6 +12,9 @@ from peftdoctor.peft import postinit, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft.releases import Release
 
+NOT_FOUND = ("ValueError: Target modules {targets} not found in the base model. Please check the target modules and "
+             "try again.")
+
 
 @dataclass(frozen=True)
 class KeyHistory:
@@ -133,6 +136,10 @@ def predict(release: Release, config: dict[str, Any], noops: Optional[dict[str, 
     regex_errors = targeting.pattern_errors(config, release.version, release.fields(peft_type))
     if regex_errors:  # raised while the layers are built, after the config loaded
         return Compatibility(name, "fails", error=f"re.error: {regex_errors[0][2]}")
+    targets = config.get("target_modules")
+    if targeting.names_all_linear(targets) and not targeting.is_all_linear(targets, release.version):
+        # before 0.8.0 "all-linear" is a regex no module name fullmatches (peft/tuners/tuners_utils.py, lora.py)
+        return Compatibility(name, "fails", error=NOT_FOUND.format(targets=targets))
     if unknown:
         warning = None
         if release.unknown_keys == "warn" and message:

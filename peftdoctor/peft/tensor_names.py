@@ -54,6 +54,17 @@ class TensorName:
         return self.family == "lora"
 
     @property
+    def prefixed(self) -> bool:
+        """Saved under the PeftModel prefix: PeftModel.load_state_dict(strict=False) matches only such keys."""
+        return self.key.startswith(PREFIX)
+
+    @property
+    def prefix_doubled(self) -> bool:
+        """Saved as base_model.model.base_model.model.<module> (a PeftModel's state dict saved through another
+        wrapper): no module of the base has that path."""
+        return self.prefixed and self.module.startswith(PREFIX)
+
+    @property
     def saved_module(self) -> str:
         """The module as named in the file, PeftModel prefix included (engines match on that layout)."""
         return PREFIX + self.module if self.key.startswith(PREFIX) else self.module

@@ -22,7 +22,8 @@ def to_dict(report: Report) -> dict[str, Any]:
         "written_by": report.written_by,
         "findings": [f.to_dict() for f in report.findings],
         "compatibility": [{"peft": c.peft, "result": c.result, "dropped": list(c.dropped), "error": c.error,
-                           "warning": c.warning, "lost": [{"key": k, "effect": e} for k, e in c.lost]}
+                           "warning": c.warning, "lost": [{"key": k, "effect": e} for k, e in c.lost],
+                           "verdict": c.judged, "part": c.part, "detail": c.detail}
                           for c in report.compatibility],
         "skipped": list(report.skipped),
     }
@@ -42,6 +43,7 @@ def render_text(report: Report) -> str:
     lines += [f"  skipped: {note}" for note in report.skipped]
     if report.compatibility:
         lines.append("  compatibility: " + _ranges(report.compatibility))
+        lines += _verdicts(report.compatibility)
         lines += _losses(report.compatibility)
     if not report.findings:
         lines.append("  no findings")
@@ -49,14 +51,26 @@ def render_text(report: Report) -> str:
 
 
 def _ranges(entries: tuple[Compatibility, ...]) -> str:
-    """Runs of consecutive releases with the same result, e.g. 'ok 0.14.0-0.21.2; fails 0.6.0-0.13.2'."""
+    """Runs of consecutive releases with the same verdict on the whole adapter, e.g. 'ok 0.14.0-0.21.2; fails
+    0.6.0-0.13.2' (an "ok" only where nothing the check knows makes that release fail or compute otherwise)."""
+    return "; ".join(f"{verdict} {span}" for verdict, span in _runs(entries, lambda e: e.judged))
+
+
+def _runs(entries: tuple[Compatibility, ...], key: Any) -> list[tuple[Any, str]]:
     runs: list[list[Any]] = []
     for entry in entries:
-        if runs and runs[-1][0] == entry.result:
+        if runs and runs[-1][0] == key(entry):
             runs[-1][2] = entry.peft
         else:
-            runs.append([entry.result, entry.peft, entry.peft])
-    return "; ".join(f"{r} {a}" + (f"-{b}" if a != b else "") for r, a, b in runs)
+            runs.append([key(entry), entry.peft, entry.peft])
+    return [(k, a + (f"-{b}" if a != b else "")) for k, a, b in runs]
+
+
+def _verdicts(entries: tuple[Compatibility, ...]) -> list[str]:
+    """One line per run of releases the weights, the base or transformers decide: which part, and why."""
+    decided = _runs(entries, lambda e: (e.judged, e.part, e.detail) if e.part not in (None, "config") else None)
+    return [f"    {verdict} {span} ({part}): {detail}" for (verdict, part, detail), span in
+            ((k, s) for k, s in decided if k is not None)]
 
 
 def _losses(entries: tuple[Compatibility, ...]) -> list[str]:

@@ -4,13 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from packaging.version import Version
-
 from peftdoctor.io.safetensors import size_problems
 from peftdoctor.model.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.peft import patterns, releases, targeting, tensor_names
-from peftdoctor.peft.targeting import REGEX_CHARS
 from peftdoctor.rules.registry import rule
 from peftdoctor.rules.values import value_findings
 
@@ -84,7 +81,6 @@ def lora_modules(adapter: Adapter) -> dict[str, LoraModule]:
 def lora_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
     modules = lora_modules(adapter)
     findings = _rank_findings(config, modules)
-    findings += _target_findings(config, modules)
     findings += _modules_to_save_findings(config, adapter)
     findings += _dora_findings(config, modules)
     return findings
@@ -117,46 +113,6 @@ def _some(names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _target_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
-    targets = config.get("target_modules")
-    if not modules or not isinstance(targets, (list, str)):
-        return []
-    newest = releases.known_versions()[-1]
-    findings = []
-    if isinstance(targets, list):
-        # One target at a time through the one matcher; a plain name is a set lookup over the modules' tails
-        # (10,000 targets x 1,000 modules took 7 s as a double loop).
-        tails = {".".join(m.split(".")[i:]) for m in modules for i in range(m.count(".") + 1)}
-        missing = []
-        for target in (t for t in targets if isinstance(t, str)):
-            known = target in tails if REGEX_CHARS.isdisjoint(target) else None
-            if known is False or (known is None and not any(
-                    _targeted({**config, "target_modules": [target]}, m, newest) for m in modules)):
-                missing.append(target)
-        findings += [rule("PD207").finding(
-            f"target_modules lists {target!r} but the weights hold no LoRA tensors for it",
-            f"remove {target!r} from target_modules, or re-save the adapter that trained it",
-            key="target_modules") for target in missing[:3]]
-        if len(missing) > 3:  # one more finding for the rest, not one per entry of a 100,000-entry list
-            findings.append(rule("PD207").finding(
-                f"{len(missing) - 3} more entries of target_modules have no LoRA tensors in the weights "
-                f"({_some(missing[3:])})", "remove them from target_modules", key="target_modules"))
-    stray = sorted(m for m in modules if not _targeted(config, m, newest))
-    if stray:
-        findings.append(rule("PD208").finding(
-            f"weights for {_some(stray)} match no module the config targets (target_modules, exclude_modules, "
-            "layers_to_transform): peft builds no layer for them and silently ignores those weights",
-            "add the module names to target_modules", key="target_modules"))
-    return findings
-
-
-def _targeted(config: dict[str, Any], module: str, version: Version) -> bool:
-    try:
-        return targeting.targeted(config, module, version)
-    except targeting.PROBLEMS:
-        return True  # peft would fail on the pattern itself; don't guess further
-
-
 def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
     wanted = config.get("modules_to_save")
     if not isinstance(wanted, list) or not wanted:
@@ -167,8 +123,9 @@ def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[
     missing = [w for w in wanted if isinstance(w, str) and w not in present]
     if optional and present & optional:
         missing = [w for w in missing if w not in optional]
-    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: the base's "
-                                  "untrained copy is used instead", f"re-save the adapter with the trained {w!r}, "
+    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: peft 0.15.0 and "
+                                  "later raise KeyError on load, older releases keep the base's untrained module",
+                                  f"re-save the adapter with the trained {w!r}, "
                                   "or remove it from modules_to_save", key="modules_to_save") for w in missing]
 
 

@@ -92,4 +92,5 @@ def main() -> None:
     print(json.dumps(result))
 
 
-main()
+if __name__ == "__main__":  # tests/era/load_applied.py imports load_base
+    main()
