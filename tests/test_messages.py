@@ -68,8 +68,9 @@ def test_catalogue_covers_every_release_and_is_stable() -> None:
 def test_codes_table_is_applied_and_every_row_is_used() -> None:
     entries = catalogue.load()["entries"]
     for e in entries:
-        assert e["code"] == codes.code_for(e["package"], e["template"]), e["id"]
+        assert (e["code"], e["area"]) == codes.verdict(e["package"], e["template"], e["file"], e["kind"]), e["id"]
         assert e["code"] is None or e["code"] in RULES
+        assert e["code"] is not None or e["area"] is not None, f"{e['id']}: no verdict (codes.MAP or codes.AREAS)"
     for package, pattern, code in codes.MAP:
         assert any(e["package"] == package and re.search(pattern, e["template"]) for e in entries), (package, pattern)
 

@@ -1,9 +1,10 @@
 """The generated message catalogue (catalogue.json), and finding its mapped messages in a text.
 
-Only entries the code table (codes.py) maps to a finding code are searched for. Each is found in
-linear time: its longest literal fragment is looked up with `str.find` (lower-cased text, so the
-wording of releases that capitalised differently still matches), and only then is its bounded regex
-run, on the lines around that one occurrence.
+Only entries the code tables (codes.py) give a finding code are searched for. Each is found in
+linear time: the text's words are read once, and only the entries whose key word (the longest word of
+their anchor) is among them are looked at further; then the anchor, the longest literal fragment, is
+looked up with `str.rfind` (lower-cased text, so the wording of releases that capitalised differently
+still matches), and only then is its bounded regex run, on the lines around that one occurrence.
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ class Message:
     releases: tuple[str, ...]
     code: Optional[str]
     file: str
+    area: Optional[str] = None  # the codes.AREAS reason when no MAP row names the message
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The longest whole word of the anchor (not one at its edge, which a hole may extend): a text
+        without that word cannot hold the message. "" when there is none: always looked at."""
+        whole = [m[0] for m in _WORD.finditer(self.anchor) if 0 < m.start() and m.end() < len(self.anchor)]
+        return max((w for w in whole if len(w) >= 3), key=len, default="")
 
     @functools.cached_property
     def anchor(self) -> str:
@@ -63,8 +72,8 @@ def load() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def entries() -> tuple[Message, ...]:
-    return tuple(Message(e["id"], e["package"], e["kind"], e["template"], tuple(e["releases"]), e["code"], e["file"])
-                 for e in load()["entries"])
+    return tuple(Message(e["id"], e["package"], e["kind"], e["template"], tuple(e["releases"]), e["code"], e["file"],
+                         e.get("area")) for e in load()["entries"])
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,10 +89,30 @@ def prepare(text: str) -> str:
     return "\n".join(line[:LINE_MAX] for line in text.split("\n"))
 
 
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+@functools.lru_cache(maxsize=1)
+def _by_key() -> dict[str, tuple[Message, ...]]:
+    keyed: dict[str, list[Message]] = {}
+    for message in mapped():
+        keyed.setdefault(message.key, []).append(message)
+    return {k: tuple(v) for k, v in keyed.items()}
+
+
+def candidates(lowered: str) -> list[Message]:
+    """The mapped messages whose key word is in the text, in mapped() order: one pass over its words."""
+    keyed = _by_key()
+    words = set(_WORD.findall(lowered))
+    found = [m for key, ms in keyed.items() if key in words or key == "" for m in ms]
+    order = {m.id: i for i, m in enumerate(mapped())}
+    return sorted(found, key=lambda m: order[m.id])
+
+
 def find(text: str, lowered: Optional[str] = None) -> Iterator[Hit]:
     """Each mapped message found in `text` (already prepare()d), once, at its last occurrence."""
     lowered = text.lower() if lowered is None else lowered
-    for message in mapped():
+    for message in candidates(lowered):
         at = lowered.rfind(message.anchor)
         if at < 0:
             continue

@@ -21,6 +21,7 @@ from peftdoctor.messages.diagnosis import make as _d
 from peftdoctor.messages.diagnosis import regex as _re
 from peftdoctor.messages.diagnosis import search as _search
 from peftdoctor.messages.diagnosis import windows as _windows
+from peftdoctor.messages.runtime import release_in, runtime_wordings
 from peftdoctor.messages.wordings import catalogue_hits, other_wordings
 from peftdoctor.peft import tensor_names
 from peftdoctor.rules.values import ZERO3_FIX
@@ -177,9 +178,11 @@ def diagnose(text: str) -> list[Diagnosis]:
     lowered = text.lower()
     found: list[Diagnosis] = []
     seen: set[str] = set()
-    for step in (unexpected_keyword, size_mismatch, other_wordings, catalogue_hits):
+    for step in (unexpected_keyword, size_mismatch, other_wordings, runtime_wordings, catalogue_hits):
         for diagnosis in step(text, lowered):
             head = diagnosis.causes[0].code if diagnosis.causes else None
+            if diagnosis.weak and any(f.causes and not f.weak for f in found):
+                continue  # a whole area's code only where no specific wording was recognised
             if head is not None and head in seen:
                 continue
             if head is not None:

@@ -31,6 +31,8 @@ CALLERS: tuple[tuple[str, str], ...] = (
     ("llmtuner", "LLaMA-Factory"), ("axolotl", "axolotl"), ("site-packages/trl/", "trl"),
     ("site-packages\\trl\\", "trl"), ("swift/", "ms-swift"), ("autotrain", "AutoTrain"),
 )
+# The wrappers catalogued (scripts/generate_messages.py) -> their name in CALLERS.
+WRAPPERS = {"unsloth": "unsloth", "llamafactory": "LLaMA-Factory", "axolotl": "axolotl"}
 ZERO3_HINTS = ("zero3", "zero_3", "zero-3", "stage3", "stage 3", "deepspeed")
 
 

@@ -85,11 +85,15 @@ def matcher(parts: tuple[Part, ...]) -> str:
     return _matcher(parts, set())
 
 
+_SENTENCE_END = re.compile(r"\.\s")
+
+
 def _first_sentence(parts: tuple[Part, ...]) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
     seen = 0
     for i, part in enumerate(parts):
         if isinstance(part, str):
-            at = part.find(". ")
+            end = _SENTENCE_END.search(part)  # ". " or ".\n": wrapped messages end their sentences with either
+            at = end.start() if end else -1
             if at >= 0 and seen + at >= MIN_LITERAL:
                 head = (*parts[:i], part[:at + 1])
                 rest = part[at + 1:]

@@ -47,10 +47,8 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
         yield _d(m[0], replaces=("PD353",))
     m = _search(_LFS, text, lowered, "invalid load key") or _search(_LFS, text, lowered, "git-lfs")
     if m:
-        yield _d(m[0], Cause("PD362", "the weights file is a Git LFS pointer (a small text file starting with "
-                             "'version https://git-lfs...'), not the weights: the repo was cloned without git-lfs",
-                             "run `git lfs install && git lfs pull` in the clone (or download the repo with "
-                             "`hf download`)"), replaces=("PD203",))
+        yield _d(m[0], _lfs_pointer("the weights file is a Git LFS pointer (a small text file starting with "
+                                    "'version https://git-lfs...')"), replaces=("PD203",))
     for m in (_search(_REPO_ID, text, lowered, "repo id must be"),
               _search(_NOT_FOUND, text, lowered, "404 client error")):
         if m:
@@ -239,11 +237,62 @@ def _header(hit: Hit, text: str, lowered: str) -> list[Cause]:
     if any(h in lowered for h in knowledge.ZERO3_HINTS):
         return [damaged, Cause("PD214", "saved right after DeepSpeed ZeRO-3 training: the weights may be "
                                "un-gathered partitions", ZERO3_FIX)]
+    if re.search(r"header ?too ?large", why, re.IGNORECASE):  # a text file's first 8 bytes read as a length
+        return [_lfs_pointer("the header length, read from the file's first 8 bytes, is absurd: the file is text, "
+                             "most often a Git LFS pointer ('version https://git-lfs...')"), damaged]
     return [damaged]
+
+
+def _lfs_pointer(why: str) -> Cause:
+    return Cause("PD362", f"{why}, not the weights: the repo was cloned without git-lfs",
+                 "run `git lfs install && git lfs pull` in the clone (or download the repo with `hf download`)")
 
 
 def _missing_config(hit: Hit, text: str, lowered: str) -> list[Cause]:
     return [_no_adapter_config(lowered)]
+
+
+def _adapter_name_in_prefix(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    name, prefix = hit.group("adapter_name") or "this adapter", hit.group("prefix") or "the tuner's prefix"
+    return [Cause("PD370", f"the adapter is named {name!r}, which contains {prefix!r}, the prefix of the tuner's "
+                  f"weight keys ({hit.message.where()}): its saved weights can be taken for another adapter's and "
+                  "left re-initialised", f"load it under a name without {prefix!r}: PeftModel.from_pretrained(base, "
+                  "ADAPTER, adapter_name='default') (or load_adapter(ADAPTER, adapter_name='default'))")]
+
+
+def _offloaded(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD368", f"device_map put part of the model on disk ({hit.message.where()}: {hit.match[0][:160]})",
+                  "pass offload_folder=DIR to the base's from_pretrained and to PeftModel.from_pretrained, or load "
+                  "the base on devices with room for it (device_map={'': 0})")]
+
+
+def _one_directory(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD369", f"the directory holds both a model config.json and adapter_config.json "
+                  f"({hit.message.where()} refuses to guess which to load)", "keep the adapter and the model in two "
+                  "directories (or repos); or merge the adapter and keep only the merged model")]
+
+
+def _not_a_path(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD363", f"{hit.group('path_or_repo_id') or 'the path given'} is not an existing local directory, "
+                  "so it was tried as a Hub repo id, which it is not", "pass the adapter's directory (the one "
+                  "save_pretrained() wrote, holding adapter_config.json), not a file or a path that does not exist")]
+
+
+# Words that put a text about peft's own refusals in context: without one, a generic wording (every
+# message of a whole area, codes.AREAS) is not claimed.
+_PEFT_WORDS = ("peft", "lora", "adapter")
+
+
+def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    """A message whose code came from its area (codes.AREAS): claimed only in context, worded by the
+    message itself and the releases that print it."""
+    package = hit.message.package
+    if package in knowledge.WRAPPERS:
+        if knowledge.WRAPPERS[package] not in knowledge.callers(lowered):
+            return []
+    elif not any(w in lowered for w in _PEFT_WORDS):
+        return []
+    return _generic(hit, text, lowered)
 
 
 def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
@@ -259,7 +308,8 @@ DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
     "PD415": _ignored_modules, "PD364": _vocab_limit, "PD360": _no_targets, "PD204": _header,
     "PD004": _missing_config, "PD403": _dora,
     "PD406": _engine_feature("lora_bias"), "PD407": _engine_feature("bias"),
-    "PD413": _engine_feature("base_mutating_init"),
+    "PD413": _engine_feature("base_mutating_init"), "PD370": _adapter_name_in_prefix, "PD368": _offloaded,
+    "PD369": _one_directory, "PD363": _not_a_path,
 }
 # Codes the older pattern table already words well: a catalogue hit only adds the releases.
 OLDER_TABLE_CODES = frozenset({"PD350", "PD355", "PD356", "PD116", "PD114", "PD501", "PD502", "PD503", "PD106"})
@@ -270,5 +320,6 @@ def catalogue_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
         code = hit.message.code or ""
         if code in OLDER_TABLE_CODES:
             continue
-        causes = DECIDERS.get(code, _generic)(hit, text, lowered)
-        yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})")
+        causes = (_area if hit.message.area else DECIDERS.get(code, _generic))(hit, text, lowered)
+        yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})",
+                 weak=hit.message.area is not None)
