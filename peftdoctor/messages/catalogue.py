@@ -103,7 +103,7 @@ def _by_key() -> dict[str, tuple[Message, ...]]:
 def candidates(lowered: str) -> list[Message]:
     """The mapped messages whose key word is in the text, in mapped() order: one pass over its words."""
     keyed = _by_key()
-    words = set(_WORD.findall(lowered))
+    words = set(_WORD.findall("\n".join(set(lowered.split("\n")))))  # logs repeat their lines: each read once
     found = [m for key, ms in keyed.items() if key in words or key == "" for m in ms]
     order = {m.id: i for i, m in enumerate(mapped())}
     return sorted(found, key=lambda m: order[m.id])

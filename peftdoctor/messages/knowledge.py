@@ -37,11 +37,16 @@ ZERO3_HINTS = ("zero3", "zero_3", "zero-3", "stage3", "stage 3", "deepspeed")
 
 
 def callers(lowered: str) -> list[str]:
+    return list(_callers(lowered))
+
+
+@functools.lru_cache(maxsize=4)  # asked once per catalogue hit: a long text is scanned once (its hash is cached)
+def _callers(lowered: str) -> tuple[str, ...]:
     found: list[str] = []
     for fragment, name in CALLERS:
         if fragment in lowered and name not in found:
             found.append(name)
-    return found
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,6 +7,7 @@ limit it printed, the releases that print it.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable, Iterator
 
@@ -283,6 +284,11 @@ def _not_a_path(hit: Hit, text: str, lowered: str) -> list[Cause]:
 _PEFT_WORDS = ("peft", "lora", "adapter")
 
 
+@functools.lru_cache(maxsize=4)
+def _about_peft(lowered: str) -> bool:
+    return any(w in lowered for w in _PEFT_WORDS)
+
+
 def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
     """A message whose code came from its area (codes.AREAS): claimed only in context, worded by the
     message itself and the releases that print it."""
@@ -290,7 +296,7 @@ def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
     if package in knowledge.WRAPPERS:
         if knowledge.WRAPPERS[package] not in knowledge.callers(lowered):
             return []
-    elif not any(w in lowered for w in _PEFT_WORDS):
+    elif not _about_peft(lowered):
         return []
     return _generic(hit, text, lowered)
 
@@ -321,5 +327,7 @@ def catalogue_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
         if code in OLDER_TABLE_CODES:
             continue
         causes = (_area if hit.message.area else DECIDERS.get(code, _generic))(hit, text, lowered)
+        ranked_first = causes[0].code if causes else code
         yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})",
+                 replaces=(code,) if ranked_first != code else (),  # another cause ranks first: the older table's claim goes
                  weak=hit.message.area is not None)
