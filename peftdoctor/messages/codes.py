@@ -41,6 +41,12 @@ MAP: tuple[tuple[str, str, str], ...] = (
     ("vllm", r"^Adapter bias", "PD407"),
     ("vllm", r"does not support init_lora_weights", "PD413"),
     ("vllm", r"vocab size must be", "PD364"),
+    ("vllm", r"expected target modules in \{\w+\} but received", "PD416"),
+    ("sglang", r"contains target modules \{\w+\} that are not included in the specified --lora-target-modules"
+               r"|^Cannot find target module name for|does not recognize target_modules="
+               r"|only supports inferring LoRA target modules when a list", "PD416"),
+    ("sglang", r"with rank \{\w+\} is incompatible with the current LoRA memory pool", "PD408"),
+    ("peft", r"^Target module \{\w+\} is not (?:supported|a plain)", "PD301"),
     ("peft", r"^Requested bias: ", "PD104"),
     ("peft", r"^Adapter name '?\{\w+\}'? should not be contained in the prefix", "PD370"),
     ("peft", r"^Disk offloading currently only supported for safetensors", "PD368"),

@@ -20,7 +20,7 @@ _TF_IMPORT = _re(r"cannot import name '(?P<name>\w{1,100})' from 'transformers'"
 _RELEASE = r"(?<![\w-]){name}(?:[ \t]{{0,4}}(?:version)?[ \t]{{0,4}}[:=]{{0,2}}[ \t]{{0,4}}|-|==|/)v?(?P<v>\d{{1,3}}\.\d{{1,3}}(?:\.\d{{1,3}})?(?:\.?dev\d{{1,6}})?)(?![\w.])"
 _RELEASES = {name: _re(_RELEASE.format(name=name)) for name in ("peft", "transformers", "vllm", "sglang")}
 _META = _re(r"Cannot copy out of meta tensor|Tensor on device meta is not on the expected device"
-            r"|(?P<offload>We need an `?offload_dir`? to dispatch this model)")
+            r"|(?P<offload>We need an [`'\"]?offload[_-]dir[`'\"]? to dispatch this model)")
 
 
 def release_in(text: str, package: str) -> Optional[str]:
@@ -37,7 +37,7 @@ def runtime_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
         cause = _import_pair(m["name"], release_in(text, "peft"), release_in(text, "transformers"))
         if cause is not None:
             yield _d(m[0], cause)
-    m = _search(_META, text, lowered, "meta") or _search(_META, text, lowered, "offload_dir")
+    m = _search(_META, text, lowered, "meta") or _search(_META, text, lowered, "to dispatch this model")
     if m:
         yield _d(m[0], _offloaded(bool(m["offload"])))
 

@@ -81,8 +81,13 @@ def matcher(parts: tuple[Part, ...]) -> str:
     bounded and no two repetitions can match the same characters back to back."""
     head, tail = _first_sentence(parts)
     if tail:  # pasted messages are often cut after their first sentence: the rest is optional
-        return _matcher(head, set()) + "(?:" + _matcher(tail, _names(head)) + ")?"
-    return _matcher(parts, set())
+        return _optional_stop(_matcher(head, set())) + "(?:" + _matcher(tail, _names(head)) + ")?"
+    return _optional_stop(_matcher(parts, set()))
+
+
+def _optional_stop(regex: str) -> str:
+    """A message's closing full stop is often dropped where it is quoted (an issue title, a log line)."""
+    return regex[:-2] + r"\.?" if regex.endswith(r"\.") else regex
 
 
 _SENTENCE_END = re.compile(r"\.\s")

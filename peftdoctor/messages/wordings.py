@@ -145,11 +145,28 @@ def _merge_refused(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
 
 def _rank_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    if hit.message.package == "sglang":  # "LoRA adapter NAME with rank R is incompatible with ... memory pool"
+        rank = hit.group("r") or "R"
+        return [Cause("PD408", f"the adapter's rank {rank} is above the rank the engine's LoRA memory pool was "
+                      f"sized for ({hit.message.where()})", f"start sglang with --max-lora-rank {rank} (at least "
+                      "the largest rank of the adapters it serves)")]
     rank, limit = _numbers(hit.match[0])
     return [Cause("PD408", f"the adapter's rank {rank} is above the engine's max_lora_rank {limit} "
                   f"({hit.message.where()}): {knowledge.engine_advice('vllm', 'rank_above_default')}",
-                  f"start the engine with --max-lora-rank {rank or 'R'} (LLM(..., max_lora_rank={rank or 'R'})); "
+                  _rank_flag(rank or "R", knowledge.callers(lowered)) + "; "
                   + knowledge.engine_fix("vllm", "rank_above_max", ""))]
+
+
+# How each wrapper passes vLLM's max_lora_rank on (the argument is in its released wheels).
+_RANK_FLAGS = {"LLaMA-Factory": "set vllm_max_lora_rank: {r} in LLaMA-Factory's arguments",
+               "unsloth": "pass max_lora_rank={r} to Unsloth's FastLanguageModel.from_pretrained(..., fast_inference=True)",
+               "ms-swift": "pass --vllm_max_lora_rank {r} to ms-swift"}
+
+
+def _rank_flag(rank: str, callers: list[str]) -> str:
+    flag = next((_RANK_FLAGS[c].format(r=rank) for c in callers if c in _RANK_FLAGS), None)
+    engine = f"start the engine with --max-lora-rank {rank} (LLM(..., max_lora_rank={rank}))"
+    return f"{flag} (vLLM's --max-lora-rank)" if flag else engine
 
 
 def _numbers(text: str) -> tuple[str, str]:
@@ -158,11 +175,26 @@ def _numbers(text: str) -> tuple[str, str]:
 
 
 def _no_lora_architecture(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    if "target module" in hit.message.template.lower():
+        return _engine_targets(hit)
     model = hit.group("model_cls", "__name__", "model", "architecture", "value") or "this architecture"
     return [Cause("PD416", f"the engine has no LoRA support for {model} in this release ({hit.message.where()}): "
                   "no adapter for this architecture can be served", "serve the merged model "
                   "(`peftdoctor verify ADAPTER --out DIR`), or an engine release that lists the architecture as "
                   "supporting LoRA")]
+
+
+def _engine_targets(hit: Hit) -> list[Cause]:
+    """An engine refusing the adapter's target_modules: sglang for what it was started with, vLLM for the
+    modules its implementation of the architecture has LoRA layers for."""
+    said = f"{hit.match[0][:240]} ({hit.message.where()})"
+    if hit.message.package == "sglang":
+        return [Cause("PD416", f"the adapter targets modules the engine was not started for: {said}",
+                      "start sglang with --lora-target-modules all (or list every module of the adapters' "
+                      "target_modules); target_modules in adapter_config.json must be a list of module names")]
+    return [Cause("PD416", f"the adapter targets modules this engine's implementation of the architecture has no "
+                  f"LoRA layer for: {said}", "serve the merged model (`peftdoctor verify ADAPTER --out DIR`), or "
+                  "retrain targeting only the modules the engine lists")]
 
 
 def _unsupported_weight(hit: Hit, text: str, lowered: str) -> list[Cause]:

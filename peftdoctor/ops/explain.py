@@ -112,7 +112,7 @@ PATTERNS: tuple[Pattern, ...] = (
                 r"incomplete metadata[^\n]*|header too (?:large|small)[^\n]*|invalid header length[^\n]*)",
        "the safetensors file is damaged or truncated ({why})",
        "re-copy or re-save the weights; `peftdoctor check ADAPTER` says exactly what is wrong"),
-    _p("PD355", r"Found missing adapter keys while loading the checkpoint: \[(?P<keys>[^\]]*)",
+    _p("PD355", r"Found missing adapter keys while loading the checkpoint(?::\s{0,8}\[(?P<keys>[^\]]{0,100000}))?",
        "the weights file lacks tensors the config asks for: those layers stay at their initial (no-op) values",
        "run `peftdoctor check ADAPTER` to compare target_modules with the saved weights"),
     _p("PD356", r"NaNs detected in the merged weights\. The adapter (?P<adapter>\S+) seems to be broken",
