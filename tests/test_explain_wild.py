@@ -99,3 +99,26 @@ def test_import_pair_fix_follows_the_direction() -> None:
     removed = explain("transformers==5.2.0\nImportError: cannot import name 'HybridCache' from 'transformers'")
     assert "past 0.17.1" in removed[0].finding.fix and "transformers 5.2.0" in removed[0].finding.message
     assert explain("ImportError: cannot import name 'LlamaTokenizer' from 'transformers'") == ()
+
+
+def test_adapter_named_like_the_prefix_as_real_peft_warns_it() -> None:
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]), adapter_name="lora")
+    said = next(str(w.message) for w in caught if "should not be contained in the prefix" in str(w.message))
+    found = explain(f"UserWarning: {said}")
+    assert [e.finding.code for e in found] == ["PD370"]
+    assert "'lora'" in found[0].finding.message and "'lora_'" in found[0].finding.message
+
+
+def test_fix_carries_the_release_the_text_names() -> None:
+    old = explain("peft version: 0.9.0\nTypeError: LoraConfig.__init__() got an unexpected keyword argument 'lora_bias'")
+    assert "--peft 0.9.0" in old[0].finding.fix and old[0].finding.message.startswith("peft 0.9.0 does not know")
+    # A text naming a release that knows the key: the peft that raised is another, older one.
+    other = explain("peft==0.13.2\nTypeError: LoraConfig.__init__() got an unexpected keyword argument 'use_dora'")
+    assert "which knows 'use_dora'" in other[0].finding.message and "peft.__file__" in other[0].finding.fix

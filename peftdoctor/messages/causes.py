@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Iterator, Optional
 
+from packaging.version import InvalidVersion, Version
+
 from peftdoctor.messages import catalogue, knowledge
 from peftdoctor.messages.diagnosis import Cause, Diagnosis
 from peftdoctor.messages.diagnosis import make as _d
@@ -52,13 +54,16 @@ def unexpected_keyword(text: str, lowered: str) -> Iterator[Diagnosis]:
     if not cls and not (story.known or story.model_config or any(c in lowered for c in _PEFT_CONTEXT)):
         yield _d(match[0], replaces=("PD105",))
         return
-    yield _d(match[0], *_key_causes(story, cls or "the config class", knowledge.callers(lowered)), replaces=("PD105",))
+    yield _d(match[0], *_key_causes(story, cls or "the config class", knowledge.callers(lowered),
+                                    release_in(text, "peft")), replaces=("PD105",))
 
 
-def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list[Cause]:
-    """Ranked causes of `cls` refusing the key: what the schemas say first, then a caller passing it."""
+def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str], peft: Optional[str] = None) -> list[Cause]:
+    """Ranked causes of `cls` refusing the key: what the schemas say first, then a caller passing it. `peft`:
+    the release the text names (a path, a version line), which `fix` then rewrites for."""
     key = repr(story.key)
-    noop = (f"`peftdoctor fix ADAPTER` drops {story.key} when its value is a no-op "
+    target = f" --peft {peft}" if peft else ""
+    noop = (f"`peftdoctor fix ADAPTER{target}` drops {story.key} when its value is a no-op "
             "(`peftdoctor explain --adapter ADAPTER` says whether it is)")
     who = callers[0] if callers else None
     passed = []
@@ -75,7 +80,13 @@ def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list
                       f"remove {story.key} from adapter_config.json ({noop}), or load it with peft<={story.last}"),
                 *passed]
     if story.known and story.introduced_later:
-        return [Cause("PD105", f"this peft release does not know {key}: it was introduced in peft {story.first}; "
+        if peft and _at_least(peft, story.first):  # the text names a release that knows the key
+            return [Cause("PD105", f"the text names peft {peft}, which knows {key} (since {story.first}), yet the "
+                          "peft that raised this does not: another, older peft is the one imported",
+                          "check `python -c \"import peft; print(peft.__version__, peft.__file__)\"` in the "
+                          f"environment that failed, and install peft>={story.first} there"), *passed]
+        this = f"peft {peft}" if peft else "this peft release"
+        return [Cause("PD105", f"{this} does not know {key}: it was introduced in peft {story.first}; "
                       f"the adapter was saved by peft>={story.first}",
                       f"install peft>={story.first}; or {noop}"), *passed]
     if passed:
@@ -89,6 +100,13 @@ def _key_causes(story: knowledge.KeyStory, cls: str, callers: list[str]) -> list
                   "another API's argument), or written into adapter_config.json by another tool",
                   f"remove {story.key} from the call or from adapter_config.json"
                   + (f"; update {who}" if who else ""))]
+
+
+def _at_least(release: str, first: object) -> bool:
+    try:
+        return Version(release) >= Version(str(first))
+    except InvalidVersion:
+        return False
 
 
 # --------------------------------------------------------------------------- size mismatches

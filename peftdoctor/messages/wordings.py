@@ -287,10 +287,11 @@ def _missing_config(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
 def _adapter_name_in_prefix(hit: Hit, text: str, lowered: str) -> list[Cause]:
     name, prefix = hit.group("adapter_name") or "this adapter", hit.group("prefix") or "the tuner's prefix"
-    return [Cause("PD370", f"the adapter is named {name!r}, which contains {prefix!r}, the prefix of the tuner's "
-                  f"weight keys ({hit.message.where()}): its saved weights can be taken for another adapter's and "
-                  "left re-initialised", f"load it under a name without {prefix!r}: PeftModel.from_pretrained(base, "
-                  "ADAPTER, adapter_name='default') (or load_adapter(ADAPTER, adapter_name='default'))")]
+    return [Cause("PD370", f"the adapter is named {name!r}, a part of {prefix!r}, the prefix of the tuner's weight "
+                  f"keys ({hit.message.where()}): its saved weights can be mistaken for other keys and left "
+                  "re-initialised on load", f"use an adapter_name that is no part of {prefix!r}: "
+                  "PeftModel.from_pretrained(base, ADAPTER, adapter_name='default') (or get_peft_model(..., "
+                  "adapter_name='default'))")]
 
 
 def _offloaded(hit: Hit, text: str, lowered: str) -> list[Cause]:

@@ -77,7 +77,7 @@ _TABLE = [
     ("PD367", "peft-transformers-import", E, "The installed peft imports a name the installed transformers lacks (or no longer has): the pair does not fit (explain)."),
     ("PD368", "offloaded-base", E, "The base was offloaded to CPU/disk/meta by device_map: loading or merging the adapter needs the offloaded weights (explain)."),
     ("PD369", "adapter-and-model-in-one-dir", E, "One directory holds both a model config.json and adapter_config.json: the loader refuses to guess (explain)."),
-    ("PD370", "adapter-name-in-prefix", W, "The adapter's name contains the tuner's key prefix (lora_, ...): its weights may be re-initialised on load (explain)."),
+    ("PD370", "adapter-name-in-prefix", W, "The adapter's name is a part of the tuner's key prefix (lora_, ...): its weights may be re-initialised on load (explain)."),
     ("PD371", "wrapper-refused", E, "A fine-tuning wrapper (Unsloth, LLaMA-Factory, axolotl) refused the adapter or its settings (explain)."),
     ("PD401", "target-no-lora-support", E, "The deployment target release cannot serve LoRA adapters at all."),
     ("PD402", "target-not-lora", E, "The deployment target serves only LoRA adapters; this is another peft_type."),
