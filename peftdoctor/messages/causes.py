@@ -34,8 +34,9 @@ __all__ = ["Cause", "Diagnosis", "diagnose"]
 
 # --------------------------------------------------------------------------- unknown keyword arguments
 
-_KWARG = _re(r"(?:(?P<cls>[A-Za-z_][\w.]{0,100})\.)?(?:__init__|init)\(\) got an unexpected keyword argument "
-             r"['\"](?P<key>\w{1,100})['\"]")
+# `_init_` and `init`: Markdown renderings of __init__; the closing quote is lost where a title is cut.
+_KWARG = _re(r"(?:(?P<cls>[A-Za-z_][\w.]{0,100})\.)?(?:__init__|_init_|init)\(\) got an unexpected keyword argument "
+             r"['\"](?P<key>\w{1,100})['\"]?")
 _PEFT_CONTEXT = ("peft/", "peft\\", "peftconfig", "loraconfig", "adapter_config", "peftmodel")
 
 

@@ -72,7 +72,8 @@ def longest_literal(parts: tuple[Part, ...]) -> str:
 def anchor(parts: tuple[Part, ...]) -> str:
     """What a text must contain for the message to be there: the longest literal run of its first
     sentence (the part matcher() requires), lower-cased."""
-    return longest_literal(_first_sentence(parts)[0]).strip().lower()
+    pieces = [piece for p in _first_sentence(parts)[0] if isinstance(p, str) for piece in p.split("`")]
+    return max(pieces, key=len, default="").strip().lower()  # backquotes are optional in the matcher
 
 
 def matcher(parts: tuple[Part, ...]) -> str:
@@ -134,8 +135,9 @@ def _matcher(parts: tuple[Part, ...], names: set[str]) -> str:
 
 
 def _literal(text: str) -> str:
+    """Whitespace runs loose; backquotes optional (Markdown renderings and retypings drop them)."""
     pieces = re.split(r"(\s+)", text)
-    return "".join(r"\s{1,8}" if p.isspace() else re.escape(p) for p in pieces if p)
+    return "".join(r"\s{1,8}" if p.isspace() else re.escape(p).replace("`", "`?") for p in pieces if p)
 
 
 def _group_name(raw: str, taken: set[str]) -> str:
