@@ -89,6 +89,8 @@ PACKAGES: dict[str, dict[str, Any]] = {
     # The wrappers users run: their own refusals around loading, merging and serving adapters.
     "unsloth": {"versions": lambda: ["2024.8", "2025.3.1", "2025.12.1", "2026.10.9"],
                 "files": lambda p: p.startswith("unsloth/"), "keep": _about_adapters},
+    "unsloth_zoo": {"versions": lambda: ["2025.3.1", "2025.12.1", "2026.10.9"],  # where Unsloth merges and saves
+                    "files": lambda p: p.startswith("unsloth_zoo/"), "keep": _about_adapters},
     "llamafactory": {"versions": lambda: ["0.7.1", "0.8.3", "0.9.2", "0.9.5"],
                      "files": lambda p: p.startswith("llamafactory/"), "keep": _about_adapters},
     "axolotl": {"versions": lambda: ["0.19.0"],  # pip finds no wheel of 0.5.2, 0.8.1, 0.12.2 for these platforms

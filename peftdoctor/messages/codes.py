@@ -60,6 +60,9 @@ MAP: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# The fine-tuning wrappers catalogued (scripts/generate_messages.py reads their wheels).
+WRAPPERS = ("unsloth", "unsloth_zoo", "llamafactory", "axolotl")
+
 # (package, a regex of the file it is raised in, a regex of its kind, the code or None, why).
 AREAS: tuple[tuple[str, str, str, Optional[str], str], ...] = (
     ("peft", r"/config\.py$|^peft/config\.py$", r"^raise|^assert", "PD104",
@@ -74,14 +77,9 @@ AREAS: tuple[tuple[str, str, str, Optional[str], str], ...] = (
     ("vllm", r".", r".", None, "the engine's own LoRA machinery (kernels, batching, its own settings)"),
     ("sglang", r".", r".", None, "the engine's own LoRA machinery (kernels, batching, its own settings)"),
     *((w, r"kernels|monkeypatch|_native\.py|fsdp|optimizers|scattermoe|sonicmoe|grouped|ring_attn", r".", None,
-       "the wrapper's kernels, patches and parallel training, not an adapter's files")
-      for w in ("unsloth", "llamafactory", "axolotl")),
-    ("unsloth", r".", r"^raise|^assert", "PD371", "the wrapper refusing the adapter or its settings"),
-    ("llamafactory", r".", r"^raise|^assert", "PD371", "the wrapper refusing the adapter or its settings"),
-    ("axolotl", r".", r"^raise|^assert", "PD371", "the wrapper refusing the adapter or its settings"),
-    ("unsloth", r".", r".", None, "the wrapper's advice: it goes on"),
-    ("llamafactory", r".", r".", None, "the wrapper's advice: it goes on"),
-    ("axolotl", r".", r".", None, "the wrapper's advice: it goes on"),
+       "the wrapper's kernels, patches and parallel training, not an adapter's files") for w in WRAPPERS),
+    *((w, r".", r"^raise|^assert", "PD371", "the wrapper refusing the adapter or its settings") for w in WRAPPERS),
+    *((w, r".", r".", None, "the wrapper's advice: it goes on") for w in WRAPPERS),
 )
 
 

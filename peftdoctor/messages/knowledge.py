@@ -32,7 +32,7 @@ CALLERS: tuple[tuple[str, str], ...] = (
     ("site-packages\\trl\\", "trl"), ("swift/", "ms-swift"), ("autotrain", "AutoTrain"),
 )
 # The wrappers catalogued (scripts/generate_messages.py) -> their name in CALLERS.
-WRAPPERS = {"unsloth": "unsloth", "llamafactory": "LLaMA-Factory", "axolotl": "axolotl"}
+WRAPPERS = {"unsloth": "unsloth", "unsloth_zoo": "unsloth", "llamafactory": "LLaMA-Factory", "axolotl": "axolotl"}
 ZERO3_HINTS = ("zero3", "zero_3", "zero-3", "stage3", "stage 3", "deepspeed")
 
 

@@ -331,7 +331,19 @@ def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
             return []
     elif not _about_peft(lowered):
         return []
-    return _generic(hit, text, lowered)
+    code = hit.message.code or "PD008"
+    return [Cause(code, f"{hit.message.area} ({hit.message.where()}): {hit.match[0][:200]}", _AREA_FIXES[code])]
+
+
+# What to do about a message whose code came from its area: the message itself names the detail.
+_AREA_FIXES = {
+    "PD104": "`peftdoctor check ADAPTER --peft RELEASE` names the value the release refuses; "
+             "`peftdoctor fix ADAPTER` rewrites what has an exact equivalent",
+    "PD301": "`peftdoctor check ADAPTER` checks the config and weights against the installed peft; "
+             "`peftdoctor verify ADAPTER` loads it on its base the way peft does",
+    "PD371": "change the setting the wrapper names; or save the adapter (save_pretrained) and load or merge it "
+             "with peft itself (`peftdoctor verify ADAPTER --out DIR` merges)",
+}
 
 
 def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
@@ -339,7 +351,7 @@ def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
     summary = rule(hit.message.code or "PD008").summary
     return [Cause(hit.message.code or "PD008", f"{summary.rstrip('.')} ({hit.message.where()}: "
-                  f"{hit.match[0][:200]})", "see `peftdoctor rules` for the code")]
+                  f"{hit.match[0][:200]})", _AREA_FIXES.get(hit.message.code or "", "see `peftdoctor rules` for the code"))]
 
 
 DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
