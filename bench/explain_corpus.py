@@ -20,7 +20,8 @@ WILD = ROOT / "tests" / "explain_corpus" / "wild.jsonl"
 
 
 def figure(name: str, cases: list[dict], verbose: bool) -> tuple[int, int, int, int]:
-    """(adapter right, adapter total, non-adapter unrecognised, non-adapter total), printed."""
+    """(adapter right, adapter total, non-adapter unrecognised, non-adapter total), printed; the cases
+    missed are named except for the held-out part (only measured, never looked at case by case)."""
     adapter_right = adapter_total = quiet_right = quiet_total = 0
     for case in cases:
         codes = [e.finding.code for e in explain(case["text"])]
@@ -32,7 +33,7 @@ def figure(name: str, cases: list[dict], verbose: bool) -> tuple[int, int, int, 
             ok = codes == []
             quiet_total += 1
             quiet_right += ok
-        if verbose or not ok:
+        if (verbose or not ok) and "held-out" not in name:
             print(f"{'ok ' if ok else 'MISS'} {case['id']}: expected {case['expected']}, got {codes}")
     print(f"{name}: adapter cases: right cause for {adapter_right}/{adapter_total} "
           f"({100 * adapter_right / max(1, adapter_total):.1f} %); "
