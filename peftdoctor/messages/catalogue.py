@@ -20,6 +20,7 @@ from peftdoctor.messages.templates import anchor, matcher, parse
 CATALOGUE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalogue.json")
 WINDOW = 2048  # characters either side of the fragment's line a message may span (pasted logs re-wrap)
 LINE_MAX = 4096  # longer lines are cut before matching: no message is that long
+FILTER_MAX = 1_000_000  # texts up to this length are searched only for the messages whose words they hold
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,27 @@ def _by_key() -> dict[str, tuple[Message, ...]]:
     return {k: tuple(v) for k, v in keyed.items()}
 
 
-def candidates(lowered: str) -> list[Message]:
-    """The mapped messages whose key word is in the text, in mapped() order: one pass over its words."""
+def candidates(lowered: str, area: bool = False) -> list[Message]:
+    """The mapped messages whose key word, and then whose anchor, is in the text, in mapped() order. Logs
+    repeat their lines: the distinct lines are read once, and where they are much shorter than the text
+    an anchor is looked for there first (an anchor spanning lines is always looked for in the text)."""
+    if len(lowered) > FILTER_MAX:  # reading every word of a long text costs more than the searches it saves
+        return [m for m in mapped() if (m.area is not None) == area]
     keyed = _by_key()
-    words = set(_WORD.findall("\n".join(set(lowered.split("\n")))))  # logs repeat their lines: each read once
-    found = [m for key, ms in keyed.items() if key in words or key == "" for m in ms]
+    unique = "\n".join(set(lowered.split("\n")))
+    words = set(_WORD.findall(unique))
+    shorter = len(unique) * 2 < len(lowered)
+    found = [m for key, ms in keyed.items() if key in words or key == "" for m in ms
+             if (m.area is not None) == area and (not shorter or "\n" in m.anchor or m.anchor in unique)]
     order = {m.id: i for i, m in enumerate(mapped())}
     return sorted(found, key=lambda m: order[m.id])
 
 
-def find(text: str, lowered: Optional[str] = None) -> Iterator[Hit]:
-    """Each mapped message found in `text` (already prepare()d), once, at its last occurrence."""
+def find(text: str, lowered: Optional[str] = None, area: bool = False) -> Iterator[Hit]:
+    """Each mapped message found in `text` (already prepare()d), once, at its last occurrence: those a MAP row
+    names, or (`area`) those whose code came from their area."""
     lowered = text.lower() if lowered is None else lowered
-    for message in candidates(lowered):
+    for message in candidates(lowered, area):
         at = lowered.rfind(message.anchor)
         if at < 0:
             continue

@@ -191,17 +191,26 @@ def _size_causes(kind: str, param: str, saved: tuple[int, ...], current: Optiona
     return {"vocab": [vocab], "rank": [rank], "rank?": [rank, base], "base": [base]}[kind]
 
 
+AREA_TAIL = 1_000_000  # the last characters a whole area's messages (a thousand of them) are looked for in
+
+
+def _area_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
+    """The fallback: codes.AREAS messages, in the text's last AREA_TAIL characters (where a log ends with its
+    error), so a long text costs a thousand searches of one megabyte at most."""
+    return catalogue_hits(text[-AREA_TAIL:], lowered[-AREA_TAIL:], area=True)
+
+
 def diagnose(text: str) -> list[Diagnosis]:
     """Every recognised message in `text`, each cause once (the first diagnosis naming it wins)."""
     text = catalogue.prepare(text)
     lowered = text.lower()
     found: list[Diagnosis] = []
     seen: set[str] = set()
-    for step in (unexpected_keyword, size_mismatch, other_wordings, runtime_wordings, catalogue_hits):
+    for step in (unexpected_keyword, size_mismatch, other_wordings, runtime_wordings, catalogue_hits, _area_hits):
+        if step is _area_hits and any(f.causes for f in found):
+            break  # a whole area's code only where no specific wording was recognised (and only then searched)
         for diagnosis in step(text, lowered):
             head = diagnosis.causes[0].code if diagnosis.causes else None
-            if diagnosis.weak and any(f.causes and not f.weak for f in found):
-                continue  # a whole area's code only where no specific wording was recognised
             if head is not None and head in seen:
                 continue
             if head is not None:

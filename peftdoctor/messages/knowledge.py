@@ -49,6 +49,11 @@ def _callers(lowered: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+@functools.lru_cache(maxsize=8)  # asked per catalogue hit: a long text is scanned once per question
+def mentions(lowered: str, words: tuple[str, ...]) -> bool:
+    return any(w in lowered for w in words)
+
+
 @functools.lru_cache(maxsize=None)
 def config_classes() -> dict[str, str]:
     """Config class name -> peft_type, over every release (LoraConfig -> LORA)."""

@@ -7,7 +7,6 @@ limit it printed, the releases that print it.
 """
 from __future__ import annotations
 
-import functools
 import re
 from typing import Callable, Iterator
 
@@ -267,7 +266,7 @@ def _header(hit: Hit, text: str, lowered: str) -> list[Cause]:
     why = hit.match[0][-120:]
     damaged = Cause("PD204", f"the safetensors file is damaged or truncated ({why})",
                     "re-download or re-save the weights; `peftdoctor check ADAPTER` says what is wrong with the file")
-    if any(h in lowered for h in knowledge.ZERO3_HINTS):
+    if knowledge.mentions(lowered, knowledge.ZERO3_HINTS):
         return [damaged, Cause("PD214", "saved right after DeepSpeed ZeRO-3 training: the weights may be "
                                "un-gathered partitions", ZERO3_FIX)]
     if re.search(r"header ?too ?large", why, re.IGNORECASE):  # a text file's first 8 bytes read as a length
@@ -317,11 +316,6 @@ def _not_a_path(hit: Hit, text: str, lowered: str) -> list[Cause]:
 _PEFT_WORDS = ("peft", "lora", "adapter")
 
 
-@functools.lru_cache(maxsize=4)
-def _about_peft(lowered: str) -> bool:
-    return any(w in lowered for w in _PEFT_WORDS)
-
-
 def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
     """A message whose code came from its area (codes.AREAS): claimed only in context, worded by the
     message itself and the releases that print it."""
@@ -329,7 +323,7 @@ def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
     if package in knowledge.WRAPPERS:
         if knowledge.WRAPPERS[package] not in knowledge.callers(lowered):
             return []
-    elif not _about_peft(lowered):
+    elif not knowledge.mentions(lowered, _PEFT_WORDS):
         return []
     code = hit.message.code or "PD008"
     return [Cause(code, f"{hit.message.area} ({hit.message.where()}): {hit.match[0][:200]}", _AREA_FIXES[code])]
@@ -366,8 +360,9 @@ DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
 OLDER_TABLE_CODES = frozenset({"PD350", "PD355", "PD356", "PD116", "PD114", "PD501", "PD502", "PD503", "PD106"})
 
 
-def catalogue_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
-    for hit in catalogue.find(text, lowered):
+def catalogue_hits(text: str, lowered: str, area: bool = False) -> Iterator[Diagnosis]:
+    """The catalogue's messages a MAP row names; with `area`, those whose code came from their area."""
+    for hit in catalogue.find(text, lowered, area):
         code = hit.message.code or ""
         if code in OLDER_TABLE_CODES:
             continue

@@ -70,7 +70,7 @@ PATTERNS: tuple[Pattern, ...] = (
                 r"(?P<cls>\w{1,256}), these are ignored",
        "peft dropped {keys} while loading: if any of them bears meaning the adapter now computes something else",
        "run `peftdoctor check ADAPTER` to see which dropped keys change the outputs, then upgrade peft"),
-    _p("PD350", rf"Target modules? (?P<targets>{_upto('Target module', least=1)}) not found in the base model",
+    _p("PD350", rf"Target modules? ?(?P<targets>{_upto('Target module', least=1)}) ?not found in the base model",
        "target_modules {targets} match no module of this base: wrong base, or names from another architecture",
        "load the base the adapter was trained on (base_model_name_or_path), or correct target_modules"),
     _p("PD206", rf"size mismatch for (?P<param>{_NAME}lora_(?:embedding_)?[AB]{_NAME}): copying a param with shape "
@@ -215,6 +215,8 @@ def explain(text: str) -> tuple[Explanation, ...]:
         found.append(Explanation(rule(pattern.code).finding(message, fix), match.group(0)))
     codes = {e.finding.code for e in found}
     for d in diagnoses:
+        if d.weak and found:
+            continue  # an area's code says less than a pattern that recognised the text
         if d.causes and d.causes[0].code not in codes:
             codes.add(d.causes[0].code)
             first, *rest = (rule(c.code).finding(c.message, c.fix) for c in d.causes)
