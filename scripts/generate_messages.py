@@ -24,7 +24,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -152,41 +152,38 @@ PEFT_API = ("merge_and_unload", "add_weighted_adapter", "unload", "set_adapter",
             "merge_adapter", "unmerge_adapter")
 
 
-def peft_api_in_wheel(version: str) -> list[str]:
-    cached = CACHE / f"peft-{version}" / "api.json"
+def _peft_sources(version: str, cache_name: str, read: Callable[[dict[str, str]], set[str]]) -> list[str]:
+    """read({path: source} of one peft release's modules), sorted, cached beside its wheel as `cache_name`."""
+    cached = CACHE / f"peft-{version}" / cache_name
     if cached.is_file():
         return json.loads(cached.read_text())
-    defined: set[str] = set()
     with zipfile.ZipFile(wheel("peft", version)) as zf:
-        for name in zf.namelist():
-            if name.startswith("peft/") and name.endswith(".py"):
-                text = zf.read(name).decode("utf-8", "replace")
-                defined.update(n for n in PEFT_API if f"def {n}(" in text)
-    out = sorted(defined)
+        sources = {n: zf.read(n).decode("utf-8", "replace") for n in zf.namelist()
+                   if n.startswith("peft/") and n.endswith(".py")}
+    out = sorted(read(sources))
     cached.write_text(json.dumps(out))
     return out
+
+
+def peft_api_in_wheel(version: str) -> list[str]:
+    return _peft_sources(version, "api.json", lambda sources: {
+        n for text in sources.values() for n in PEFT_API if f"def {n}(" in text})
 
 
 def transformers_imports_in_wheel(version: str) -> list[str]:
     """The names peft's modules import from `transformers` itself at import time (module level, outside
     try/if): where the installed transformers lacks one, `import peft` fails with "cannot import name"."""
-    cached = CACHE / f"peft-{version}" / "transformers_imports.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    names: set[str] = set()
-    with zipfile.ZipFile(wheel("peft", version)) as zf:
-        for file in zf.namelist():
-            if not (file.startswith("peft/") and file.endswith(".py")):
-                continue
+    def read(sources: dict[str, str]) -> set[str]:
+        names: set[str] = set()
+        for text in sources.values():
             try:
-                tree = ast.parse(zf.read(file).decode("utf-8", "replace"))
+                tree = ast.parse(text)
             except (SyntaxError, ValueError):
                 continue
             names.update(alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
                          and node.module == "transformers" and node.level == 0 for alias in node.names)
-    out = sorted(names)
-    cached.write_text(json.dumps(out))
-    return out
+        return names
+    return _peft_sources(version, "transformers_imports.json", read)
 
 
 CONFIG_CLASSES = ("PretrainedConfig", "PreTrainedConfig", "GenerationConfig")

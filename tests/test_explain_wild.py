@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from peftdoctor.messages import catalogue
 from peftdoctor.ops.explain import explain
-from peftdoctor.peft import releases
+from tests.in_release import installed_catalogued_peft
 
 WILD = [json.loads(line) for line in
         (Path(__file__).resolve().parent / "explain_corpus" / "wild.jsonl").read_text("utf-8").splitlines()]
@@ -77,14 +76,9 @@ def test_lfs_pointer_is_what_safetensors_calls_header_too_large(tmp_path: Path) 
 
 
 def test_the_installed_peft_imports_what_the_catalogue_says() -> None:
-    spec = importlib.util.find_spec("peft")
-    assert spec is not None and spec.submodule_search_locations
-    version = releases.installed_peft()
-    order = catalogue.load()["releases"]["peft"]
-    if version not in order:
-        pytest.skip(f"installed peft {version} is not a catalogued release")
+    folder, version, order = installed_catalogued_peft()
     names = set()
-    for path in Path(list(spec.submodule_search_locations)[0]).rglob("*.py"):
+    for path in folder.rglob("*.py"):
         tree = ast.parse(path.read_text("utf-8"))
         names |= {a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "transformers"
                   and n.level == 0 for a in n.names}

@@ -6,7 +6,6 @@ peft_transformers_imports: which peft releases import each name from transformer
 """
 from __future__ import annotations
 
-import re
 from typing import Iterator, Optional
 
 from peftdoctor.messages import catalogue
