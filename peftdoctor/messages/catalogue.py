@@ -1,10 +1,12 @@
 """The generated message catalogue (catalogue.json), and finding its mapped messages in a text.
 
 Only entries the code tables (codes.py) give a finding code are searched for. Each is found in
-linear time: the text's words are read once, and only the entries whose key word (the longest word of
-their anchor) is among them are looked at further; then the anchor, the longest literal fragment, is
-looked up with `str.rfind` (lower-cased text, so the wording of releases that capitalised differently
-still matches), and only then is its bounded regex run, on the lines around that one occurrence.
+linear time: in a text up to FILTER_MAX the words of its distinct lines are read once, and only the
+entries whose key word (the longest whole word of their anchor) is among them are looked at further;
+then the anchor, the longest literal fragment, is looked up with `str.rfind` (lower-cased text, so the
+wording of releases that capitalised differently still matches), and only then is its bounded regex
+run, on the lines around that one occurrence. Entries whose code came from their area (codes.AREAS)
+are searched separately, and only when nothing more specific was recognised (causes.diagnose).
 """
 from __future__ import annotations
 
