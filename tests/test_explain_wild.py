@@ -28,7 +28,9 @@ KNOWN_MISSES = {"peft-1008-linear4bit-safe-merge",
                 # an issue title cut before vLLM's message ends ("... but received"): its first sentence is not whole
                 "vllm-ascend-2034-expected-target-modules",
                 # TensorRT-LLM is not catalogued: its C++ assertion wording is in no wheel peftdoctor reads
-                "tensorrt-llm-1903-max-low-rank"}
+                "tensorrt-llm-1903-max-low-rank",
+                # transformers refusing .to() on a 4-bit model: the line alone does not say a merge was under way
+                "axolotl-1857-merge-4bit-to"}
 
 
 def part(source: str) -> str:
@@ -43,7 +45,7 @@ def verdict(case: dict[str, Any]) -> bool:
 
 
 def test_wild_corpus_is_whole_and_split() -> None:
-    assert len(WILD) >= 125 and len({c["id"] for c in WILD}) == len(WILD)
+    assert len(WILD) >= 128 and len({c["id"] for c in WILD}) == len(WILD)
     assert all(c["source"].startswith("https://github.com/") for c in WILD)
     assert all(bool(c["expected"]) == c["adapter_problem"] for c in WILD)
     assert {part(c["source"]) for c in WILD} == {"build", "held-out"}
