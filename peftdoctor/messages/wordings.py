@@ -27,7 +27,8 @@ _REPO_ID = _re(r"Repo id must be in the form 'repo_name' or 'namespace/repo_name
 _NOT_FOUND = _re(r"404 Client Error[^\n]{0,200}?huggingface\.co/(?P<repo>[^\s]{1,300}?)/resolve/[^\s/]{1,100}/"
                  r"adapter_config\.json")
 _MERGE_ATTR = _re(r"'(?P<cls>\w{1,100})' object has no attribute '(?P<method>\w{1,60})'")
-_QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200}) is a quantized model and does not support merge")
+# ms-swift's refusal, older ("NAME is a quantized model ...") and newer ("quant_method: bnb, quantized model ...").
+_QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200})(?: is a|,) quantized model and does not support merge")
 _NO_CONFIG = _re(r"Can't find '?adapter_config\.json'?(?! at)")
 _NO_MODEL_CONFIG = _re(r"(?P<repo>[^\s'\"]{1,300}) does not appear to have a file named config\.json")
 _UNRECOGNIZED = _re(r"Unrecognized model in (?P<path>[^\n]{0,300}?)\.? Should have a .?model_type.? key")
