@@ -30,7 +30,11 @@ KNOWN_MISSES = {"peft-1008-linear4bit-safe-merge",
                 # TensorRT-LLM is not catalogued: its C++ assertion wording is in no wheel peftdoctor reads
                 "tensorrt-llm-1903-max-low-rank",
                 # transformers refusing .to() on a 4-bit model: the line alone does not say a merge was under way
-                "axolotl-1857-merge-4bit-to"}
+                "axolotl-1857-merge-4bit-to",
+                # a title naming no weight ("unsupported LoRA weight"): which module, the thread said, not the text
+                "vllm-21500-qwen25vl-unsupported-weight",
+                # a title that starts inside peft's message, after its opening words ("Target module ...")
+                "llava-908-rmsnorm-target"}
 
 
 def part(source: str) -> str:
@@ -45,7 +49,7 @@ def verdict(case: dict[str, Any]) -> bool:
 
 
 def test_wild_corpus_is_whole_and_split() -> None:
-    assert len(WILD) >= 139 and len({c["id"] for c in WILD}) == len(WILD)
+    assert len(WILD) >= 142 and len({c["id"] for c in WILD}) == len(WILD)
     assert all(c["source"].startswith("https://github.com/") for c in WILD)
     assert all(bool(c["expected"]) == c["adapter_problem"] for c in WILD)
     assert {part(c["source"]) for c in WILD} == {"build", "held-out"}
