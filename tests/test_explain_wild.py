@@ -49,7 +49,7 @@ def verdict(case: dict[str, Any]) -> bool:
 
 
 def test_wild_corpus_is_whole_and_split() -> None:
-    assert len(WILD) >= 142 and len({c["id"] for c in WILD}) == len(WILD)
+    assert len(WILD) >= 150 and len({c["id"] for c in WILD}) == len(WILD)
     assert all(c["source"].startswith("https://github.com/") for c in WILD)
     assert all(bool(c["expected"]) == c["adapter_problem"] for c in WILD)
     assert {part(c["source"]) for c in WILD} == {"build", "held-out"}

@@ -115,6 +115,7 @@ def _at_least(release: str, first: object) -> bool:
 _SIZE = _re(r"size mismatch for (?P<param>[^\s:]{1,400}):\s{0,8}copying a param with shape\s{0,8}"
             r"(?:torch\.Size\()?\[(?P<saved>[\d,\s]{0,80})\]\)?\s{0,8}from checkpoint(?:,\s{0,8}the shape in current "
             r"model is\s{0,8}(?:torch\.Size\()?\[(?P<current>[\d,\s]{0,80})\])?")
+_NAMED = _re(r"size mismatch for (?P<param>[^\s:]{1,400})")
 _ZERO3_MERGE = _re(r"The size of tensor a \(0\) must match the size of tensor b")
 _VOCAB_NAMES = ("embed", "lm_head", "wte", "word_embeddings", "shared", "embed_out", "output")
 
@@ -130,7 +131,12 @@ def size_mismatch(text: str, lowered: str) -> Iterator[Diagnosis]:
     seen: set[tuple[int, int]] = set()
     for window in _windows(text, lowered, "mismatch for ", SIZE_MISMATCH_MAX):
         m = _SIZE.search(window)
-        if m is None or (hash(m[0]), len(m[0])) in seen:
+        if m is None:  # a title or a cut paste naming only the tensor: an embedding's says enough
+            named = _NAMED.search(window)
+            if named and _vocab_like(tensor_names.parse(named["param"])):
+                kinds.setdefault("vocab?", (named["param"], (), None, named[0]))
+            continue
+        if (hash(m[0]), len(m[0])) in seen:
             continue
         seen.add((hash(m[0]), len(m[0])))
         saved, current = _dims(m["saved"]), _dims(m["current"])
@@ -139,7 +145,7 @@ def size_mismatch(text: str, lowered: str) -> Iterator[Diagnosis]:
     zero3 = _search(_ZERO3_MERGE, text, lowered, "the size of tensor a (0)")
     if zero3:
         kinds.setdefault("zero3", ("", (0,), None, zero3[0]))
-    for kind in ("zero3", "vocab", "rank", "rank?", "base"):
+    for kind in ("zero3", "vocab", "rank", "rank?", "vocab?", "base"):
         if kind in kinds:
             param, saved, current, matched = kinds[kind]
             yield _d(matched, *_size_causes(kind, param, saved, current, lowered), replaces=("PD206", "PD351"))
@@ -149,7 +155,7 @@ def _size_kind(param: str, saved: tuple[int, ...], current: Optional[tuple[int, 
     if not saved or 0 in saved:
         return "zero3"
     name = tensor_names.parse(param)
-    vocab_like = any(v in name.module.lower().rsplit(".", 1)[-1] for v in _VOCAB_NAMES)
+    vocab_like = _vocab_like(name)
     if name.is_lora:
         rank_at = 0 if name.role in tensor_names.A_ROLES else -1
         if current is None or len(current) != len(saved):
@@ -161,7 +167,11 @@ def _size_kind(param: str, saved: tuple[int, ...], current: Optional[tuple[int, 
         return "base"
     if vocab_like and current is not None and len(current) == len(saved) and saved[1:] == current[1:]:
         return "vocab"
-    return "base"
+    return "vocab?" if vocab_like and current is None else "base"  # a cut text: the embedding's usual cause first
+
+
+def _vocab_like(name: tensor_names.TensorName) -> bool:
+    return any(v in name.module.lower().rsplit(".", 1)[-1] for v in _VOCAB_NAMES)
 
 
 def _shape(dims: Optional[tuple[int, ...]]) -> str:
@@ -188,7 +198,7 @@ def _size_causes(kind: str, param: str, saved: tuple[int, ...], current: Optiona
                  "another base (another size or architecture)", "load the base named in adapter_config.json "
                  "(base_model_name_or_path), of the same size the adapter was trained on")
     # Only a cut text ("the shape in current mo...") leaves both readings open.
-    return {"vocab": [vocab], "rank": [rank], "rank?": [rank, base], "base": [base]}[kind]
+    return {"vocab": [vocab], "rank": [rank], "rank?": [rank, base], "vocab?": [vocab, base], "base": [base]}[kind]
 
 
 AREA_TAIL = 1_000_000  # the last characters a whole area's messages (a thousand of them) are looked for in
