@@ -34,7 +34,9 @@ KNOWN_MISSES = {"peft-1008-linear4bit-safe-merge",
                 # a title naming no weight ("unsupported LoRA weight"): which module, the thread said, not the text
                 "vllm-21500-qwen25vl-unsupported-weight",
                 # a title that starts inside peft's message, after its opening words ("Target module ...")
-                "llava-908-rmsnorm-target"}
+                "llava-908-rmsnorm-target",
+                # TGI's own refusal: no TGI release is catalogued (its server is not published as a wheel)
+                "tgi-2400-no-adapter-loading"}
 
 
 def part(source: str) -> str:
@@ -49,7 +51,7 @@ def verdict(case: dict[str, Any]) -> bool:
 
 
 def test_wild_corpus_is_whole_and_split() -> None:
-    assert len(WILD) >= 150 and len({c["id"] for c in WILD}) == len(WILD)
+    assert len(WILD) >= 163 and len({c["id"] for c in WILD}) == len(WILD)
     assert all(c["source"].startswith("https://github.com/") for c in WILD)
     assert all(bool(c["expected"]) == c["adapter_problem"] for c in WILD)
     assert {part(c["source"]) for c in WILD} == {"build", "held-out"}
