@@ -36,7 +36,9 @@ KNOWN_MISSES = {"peft-1008-linear4bit-safe-merge",
                 # a title that starts inside peft's message, after its opening words ("Target module ...")
                 "llava-908-rmsnorm-target",
                 # TGI's own refusal: no TGI release is catalogued (its server is not published as a wheel)
-                "tgi-2400-no-adapter-loading"}
+                "tgi-2400-no-adapter-loading",
+                # HeaderTooLarge from an upload the thread found corrupted: the text alone ranks the LFS pointer first
+                "audiotoken-1-headertoolarge-corrupt"}
 
 
 def part(source: str) -> str:
@@ -51,7 +53,7 @@ def verdict(case: dict[str, Any]) -> bool:
 
 
 def test_wild_corpus_is_whole_and_split() -> None:
-    assert len(WILD) >= 163 and len({c["id"] for c in WILD}) == len(WILD)
+    assert len(WILD) >= 204 and len({c["id"] for c in WILD}) == len(WILD)
     assert all(c["source"].startswith("https://github.com/") for c in WILD)
     assert all(bool(c["expected"]) == c["adapter_problem"] for c in WILD)
     assert {part(c["source"]) for c in WILD} == {"build", "held-out"}

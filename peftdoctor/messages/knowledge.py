@@ -64,6 +64,12 @@ def config_classes() -> dict[str, str]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
+def tuner_models() -> frozenset[str]:
+    """peft's tuner model classes, named after their config classes (LoraConfig -> LoraModel)."""
+    return frozenset(name[:-len("Config")] + "Model" for name in config_classes() if name.endswith("Config"))
+
+
 PEFT_BASES = frozenset({"PeftConfig", "PeftConfigMixin", "PromptLearningConfig", "PeftType"})
 
 

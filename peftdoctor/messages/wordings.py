@@ -93,13 +93,14 @@ def _missing_method(cls: str, method: str) -> list[Cause]:
         return []
     old = Cause("PD366", f"{cls} has no {method}: this peft release predates it (first defined in peft {since})",
                 f"install peft>={since}")
+    ours = cls.startswith("Peft") or cls in knowledge.tuner_models()  # PeftModel* or a tuner (LoraModel, ...)
     if method not in ("merge_and_unload", "merge_adapter", "unload"):
-        return [old] if cls.startswith("Peft") else []
+        return [old] if ours else []
     prompt = Cause("PD308", f"{cls} has no {method}: the adapter is a prompt-learning one (prompt/prefix tuning, "
                    "p-tuning), which has no weights to merge, so PeftModel hands the call to the base model",
                    "deploy it unmerged with PeftModel.from_pretrained(base, ADAPTER); only LoRA-like adapters can be "
                    "merged (if it is a LoRA, the model was never wrapped by PeftModel)")
-    return [old, prompt] if cls.startswith("Peft") else [prompt]
+    return [old, prompt] if ours else [prompt]
 
 
 def _path_as_repo(m: re.Match[str], lowered: str) -> Diagnosis:
