@@ -115,7 +115,8 @@ def test_adapter_named_like_the_prefix_as_real_peft_warns_it() -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]), adapter_name="lora")
+        get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]),
+                       adapter_name="lora")
     said = next(str(w.message) for w in caught if "should not be contained in the prefix" in str(w.message))
     found = explain(f"UserWarning: {said}")
     assert [e.finding.code for e in found] == ["PD370"]
@@ -123,7 +124,8 @@ def test_adapter_named_like_the_prefix_as_real_peft_warns_it() -> None:
 
 
 def test_fix_carries_the_release_the_text_names() -> None:
-    old = explain("peft version: 0.9.0\nTypeError: LoraConfig.__init__() got an unexpected keyword argument 'lora_bias'")
+    old = explain("peft version: 0.9.0\n"
+                  "TypeError: LoraConfig.__init__() got an unexpected keyword argument 'lora_bias'")
     assert "--peft 0.9.0" in old[0].finding.fix and old[0].finding.message.startswith("peft 0.9.0 does not know")
     # A text naming a release that knows the key: the peft that raised is another, older one.
     other = explain("peft==0.13.2\nTypeError: LoraConfig.__init__() got an unexpected keyword argument 'use_dora'")

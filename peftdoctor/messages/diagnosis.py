@@ -25,7 +25,8 @@ class Diagnosis:
     weak: bool = False  # a code given to a whole area of messages (codes.AREAS): only when nothing else is found
 
 
-def make(matched: str, *causes: Cause, replaces: tuple[str, ...] = (), source: str = "", weak: bool = False) -> Diagnosis:
+def make(matched: str, *causes: Cause, replaces: tuple[str, ...] = (), source: str = "",
+         weak: bool = False) -> Diagnosis:
     return Diagnosis(tuple(causes), matched, frozenset(replaces), source, weak)
 
 

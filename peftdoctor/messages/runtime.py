@@ -16,7 +16,8 @@ from peftdoctor.messages.diagnosis import search as _search
 
 _TF_IMPORT = _re(r"cannot import name '(?P<name>\w{1,100})' from 'transformers'")
 # A release named in a text: `peft==0.13.2`, `peft 0.13.2`, `PEFT version: 0.12.0`, `peft-0.13.2.dist-info`.
-_RELEASE = r"(?<![\w-]){name}(?:[ \t]{{0,4}}(?:version)?[ \t]{{0,4}}[:=]{{0,2}}[ \t]{{0,4}}|-|==|/)v?(?P<v>\d{{1,3}}\.\d{{1,3}}(?:\.\d{{1,3}})?(?:\.?dev\d{{1,6}})?)(?![\w.])"
+_RELEASE = (r"(?<![\w-]){name}(?:[ \t]{{0,4}}(?:version)?[ \t]{{0,4}}[:=]{{0,2}}[ \t]{{0,4}}|-|==|/)"
+            r"v?(?P<v>\d{{1,3}}\.\d{{1,3}}(?:\.\d{{1,3}})?(?:\.?dev\d{{1,6}})?)(?![\w.])")
 _RELEASES = {name: _re(_RELEASE.format(name=name)) for name in ("peft", "transformers", "vllm", "sglang")}
 _META = _re(r"Cannot copy out of meta tensor|Tensor on device meta is not on the expected device"
             r"|(?P<offload>We need an [`'\"]?offload[_-]dir[`'\"]? to dispatch this model)")
@@ -63,11 +64,11 @@ def _import_pair(name: str, peft: Optional[str], transformers: Optional[str]) ->
                      "__version__, transformers.__file__)\"` and reinstall transformers")
     if last == newest:
         older = _release_before(first)
-        return Cause("PD367", f"{installed} imports {name} from transformers (peft {first} and later do), and the "
+        return Cause("PD367", f"{installed} imports {name} from transformers (peft {first} and later do), and "
                      f"{tf} is older than that name",
                      f"upgrade transformers (`pip install -U transformers`), or pin peft=={older} (the last "
                      f"release that does not import {name})" if older else "upgrade transformers")
-    return Cause("PD367", f"{installed} imports {name} from transformers (peft {first} to {last} do), and the "
+    return Cause("PD367", f"{installed} imports {name} from transformers (peft {first} to {last} do), and "
                  f"{tf} no longer has it",
                  f"upgrade peft past {last} (`pip install -U peft`), or pin transformers to a release that still "
                  f"exports {name}")

@@ -160,7 +160,8 @@ def _rank_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
 # How each wrapper passes vLLM's max_lora_rank on (the argument is in its released wheels).
 _RANK_FLAGS = {"LLaMA-Factory": "set vllm_max_lora_rank: {r} in LLaMA-Factory's arguments",
-               "unsloth": "pass max_lora_rank={r} to Unsloth's FastLanguageModel.from_pretrained(..., fast_inference=True)",
+               "unsloth": "pass max_lora_rank={r} to Unsloth's FastLanguageModel.from_pretrained(..., "
+                          "fast_inference=True)",
                "ms-swift": "pass --vllm_max_lora_rank {r} to ms-swift"}
 
 
@@ -347,7 +348,8 @@ def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
     summary = rule(hit.message.code or "PD008").summary
     return [Cause(hit.message.code or "PD008", f"{summary.rstrip('.')} ({hit.message.where()}: "
-                  f"{hit.match[0][:200]})", _AREA_FIXES.get(hit.message.code or "", "see `peftdoctor rules` for the code"))]
+                  f"{hit.match[0][:200]})",
+                  _AREA_FIXES.get(hit.message.code or "", "see `peftdoctor rules` for the code"))]
 
 
 DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
@@ -369,7 +371,7 @@ def catalogue_hits(text: str, lowered: str, area: bool = False) -> Iterator[Diag
         if code in OLDER_TABLE_CODES:
             continue
         causes = (_area if hit.message.area else DECIDERS.get(code, _generic))(hit, text, lowered)
-        ranked_first = causes[0].code if causes else code
+        ranked_first = causes[0].code if causes else code  # another cause ranks first: the older table's claim goes
         yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})",
-                 replaces=(code,) if ranked_first != code else (),  # another cause ranks first: the older table's claim goes
+                 replaces=(code,) if ranked_first != code else (),
                  weak=hit.message.area is not None)
