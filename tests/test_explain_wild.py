@@ -127,6 +127,9 @@ def test_fix_carries_the_release_the_text_names() -> None:
     old = explain("peft version: 0.9.0\n"
                   "TypeError: LoraConfig.__init__() got an unexpected keyword argument 'lora_bias'")
     assert "--peft 0.9.0" in old[0].finding.fix and old[0].finding.message.startswith("peft 0.9.0 does not know")
+    egg = explain('  File "/usr/lib/python3.8/site-packages/peft-0.4.0.dev0-py3.8.egg/peft/config.py", line 99\n'
+                  "TypeError: __init__() got an unexpected keyword argument 'use_rslora'")
+    assert "--peft 0.4.0.dev0" in egg[0].finding.fix  # the release read from the frame's path
     # A text naming a release that knows the key: the peft that raised is another, older one.
     other = explain("peft==0.13.2\nTypeError: LoraConfig.__init__() got an unexpected keyword argument 'use_dora'")
     assert "which knows 'use_dora'" in other[0].finding.message and "peft.__file__" in other[0].finding.fix
