@@ -6,7 +6,8 @@ Each release's wheel is fetched with `pip download --no-deps` (cached under
 safetensors words its errors in Rust: its wheel's binary is searched for the fixed fragments in
 SAFETENSORS_PROBES, and a fragment counts for a release only where that binary holds it.
 Identical templates of one package are one entry with the releases that emit them; each entry
-gets the finding code peftdoctor/messages/codes.py maps it to. Output is byte-for-byte stable.
+gets the verdict of peftdoctor/messages/codes.py: a finding code, or none (not an adapter problem), and
+the area rule that gave it when no MAP row names the message. Output is byte-for-byte stable.
 
     python scripts/generate_messages.py             # every package and release below
     python scripts/generate_messages.py --check     # exit 1 if the committed file differs
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,6 +70,11 @@ def _lora_only(template: Template) -> bool:
     return "lora" in template.file.lower() or "lora" in template.text.lower()
 
 
+def _about_adapters(template: Template) -> bool:
+    """A wrapper's message about adapters: its file or its text names LoRA, an adapter or peft."""
+    return any(w in template.file.lower() or w in template.text.lower() for w in ("lora", "adapter", "peft"))
+
+
 PACKAGES: dict[str, dict[str, Any]] = {
     "peft": {"versions": _peft_versions, "files": lambda p: p.startswith("peft/"), "keep": lambda t: True},
     "transformers": {"versions": lambda: ["4.28.1", "4.36.2", "4.44.2", "4.51.3", "4.57.1"],
@@ -80,6 +86,15 @@ PACKAGES: dict[str, dict[str, Any]] = {
              "keep": _lora_only, "lora_files_only": True},
     "sglang": {"versions": lambda: _engine_versions("sglang", 7), "files": lambda p: p.startswith("sglang/"),
                "keep": _lora_only, "lora_files_only": True},
+    # The wrappers users run: their own refusals around loading, merging and serving adapters.
+    "unsloth": {"versions": lambda: ["2024.8", "2025.3.1", "2025.12.1", "2026.10.9"],
+                "files": lambda p: p.startswith("unsloth/"), "keep": _about_adapters},
+    "unsloth_zoo": {"versions": lambda: ["2025.3.1", "2025.12.1", "2026.10.9"],  # where Unsloth merges and saves
+                    "files": lambda p: p.startswith("unsloth_zoo/"), "keep": _about_adapters},
+    "llamafactory": {"versions": lambda: ["0.7.1", "0.8.3", "0.9.2", "0.9.5"],
+                     "files": lambda p: p.startswith("llamafactory/"), "keep": _about_adapters},
+    "axolotl": {"versions": lambda: ["0.19.0"],  # pip finds no wheel of 0.5.2, 0.8.1, 0.12.2 for these platforms
+                "files": lambda p: p.startswith("axolotl/"), "keep": _about_adapters},
 }
 
 # safetensors' Rust Display texts (safetensors/src/tensor.rs, bindings/python/src/lib.rs), probed in
@@ -137,19 +152,38 @@ PEFT_API = ("merge_and_unload", "add_weighted_adapter", "unload", "set_adapter",
             "merge_adapter", "unmerge_adapter")
 
 
-def peft_api_in_wheel(version: str) -> list[str]:
-    cached = CACHE / f"peft-{version}" / "api.json"
+def _peft_sources(version: str, cache_name: str, read: Callable[[dict[str, str]], set[str]]) -> list[str]:
+    """read({path: source} of one peft release's modules), sorted, cached beside its wheel as `cache_name`."""
+    cached = CACHE / f"peft-{version}" / cache_name
     if cached.is_file():
         return json.loads(cached.read_text())
-    defined: set[str] = set()
     with zipfile.ZipFile(wheel("peft", version)) as zf:
-        for name in zf.namelist():
-            if name.startswith("peft/") and name.endswith(".py"):
-                text = zf.read(name).decode("utf-8", "replace")
-                defined.update(n for n in PEFT_API if f"def {n}(" in text)
-    out = sorted(defined)
+        sources = {n: zf.read(n).decode("utf-8", "replace") for n in zf.namelist()
+                   if n.startswith("peft/") and n.endswith(".py")}
+    out = sorted(read(sources))
     cached.write_text(json.dumps(out))
     return out
+
+
+def peft_api_in_wheel(version: str) -> list[str]:
+    return _peft_sources(version, "api.json", lambda sources: {
+        n for text in sources.values() for n in PEFT_API if f"def {n}(" in text})
+
+
+def transformers_imports_in_wheel(version: str) -> list[str]:
+    """The names peft's modules import from `transformers` itself at import time (module level, outside
+    try/if): where the installed transformers lacks one, `import peft` fails with "cannot import name"."""
+    def read(sources: dict[str, str]) -> set[str]:
+        names: set[str] = set()
+        for text in sources.values():
+            try:
+                tree = ast.parse(text)
+            except (SyntaxError, ValueError):
+                continue
+            names.update(alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                         and node.module == "transformers" and node.level == 0 for alias in node.names)
+        return names
+    return _peft_sources(version, "transformers_imports.json", read)
 
 
 CONFIG_CLASSES = ("PretrainedConfig", "PreTrainedConfig", "GenerationConfig")
@@ -208,8 +242,9 @@ def entry(package: str, kind: str, text: str, file: str, releases: list[str]) ->
     if len(longest_literal(parts).strip()) < MIN_LITERAL:
         return None  # "{x}" or "Invalid {y}": nothing to recognise it by
     digest = hashlib.sha1(f"{package}\0{kind}\0{text}".encode()).hexdigest()[:10]
+    code, area = codes.verdict(package, render(parts), file, kind)
     return {"id": f"{package}-{digest}", "package": package, "kind": kind, "template": text, "file": file,
-            "releases": releases, "code": codes.code_for(package, render(parts))}
+            "releases": releases, "code": code, "area": area}
 
 
 def safetensors_probes(version: str) -> list[dict[str, str]]:
@@ -240,6 +275,10 @@ def collect(selected: Iterable[tuple[str, str]]) -> dict[str, Any]:
     for version in order.get("peft", []):
         for name in peft_api_in_wheel(version):
             api_since.setdefault(name, version)
+    imported: dict[str, set[str]] = {}
+    for version in order.get("peft", []):
+        for name in transformers_imports_in_wheel(version):
+            imported.setdefault(name, set()).add(version)
     out = []
     for (package, kind, text), found_in in sorted(entries.items()):
         made = entry(package, kind, text, found_in["file"], _ranges(order[package], found_in["releases"]))
@@ -249,6 +288,7 @@ def collect(selected: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return {"note": "Generated by scripts/generate_messages.py from the released wheels; do not edit.",
             "releases": {p: v for p, v in sorted(order.items())}, "model_config_keys": config_keys,
             "peft_api_since": api_since,
+            "peft_transformers_imports": {n: _ranges(order["peft"], v) for n, v in sorted(imported.items())},
             "entries": out}
 
 

@@ -52,3 +52,22 @@ def written_by_releases(out: Mapping[str, Path], jobs: Mapping[str, tuple[str, s
     for writer in sorted({w for w, _, _ in jobs.values()}):
         batch = [[str(out[n]), cls, kwargs] for n, (w, cls, kwargs) in jobs.items() if w == writer]
         run_in(writer, "save_config.py", json.dumps(batch))
+
+
+def installed_catalogued_peft() -> tuple[Path, str, list[str]]:
+    """(the installed peft's package folder, its release, the catalogue's peft releases); skips the test when
+    the installed release is not catalogued (a dev install)."""
+    import importlib.util
+
+    import pytest
+
+    from peftdoctor.messages import catalogue
+    from peftdoctor.peft import releases
+
+    spec = importlib.util.find_spec("peft")
+    assert spec is not None and spec.submodule_search_locations
+    version = releases.installed_peft()
+    order = catalogue.load()["releases"]["peft"]
+    if version not in order:
+        pytest.skip(f"installed peft {version} is not a catalogued release")
+    return Path(list(spec.submodule_search_locations)[0]), version, order

@@ -6,7 +6,6 @@ compared byte for byte with the committed entries for that release; the full run
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -22,6 +21,7 @@ from peftdoctor.messages.templates import Hole, matcher, parse, render, template
 from peftdoctor.ops.explain import explain
 from peftdoctor.peft import releases
 from peftdoctor.rules.registry import RULES
+from tests.in_release import installed_catalogued_peft
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -37,13 +37,7 @@ def _covers(ranges: list[str], version: str, order: list[str]) -> bool:
 
 
 def test_installed_peft_regenerates_byte_for_byte() -> None:
-    spec = importlib.util.find_spec("peft")
-    assert spec is not None and spec.submodule_search_locations
-    version = releases.installed_peft()
-    order = catalogue.load()["releases"]["peft"]
-    if version not in order:
-        pytest.skip(f"installed peft {version} is not a catalogued release")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder, version, order = installed_catalogued_peft()
     sources = {f"peft/{p.relative_to(folder).as_posix()}": p.read_text("utf-8") for p in sorted(folder.rglob("*.py"))}
     last_file = {(t["kind"], t["template"]): t["file"] for t in generate_messages.extract("peft", sources)}
     fresh = [generate_messages.entry("peft", kind, template, file, ["*"])
@@ -68,8 +62,9 @@ def test_catalogue_covers_every_release_and_is_stable() -> None:
 def test_codes_table_is_applied_and_every_row_is_used() -> None:
     entries = catalogue.load()["entries"]
     for e in entries:
-        assert e["code"] == codes.code_for(e["package"], e["template"]), e["id"]
+        assert (e["code"], e["area"]) == codes.verdict(e["package"], e["template"], e["file"], e["kind"]), e["id"]
         assert e["code"] is None or e["code"] in RULES
+        assert e["code"] is not None or e["area"] is not None, f"{e['id']}: no verdict (codes.MAP or codes.AREAS)"
     for package, pattern, code in codes.MAP:
         assert any(e["package"] == package and re.search(pattern, e["template"]) for e in entries), (package, pattern)
 

@@ -22,10 +22,12 @@ class Diagnosis:
     matched: str
     replaces: frozenset[str] = field(default_factory=frozenset)  # older-table codes this supersedes
     source: str = ""  # the catalogue entry (and its releases) the wording came from
+    weak: bool = False  # a code given to a whole area of messages (codes.AREAS): only when nothing else is found
 
 
-def make(matched: str, *causes: Cause, replaces: tuple[str, ...] = (), source: str = "") -> Diagnosis:
-    return Diagnosis(tuple(causes), matched, frozenset(replaces), source)
+def make(matched: str, *causes: Cause, replaces: tuple[str, ...] = (), source: str = "",
+         weak: bool = False) -> Diagnosis:
+    return Diagnosis(tuple(causes), matched, frozenset(replaces), source, weak)
 
 
 def regex(pattern: str) -> re.Pattern[str]:

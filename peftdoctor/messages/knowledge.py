@@ -31,15 +31,27 @@ CALLERS: tuple[tuple[str, str], ...] = (
     ("llmtuner", "LLaMA-Factory"), ("axolotl", "axolotl"), ("site-packages/trl/", "trl"),
     ("site-packages\\trl\\", "trl"), ("swift/", "ms-swift"), ("autotrain", "AutoTrain"),
 )
+# The wrappers catalogued (scripts/generate_messages.py) -> their name in CALLERS.
+WRAPPERS = {"unsloth": "unsloth", "unsloth_zoo": "unsloth", "llamafactory": "LLaMA-Factory", "axolotl": "axolotl"}
 ZERO3_HINTS = ("zero3", "zero_3", "zero-3", "stage3", "stage 3", "deepspeed")
 
 
 def callers(lowered: str) -> list[str]:
+    return list(_callers(lowered))
+
+
+@functools.lru_cache(maxsize=4)  # asked once per catalogue hit: a long text is scanned once (its hash is cached)
+def _callers(lowered: str) -> tuple[str, ...]:
     found: list[str] = []
     for fragment, name in CALLERS:
         if fragment in lowered and name not in found:
             found.append(name)
-    return found
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=8)  # asked per catalogue hit: a long text is scanned once per question
+def mentions(lowered: str, words: tuple[str, ...]) -> bool:
+    return any(w in lowered for w in words)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,6 +62,12 @@ def config_classes() -> dict[str, str]:
         for peft_type, name in release.info["config_classes"].items():
             found.setdefault(name, peft_type)
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def tuner_models() -> frozenset[str]:
+    """peft's tuner model classes, named after their config classes (LoraConfig -> LoraModel)."""
+    return frozenset(name[:-len("Config")] + "Model" for name in config_classes() if name.endswith("Config"))
 
 
 PEFT_BASES = frozenset({"PeftConfig", "PeftConfigMixin", "PromptLearningConfig", "PeftType"})

@@ -72,7 +72,8 @@ def longest_literal(parts: tuple[Part, ...]) -> str:
 def anchor(parts: tuple[Part, ...]) -> str:
     """What a text must contain for the message to be there: the longest literal run of its first
     sentence (the part matcher() requires), lower-cased."""
-    return longest_literal(_first_sentence(parts)[0]).strip().lower()
+    pieces = [piece for p in _first_sentence(parts)[0] if isinstance(p, str) for piece in p.split("`")]
+    return max(pieces, key=len, default="").strip().lower()  # backquotes are optional in the matcher
 
 
 def matcher(parts: tuple[Part, ...]) -> str:
@@ -81,15 +82,24 @@ def matcher(parts: tuple[Part, ...]) -> str:
     bounded and no two repetitions can match the same characters back to back."""
     head, tail = _first_sentence(parts)
     if tail:  # pasted messages are often cut after their first sentence: the rest is optional
-        return _matcher(head, set()) + "(?:" + _matcher(tail, _names(head)) + ")?"
-    return _matcher(parts, set())
+        return _optional_stop(_matcher(head, set())) + "(?:" + _matcher(tail, _names(head)) + ")?"
+    return _optional_stop(_matcher(parts, set()))
+
+
+def _optional_stop(regex: str) -> str:
+    """A message's closing full stop is often dropped where it is quoted (an issue title, a log line)."""
+    return regex[:-2] + r"\.?" if regex.endswith(r"\.") else regex
+
+
+_SENTENCE_END = re.compile(r"\.\s")
 
 
 def _first_sentence(parts: tuple[Part, ...]) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
     seen = 0
     for i, part in enumerate(parts):
         if isinstance(part, str):
-            at = part.find(". ")
+            end = _SENTENCE_END.search(part)  # ". " or ".\n": wrapped messages end their sentences with either
+            at = end.start() if end else -1
             if at >= 0 and seen + at >= MIN_LITERAL:
                 head = (*parts[:i], part[:at + 1])
                 rest = part[at + 1:]
@@ -125,8 +135,9 @@ def _matcher(parts: tuple[Part, ...], names: set[str]) -> str:
 
 
 def _literal(text: str) -> str:
+    """Whitespace runs loose; backquotes optional (Markdown renderings and retypings drop them)."""
     pieces = re.split(r"(\s+)", text)
-    return "".join(r"\s{1,8}" if p.isspace() else re.escape(p) for p in pieces if p)
+    return "".join(r"\s{1,8}" if p.isspace() else re.escape(p).replace("`", "`?") for p in pieces if p)
 
 
 def _group_name(raw: str, taken: set[str]) -> str:

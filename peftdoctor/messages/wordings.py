@@ -27,7 +27,8 @@ _REPO_ID = _re(r"Repo id must be in the form 'repo_name' or 'namespace/repo_name
 _NOT_FOUND = _re(r"404 Client Error[^\n]{0,200}?huggingface\.co/(?P<repo>[^\s]{1,300}?)/resolve/[^\s/]{1,100}/"
                  r"adapter_config\.json")
 _MERGE_ATTR = _re(r"'(?P<cls>\w{1,100})' object has no attribute '(?P<method>\w{1,60})'")
-_QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200}) is a quantized model and does not support merge")
+# ms-swift's refusal, older ("NAME is a quantized model ...") and newer ("quant_method: bnb, quantized model ...").
+_QUANT_MERGE = _re(r"(?P<what>[^\s]{1,200})(?: is a|,) quantized model and does not support merge")
 _NO_CONFIG = _re(r"Can't find '?adapter_config\.json'?(?! at)")
 _NO_MODEL_CONFIG = _re(r"(?P<repo>[^\s'\"]{1,300}) does not appear to have a file named config\.json")
 _UNRECOGNIZED = _re(r"Unrecognized model in (?P<path>[^\n]{0,300}?)\.? Should have a .?model_type.? key")
@@ -47,10 +48,8 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
         yield _d(m[0], replaces=("PD353",))
     m = _search(_LFS, text, lowered, "invalid load key") or _search(_LFS, text, lowered, "git-lfs")
     if m:
-        yield _d(m[0], Cause("PD362", "the weights file is a Git LFS pointer (a small text file starting with "
-                             "'version https://git-lfs...'), not the weights: the repo was cloned without git-lfs",
-                             "run `git lfs install && git lfs pull` in the clone (or download the repo with "
-                             "`hf download`)"), replaces=("PD203",))
+        yield _d(m[0], _lfs_pointer("the weights file is a Git LFS pointer (a small text file starting with "
+                                    "'version https://git-lfs...')"), replaces=("PD203",))
     for m in (_search(_REPO_ID, text, lowered, "repo id must be"),
               _search(_NOT_FOUND, text, lowered, "404 client error")):
         if m:
@@ -94,13 +93,14 @@ def _missing_method(cls: str, method: str) -> list[Cause]:
         return []
     old = Cause("PD366", f"{cls} has no {method}: this peft release predates it (first defined in peft {since})",
                 f"install peft>={since}")
+    ours = cls.startswith("Peft") or cls in knowledge.tuner_models()  # PeftModel* or a tuner (LoraModel, ...)
     if method not in ("merge_and_unload", "merge_adapter", "unload"):
-        return [old] if cls.startswith("Peft") else []
+        return [old] if ours else []
     prompt = Cause("PD308", f"{cls} has no {method}: the adapter is a prompt-learning one (prompt/prefix tuning, "
                    "p-tuning), which has no weights to merge, so PeftModel hands the call to the base model",
                    "deploy it unmerged with PeftModel.from_pretrained(base, ADAPTER); only LoRA-like adapters can be "
                    "merged (if it is a LoRA, the model was never wrapped by PeftModel)")
-    return [old, prompt] if cls.startswith("Peft") else [prompt]
+    return [old, prompt] if ours else [prompt]
 
 
 def _path_as_repo(m: re.Match[str], lowered: str) -> Diagnosis:
@@ -146,11 +146,29 @@ def _merge_refused(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
 
 def _rank_limit(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    if hit.message.package == "sglang":  # "LoRA adapter NAME with rank R is incompatible with ... memory pool"
+        rank = hit.group("r") or "R"
+        return [Cause("PD408", f"the adapter's rank {rank} is above the rank the engine's LoRA memory pool was "
+                      f"sized for ({hit.message.where()})", f"start sglang with --max-lora-rank {rank} (at least "
+                      "the largest rank of the adapters it serves)")]
     rank, limit = _numbers(hit.match[0])
     return [Cause("PD408", f"the adapter's rank {rank} is above the engine's max_lora_rank {limit} "
                   f"({hit.message.where()}): {knowledge.engine_advice('vllm', 'rank_above_default')}",
-                  f"start the engine with --max-lora-rank {rank or 'R'} (LLM(..., max_lora_rank={rank or 'R'})); "
+                  _rank_flag(rank or "R", knowledge.callers(lowered)) + "; "
                   + knowledge.engine_fix("vllm", "rank_above_max", ""))]
+
+
+# How each wrapper passes vLLM's max_lora_rank on (the argument is in its released wheels).
+_RANK_FLAGS = {"LLaMA-Factory": "set vllm_max_lora_rank: {r} in LLaMA-Factory's arguments",
+               "unsloth": "pass max_lora_rank={r} to Unsloth's FastLanguageModel.from_pretrained(..., "
+                          "fast_inference=True)",
+               "ms-swift": "pass --vllm_max_lora_rank {r} to ms-swift"}
+
+
+def _rank_flag(rank: str, callers: list[str]) -> str:
+    flag = next((_RANK_FLAGS[c].format(r=rank) for c in callers if c in _RANK_FLAGS), None)
+    engine = f"start the engine with --max-lora-rank {rank} (LLM(..., max_lora_rank={rank}))"
+    return f"{flag} (vLLM's --max-lora-rank)" if flag else engine
 
 
 def _numbers(text: str) -> tuple[str, str]:
@@ -159,11 +177,26 @@ def _numbers(text: str) -> tuple[str, str]:
 
 
 def _no_lora_architecture(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    if "target module" in hit.message.template.lower():
+        return _engine_targets(hit)
     model = hit.group("model_cls", "__name__", "model", "architecture", "value") or "this architecture"
     return [Cause("PD416", f"the engine has no LoRA support for {model} in this release ({hit.message.where()}): "
                   "no adapter for this architecture can be served", "serve the merged model "
                   "(`peftdoctor verify ADAPTER --out DIR`), or an engine release that lists the architecture as "
                   "supporting LoRA")]
+
+
+def _engine_targets(hit: Hit) -> list[Cause]:
+    """An engine refusing the adapter's target_modules: sglang for what it was started with, vLLM for the
+    modules its implementation of the architecture has LoRA layers for."""
+    said = f"{hit.match[0][:240]} ({hit.message.where()})"
+    if hit.message.package == "sglang":
+        return [Cause("PD416", f"the adapter targets modules the engine was not started for: {said}",
+                      "start sglang with --lora-target-modules all (or list every module of the adapters' "
+                      "target_modules); target_modules in adapter_config.json must be a list of module names")]
+    return [Cause("PD416", f"the adapter targets modules this engine's implementation of the architecture has no "
+                  f"LoRA layer for: {said}", "serve the merged model (`peftdoctor verify ADAPTER --out DIR`), or "
+                  "retrain targeting only the modules the engine lists")]
 
 
 def _unsupported_weight(hit: Hit, text: str, lowered: str) -> list[Cause]:
@@ -236,14 +269,78 @@ def _header(hit: Hit, text: str, lowered: str) -> list[Cause]:
     why = hit.match[0][-120:]
     damaged = Cause("PD204", f"the safetensors file is damaged or truncated ({why})",
                     "re-download or re-save the weights; `peftdoctor check ADAPTER` says what is wrong with the file")
-    if any(h in lowered for h in knowledge.ZERO3_HINTS):
+    if knowledge.mentions(lowered, knowledge.ZERO3_HINTS):
         return [damaged, Cause("PD214", "saved right after DeepSpeed ZeRO-3 training: the weights may be "
                                "un-gathered partitions", ZERO3_FIX)]
+    if re.search(r"header ?too ?large", why, re.IGNORECASE):  # a text file's first 8 bytes read as a length
+        return [_lfs_pointer("the header length, read from the file's first 8 bytes, is absurd: the file is text, "
+                             "most often a Git LFS pointer ('version https://git-lfs...')"), damaged]
     return [damaged]
+
+
+def _lfs_pointer(why: str) -> Cause:
+    return Cause("PD362", f"{why}, not the weights: the repo was cloned without git-lfs",
+                 "run `git lfs install && git lfs pull` in the clone (or download the repo with `hf download`)")
 
 
 def _missing_config(hit: Hit, text: str, lowered: str) -> list[Cause]:
     return [_no_adapter_config(lowered)]
+
+
+def _adapter_name_in_prefix(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    name, prefix = hit.group("adapter_name") or "this adapter", hit.group("prefix") or "the tuner's prefix"
+    return [Cause("PD370", f"the adapter is named {name!r}, a part of {prefix!r}, the prefix of the tuner's weight "
+                  f"keys ({hit.message.where()}): its saved weights can be mistaken for other keys and left "
+                  "re-initialised on load", f"use an adapter_name that is no part of {prefix!r}: "
+                  "PeftModel.from_pretrained(base, ADAPTER, adapter_name='default') (or get_peft_model(..., "
+                  "adapter_name='default'))")]
+
+
+def _offloaded(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD368", f"device_map put part of the model on disk ({hit.message.where()}: {hit.match[0][:160]})",
+                  "pass offload_folder=DIR to the base's from_pretrained and to PeftModel.from_pretrained, or load "
+                  "the base on devices with room for it (device_map={'': 0})")]
+
+
+def _one_directory(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD369", f"the directory holds both a model config.json and adapter_config.json "
+                  f"({hit.message.where()} refuses to guess which to load)", "keep the adapter and the model in two "
+                  "directories (or repos); or merge the adapter and keep only the merged model")]
+
+
+def _not_a_path(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    return [Cause("PD363", f"{hit.group('path_or_repo_id') or 'the path given'} is not an existing local directory, "
+                  "so it was tried as a Hub repo id, which it is not", "pass the adapter's directory (the one "
+                  "save_pretrained() wrote, holding adapter_config.json), not a file or a path that does not exist")]
+
+
+# Words that put a text about peft's own refusals in context: without one, a generic wording (every
+# message of a whole area, codes.AREAS) is not claimed.
+_PEFT_WORDS = ("peft", "lora", "adapter")
+
+
+def _area(hit: Hit, text: str, lowered: str) -> list[Cause]:
+    """A message whose code came from its area (codes.AREAS): claimed only in context, worded by the
+    message itself and the releases that print it."""
+    package = hit.message.package
+    if package in knowledge.WRAPPERS:
+        if knowledge.WRAPPERS[package] not in knowledge.callers(lowered):
+            return []
+    elif not knowledge.mentions(lowered, _PEFT_WORDS):
+        return []
+    code = hit.message.code or "PD008"
+    return [Cause(code, f"{hit.message.area} ({hit.message.where()}): {hit.match[0][:200]}", _AREA_FIXES[code])]
+
+
+# What to do about a message whose code came from its area: the message itself names the detail.
+_AREA_FIXES = {
+    "PD104": "`peftdoctor check ADAPTER --peft RELEASE` names the value the release refuses; "
+             "`peftdoctor fix ADAPTER` rewrites what has an exact equivalent",
+    "PD301": "`peftdoctor check ADAPTER` checks the config and weights against the installed peft; "
+             "`peftdoctor verify ADAPTER` loads it on its base the way peft does",
+    "PD371": "change the setting the wrapper names; or save the adapter (save_pretrained) and load or merge it "
+             "with peft itself (`peftdoctor verify ADAPTER --out DIR` merges)",
+}
 
 
 def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
@@ -251,7 +348,8 @@ def _generic(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
     summary = rule(hit.message.code or "PD008").summary
     return [Cause(hit.message.code or "PD008", f"{summary.rstrip('.')} ({hit.message.where()}: "
-                  f"{hit.match[0][:200]})", "see `peftdoctor rules` for the code")]
+                  f"{hit.match[0][:200]})",
+                  _AREA_FIXES.get(hit.message.code or "", "see `peftdoctor rules` for the code"))]
 
 
 DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
@@ -259,16 +357,21 @@ DECIDERS: dict[str, Callable[[Hit, str, str], list[Cause]]] = {
     "PD415": _ignored_modules, "PD364": _vocab_limit, "PD360": _no_targets, "PD204": _header,
     "PD004": _missing_config, "PD403": _dora,
     "PD406": _engine_feature("lora_bias"), "PD407": _engine_feature("bias"),
-    "PD413": _engine_feature("base_mutating_init"),
+    "PD413": _engine_feature("base_mutating_init"), "PD370": _adapter_name_in_prefix, "PD368": _offloaded,
+    "PD369": _one_directory, "PD363": _not_a_path,
 }
 # Codes the older pattern table already words well: a catalogue hit only adds the releases.
 OLDER_TABLE_CODES = frozenset({"PD350", "PD355", "PD356", "PD116", "PD114", "PD501", "PD502", "PD503", "PD106"})
 
 
-def catalogue_hits(text: str, lowered: str) -> Iterator[Diagnosis]:
-    for hit in catalogue.find(text, lowered):
+def catalogue_hits(text: str, lowered: str, area: bool = False) -> Iterator[Diagnosis]:
+    """The catalogue's messages a MAP row names; with `area`, those whose code came from their area."""
+    for hit in catalogue.find(text, lowered, area):
         code = hit.message.code or ""
         if code in OLDER_TABLE_CODES:
             continue
-        causes = DECIDERS.get(code, _generic)(hit, text, lowered)
-        yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})")
+        causes = (_area if hit.message.area else DECIDERS.get(code, _generic))(hit, text, lowered)
+        ranked_first = causes[0].code if causes else code  # another cause ranks first: the older table's claim goes
+        yield _d(hit.match[0], *causes, source=f"{hit.message.id} ({hit.message.where()})",
+                 replaces=(code,) if ranked_first != code else (),
+                 weak=hit.message.area is not None)

@@ -70,7 +70,7 @@ PATTERNS: tuple[Pattern, ...] = (
                 r"(?P<cls>\w{1,256}), these are ignored",
        "peft dropped {keys} while loading: if any of them bears meaning the adapter now computes something else",
        "run `peftdoctor check ADAPTER` to see which dropped keys change the outputs, then upgrade peft"),
-    _p("PD350", rf"Target modules? (?P<targets>{_upto('Target module', least=1)}) not found in the base model",
+    _p("PD350", rf"Target modules? ?(?P<targets>{_upto('Target module', least=1)}) ?not found in the base model",
        "target_modules {targets} match no module of this base: wrong base, or names from another architecture",
        "load the base the adapter was trained on (base_model_name_or_path), or correct target_modules"),
     _p("PD206", rf"size mismatch for (?P<param>{_NAME}lora_(?:embedding_)?[AB]{_NAME}): copying a param with shape "
@@ -112,7 +112,7 @@ PATTERNS: tuple[Pattern, ...] = (
                 r"incomplete metadata[^\n]*|header too (?:large|small)[^\n]*|invalid header length[^\n]*)",
        "the safetensors file is damaged or truncated ({why})",
        "re-copy or re-save the weights; `peftdoctor check ADAPTER` says exactly what is wrong"),
-    _p("PD355", r"Found missing adapter keys while loading the checkpoint: \[(?P<keys>[^\]]*)",
+    _p("PD355", r"Found missing adapter keys while loading the checkpoint(?::\s{0,8}\[(?P<keys>[^\]]{0,100000}))?",
        "peft found no weights for modules it adapted: they keep their initial values and compute the base "
        "(random outputs with init_lora_weights false); the file's tensors under other names were dropped",
        "run `peftdoctor check ADAPTER --base BASE`: PD223 names the tensors peft dropped (no or a doubled "
@@ -217,6 +217,8 @@ def explain(text: str) -> tuple[Explanation, ...]:
         found.append(Explanation(rule(pattern.code).finding(message, fix), match.group(0)))
     codes = {e.finding.code for e in found}
     for d in diagnoses:
+        if d.weak and found:
+            continue  # an area's code says less than a pattern that recognised the text
         if d.causes and d.causes[0].code not in codes:
             codes.add(d.causes[0].code)
             first, *rest = (rule(c.code).finding(c.message, c.fix) for c in d.causes)
