@@ -18,6 +18,7 @@ from peftdoctor.messages.diagnosis import regex as _re
 from peftdoctor.messages.diagnosis import search as _search
 from peftdoctor.peft import tensor_names
 from peftdoctor.rules.values import ZERO3_FIX
+from peftdoctor.rules.weights import LFS_FIX
 
 # --------------------------------------------------------------------------- other wordings outside the catalogue
 
@@ -49,8 +50,7 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
     if m:
         yield _d(m[0], Cause("PD362", "the weights file is a Git LFS pointer (a small text file starting with "
                              "'version https://git-lfs...'), not the weights: the repo was cloned without git-lfs",
-                             "run `git lfs install && git lfs pull` in the clone (or download the repo with "
-                             "`hf download`)"), replaces=("PD203",))
+                             LFS_FIX), replaces=("PD203",))
     for m in (_search(_REPO_ID, text, lowered, "repo id must be"),
               _search(_NOT_FOUND, text, lowered, "404 client error")):
         if m:

@@ -15,7 +15,7 @@ from peftdoctor.rules import Check, Context
 from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
-from peftdoctor.rules.schema import pattern_findings, peft_type_findings, value_findings
+from peftdoctor.rules.schema import encoding_findings, pattern_findings, peft_type_findings, value_findings
 from peftdoctor.rules.traps import (
     base_mutating_init,
     base_not_portable,
@@ -24,10 +24,10 @@ from peftdoctor.rules.traps import (
     version_findings,
 )
 from peftdoctor.rules.unknown_keys import unknown_key_findings
-from peftdoctor.rules.weights import weight_findings
+from peftdoctor.rules.weights import pointer_finding, weight_findings
 
 CONFIG_CHECKS: tuple[Check, ...] = (
-    peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
+    encoding_findings, peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
     base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted,
 )
 
@@ -108,7 +108,9 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         return Report(**shown, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
     findings += refused_findings(adapter)
     if adapter.config is None:
-        if adapter.config_error and CONFIG_NAME not in adapter.refused:
+        if CONFIG_NAME in adapter.lfs_pointers:
+            findings.append(pointer_finding(CONFIG_NAME))
+        elif adapter.config_error and CONFIG_NAME not in adapter.refused:
             findings.append(rule("PD101").finding(f"{CONFIG_NAME} {adapter.config_error}",
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)
@@ -125,5 +127,5 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         from peftdoctor.engines import target_findings
 
         weights += target_findings(adapter, adapter.config, engine, ctx.base)
-    return Report(**shown, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config),
+    return Report(**shown, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config, adapter.config_peft_error),
                   written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))

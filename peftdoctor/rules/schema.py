@@ -56,6 +56,20 @@ def _validator(release: Release) -> "Draft202012Validator":
     return Draft202012Validator(release.schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
+_ENCODINGS = {"utf-8-sig": "UTF-8 with a byte-order mark"}  # else "utf-16", "utf-16-be", "utf-32-le"...
+
+
+def encoding_findings(ctx: Context) -> list[Finding]:
+    """PD119: the file is JSON by RFC 8259's rules (a byte-order mark, UTF-16/32) but not as peft reads it."""
+    error, encoding = ctx.adapter.config_peft_error, ctx.adapter.config_encoding or ""
+    if error is None:
+        return []
+    return [rule("PD119").finding(
+        f"adapter_config.json is {_ENCODINGS.get(encoding) or encoding.upper() + ' text'}: "
+        f"every peft release opens it as UTF-8 text and json.load fails ({clip(error, 120)})",
+        "save adapter_config.json as UTF-8 without a byte-order mark", file="adapter_config.json")]
+
+
 def peft_type_findings(ctx: Context) -> list[Finding]:
     config, target = ctx.config, ctx.target
     if "peft_type" not in config:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from packaging.version import Version
 
 from peftdoctor.io.safetensors import size_problems
-from peftdoctor.model.adapter import PICKLE_NAME, SAFETENSORS_NAME, Adapter
+from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
 from peftdoctor.peft import patterns, releases, targeting, tensor_names
 from peftdoctor.peft.targeting import REGEX_CHARS
@@ -17,6 +17,7 @@ from peftdoctor.rules.values import value_findings
 LORA_TYPES = ("LORA",)
 VALUES_NOT_READ = ("tensor values were not read (on the Hub only the config and the weights header are fetched): "
                    "the NaN/Inf and all-zero checks need a local copy")
+LFS_FIX = "run `git lfs install && git lfs pull` in the clone (or download the repo with `hf download`)"
 # Heads peft adds to modules_to_save on its own for these task types; a base has one or the other.
 AUTO_MODULES_TO_SAVE = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
                         "QUESTION_ANS": ("qa_outputs",)}
@@ -37,12 +38,12 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
         return [rule("PD201").finding(f"no {SAFETENSORS_NAME} or {PICKLE_NAME} beside the config",
                                       "copy the weights saved by save_pretrained() next to adapter_config.json",
                                       file=SAFETENSORS_NAME)], []
-    findings: list[Finding] = []
+    findings = [pointer_finding(name) for name in files if name in adapter.lfs_pointers]
     if len(files) == 2:
         findings.append(rule("PD202").finding(
             "both weight formats are present; peft loads the .safetensors file and ignores the .bin",
             f"delete {PICKLE_NAME} once you know the safetensors file is the one you mean", file=PICKLE_NAME))
-    if PICKLE_NAME in files:
+    if PICKLE_NAME in files and PICKLE_NAME not in adapter.lfs_pointers:
         findings.append(rule("PD203").finding(
             f"{PICKLE_NAME} is a Python pickle: loading it can run arbitrary code (not unpickled here)",
             "convert it to safetensors in a trusted environment and delete the .bin", file=PICKLE_NAME))
@@ -51,6 +52,8 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
     if SAFETENSORS_NAME in adapter.refused:
         return findings, [f"{SAFETENSORS_NAME} {adapter.refused[SAFETENSORS_NAME]}"]
     header = adapter.header
+    if header is None and SAFETENSORS_NAME in adapter.lfs_pointers:
+        return findings, []
     if header is None:
         return findings + [rule("PD204").finding(f"{SAFETENSORS_NAME}: {adapter.header_error}",
                                                  "re-save the adapter; the file is damaged",
@@ -64,6 +67,14 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
     if config is not None and config.get("peft_type") in LORA_TYPES:
         findings += lora_findings(config, adapter)
     return findings, notes
+
+
+def pointer_finding(name: str) -> Finding:
+    """PD362: `name` (the config or a weights file) is a Git LFS pointer; the one fix is to fetch the content."""
+    what = "the config" if name == CONFIG_NAME else "the weights"
+    return rule("PD362").finding(f"{name} is a Git LFS pointer (a small text file starting 'version https://git-lfs"
+                                 f"...'), not {what}: the repo was cloned without git-lfs, and peft cannot load it",
+                                 LFS_FIX, file=name)
 
 
 def lora_modules(adapter: Adapter) -> dict[str, LoraModule]:
