@@ -119,7 +119,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
                   transformers=transformers_axis.choose(transformers)[0])
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
-    weights, skipped = weight_findings(adapter, adapter.config)
+    weights, skipped = weight_findings(adapter, adapter.config, release)
     on_base, base_skipped = base_findings(ctx)
     weights += on_base
     skipped += base_skipped

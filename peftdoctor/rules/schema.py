@@ -3,14 +3,16 @@ regexes against Python's re as that release builds them (PD118)."""
 from __future__ import annotations
 
 import functools
+import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from peftdoctor.errors import clip
 from peftdoctor.model.findings import Finding, Severity
-from peftdoctor.peft import releases, targeting
+from peftdoctor.peft import postinit, releases, targeting
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
+from peftdoctor.rules.weights import lora_modules, saved_ranks
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -91,15 +93,18 @@ def value_findings(ctx: Context) -> list[Finding]:
     """Type and enum errors; unknown keys are left to unknown_keys, which can explain them."""
     if ctx.peft_type not in ctx.target.peft_types:
         return []
+    refused = post_init_findings(ctx)
     props = ctx.target.fields(ctx.peft_type or "")
     if all(plainly_valid(value, props[key]) for key, value in ctx.config.items() if key in props):
-        return []
-    findings = []
+        return refused
+    findings = refused
     for error in sorted(_validator(ctx.target).iter_errors(ctx.config), key=lambda e: [str(p) for p in
                                                                                       e.absolute_path]):
         if error.validator in ("additionalProperties", "required") or not error.absolute_path:
             continue
         key = ".".join(str(p) for p in error.absolute_path)
+        if any(f.key == key for f in refused):
+            continue  # the release's own error says more than the annotation
         if key == "task_type":
             findings.append(_task_type_finding(ctx))
             continue
@@ -109,6 +114,23 @@ def value_findings(ctx: Context) -> list[Finding]:
                if _float_for_int(error) else ""),
             _fix_for(key, error), key=key, severity=Severity.WARNING if _float_for_int(error) else None))
     return findings
+
+
+def post_init_findings(ctx: Context) -> list[Finding]:
+    """PD104 for what the target release refuses once its config class (or the model it builds) has the values:
+    the post-init rules measured from each release (peft/postinit.py), the compatibility table's own."""
+    refusing = postinit.refusing_rule(ctx.target, ctx.peft_type or "", ctx.config)
+    if refusing is None:
+        return []
+    keys = sorted({clause["key"] for clause in refusing["when"]})
+    shown = ", ".join(f"{k}={json.dumps(ctx.config[k]) if k in ctx.config else '(absent)'}" for k in keys)
+    where = "its config class is built" if refusing["stage"] == "config" else "the adapter's layers are built"
+    fix = f"correct {' and '.join(keys)} to what peft {ctx.target.name} accepts"
+    if keys == ["r"] and ctx.peft_type == "LORA" and saved_ranks(lora_modules(ctx.adapter)):
+        fix = f"set r to {saved_ranks(lora_modules(ctx.adapter))[0]}, the rank the saved weights hold"
+    return [rule("PD104").finding(
+        f"{clip(shown, 160)}: peft {ctx.target.name} refuses it when {where}: "
+        f"{clip(postinit.fill(refusing, ctx.config), 200)}", fix, key=keys[0])]
 
 
 def _task_type_finding(ctx: Context) -> Finding:

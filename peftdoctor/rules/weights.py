@@ -1,6 +1,7 @@
 """Config against weights, from file headers only: nothing is unpickled or loaded (PD2xx)."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -9,7 +10,8 @@ from packaging.version import Version
 from peftdoctor.io.safetensors import size_problems
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding
-from peftdoctor.peft import patterns, releases, targeting, tensor_names
+from peftdoctor.peft import patterns, postinit, releases, semantics, targeting, tensor_names
+from peftdoctor.peft.releases import Release
 from peftdoctor.peft.targeting import REGEX_CHARS
 from peftdoctor.rules.registry import rule
 from peftdoctor.rules.values import value_findings
@@ -31,8 +33,10 @@ class LoraModule:
     has_magnitude: bool
 
 
-def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple[list[Finding], list[str]]:
-    """Findings about the weight files, and notes on what could not be checked."""
+def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]], target: Optional[Release] = None
+                    ) -> tuple[list[Finding], list[str]]:
+    """Findings about the weight files for the release `target` (default: the newest known), and notes on
+    what could not be checked."""
     files = adapter.weight_files
     if not files:
         return [rule("PD201").finding(f"no {SAFETENSORS_NAME} or {PICKLE_NAME} beside the config",
@@ -65,7 +69,7 @@ def weight_findings(adapter: Adapter, config: Optional[dict[str, Any]]) -> tuple
     findings += value_findings(adapter)
     notes = [VALUES_NOT_READ] if adapter.values is None and adapter.origin == "hub" and not problems else []
     if config is not None and config.get("peft_type") in LORA_TYPES:
-        findings += lora_findings(config, adapter)
+        findings += lora_findings(config, adapter, target or releases.load(releases.known_versions()[-1]))
     return findings, notes
 
 
@@ -92,25 +96,39 @@ def lora_modules(adapter: Adapter) -> dict[str, LoraModule]:
     return {n: LoraModule(n, p.get("a"), p.get("b"), p.get("m", False)) for n, p in parts.items()}
 
 
-def lora_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
+def lora_findings(config: dict[str, Any], adapter: Adapter, target: Release) -> list[Finding]:
     modules = lora_modules(adapter)
-    findings = _rank_findings(config, modules)
+    findings = _rank_findings(config, modules, target)
     findings += _target_findings(config, modules)
-    findings += _modules_to_save_findings(config, adapter)
+    findings += _modules_to_save_findings(config, adapter, target.version)
     findings += _dora_findings(config, modules)
     return findings
 
 
-def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
-    """One finding per (declared, found) rank pair, naming the modules it concerns."""
+def saved_ranks(modules: dict[str, LoraModule]) -> list[int]:
+    """The distinct ranks the LoRA weights hold, most common first."""
+    found = Counter(g for m in modules.values() for g in (m.a_rank, m.b_rank) if g is not None)
+    return [rank for rank, _ in found.most_common()]
+
+
+def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule], target: Release) -> list[Finding]:
+    """One finding per (declared, found) rank pair, naming the modules it concerns. A rank below 1 is no size
+    mismatch: releases that refuse it say so (rules/schema.py, post-init); older ones build no LoRA layer."""
     r = config.get("r")
+    if isinstance(r, (int, float)) and not isinstance(r, bool) and r < 1:
+        if not modules or postinit.refusal(target, "LORA", config):
+            return []
+        return [rule("PD206").finding(
+            f"the config declares r={r}: peft {target.name} builds LoRA layers only for r > 0, so it loads none and "
+            f"silently ignores the saved rank-{saved_ranks(modules)[0]} weights: the adapter computes the base model",
+            f"set r to {saved_ranks(modules)[0]}, the rank the saved weights hold", key="r")]
     # Ranks as the newest peft would build them; the pattern rules of older releases differ only
     # in which key wins when several match (peftdoctor/patterns.py).
     built = patterns.module_values(config, list(modules), releases.known_versions()[-1])
     wrong: dict[tuple[str, int, int], list[str]] = {}
     for module in modules.values():
         expected = built[module.name][0]
-        if not isinstance(expected, int) or isinstance(expected, bool):
+        if not isinstance(expected, int) or isinstance(expected, bool) or expected < 1:
             continue
         got = next((g for g in (module.a_rank, module.b_rank) if g is not None and g != expected), None)
         if got is not None:
@@ -168,7 +186,7 @@ def _targeted(config: dict[str, Any], module: str, version: Version) -> bool:
         return True  # peft would fail on the pattern itself; don't guess further
 
 
-def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[Finding]:
+def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter, target: Version) -> list[Finding]:
     wanted = config.get("modules_to_save")
     if not isinstance(wanted, list) or not wanted:
         return []
@@ -178,9 +196,13 @@ def _modules_to_save_findings(config: dict[str, Any], adapter: Adapter) -> list[
     missing = [w for w in wanted if isinstance(w, str) and w not in present]
     if optional and present & optional:
         missing = [w for w in missing if w not in optional]
-    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: the base's "
-                                  "untrained copy is used instead", f"re-save the adapter with the trained {w!r}, "
-                                  "or remove it from modules_to_save", key="modules_to_save") for w in missing]
+    raises = target >= Version(semantics.MODULES_TO_SAVE_KEYERROR_SINCE)
+    consequence = (f"peft {target} raises KeyError while loading the adapter (it looks up the saved copy of each "
+                   "module it wraps)" if raises else
+                   f"peft {target} loads the adapter with the base's own module there, not a trained copy")
+    return [rule("PD209").finding(f"modules_to_save lists {w!r} but no weights for it were saved: {consequence}",
+                                  f"re-save the adapter with the trained {w!r}, or remove it from modules_to_save",
+                                  key="modules_to_save") for w in missing]
 
 
 def _dora_findings(config: dict[str, Any], modules: dict[str, LoraModule]) -> list[Finding]:
