@@ -26,7 +26,9 @@ torch = pytest.importorskip("torch")
 # module for a modules_to_save entry without weights; 0.15.0 is the first to raise KeyError for it.
 LOADERS = ["0.3.0", "0.13.2", "0.15.0", "installed"]
 INPUT_IDS = [[1, 5, 9, 20, 33, 7, 42, 11], [1, 60, 2, 17, 17, 4, 88, 30]]
-EDITS = {"r0": {"r": 0}, "lm-head-not-saved": {"modules_to_save": ["lm_head"]}}
+EDITS = {"r0": {"r": 0}, "lm-head-not-saved": {"modules_to_save": ["lm_head"]},
+         # Python's json writes and reads NaN and Infinity, which JSON itself does not have
+         "alpha-nan": {"lora_alpha": float("nan")}, "alpha-pattern-inf": {"alpha_pattern": {"v_proj": float("inf")}}}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +107,20 @@ def test_the_key_error_release_holds_for_every_release(version: str) -> None:
         source = archive.read("peft/utils/save_and_load.py").decode()
     looks_up = re.search(r"= peft_model_state_dict\[lookup_key\]", source) is not None
     assert looks_up == (Version(version) >= Version(semantics.MODULES_TO_SAVE_KEYERROR_SINCE))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("name", ["alpha-nan", "alpha-pattern-inf"])
+def test_non_finite_scaling_is_judged_as_the_release_computes(adapters: dict[str, Path], computed: dict[str, Any],
+                                                              name: str, loader: str) -> None:
+    real = computed[loader]["jobs"][name]
+    assert real["ok"], real  # no release refuses it
+    nan = torch.tensor(real["logits"]).isnan()
+    report = check(str(adapters[name]), peft=version_of(loader))
+    found = [f for f in report.findings if f.code == "PD120"]
+    if nan.all():
+        assert len(found) == 1 and "every output of the adapted layers is NaN" in found[0].message, report.findings
+        assert found[0].severity.value == "error"
+        assert not [f for f in report.findings if f.code == "PD104" and f.key == found[0].key], report.findings
+    else:  # a release that does not know alpha_pattern drops it: its outputs are finite, and so is the finding
+        assert not nan.any() and not found and name == "alpha-pattern-inf", (report.findings, loader)

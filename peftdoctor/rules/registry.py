@@ -56,6 +56,7 @@ _TABLE = [
     ("PD117", "target-approximated", I, "No schema for the target peft release; the closest older one stood in."),
     ("PD118", "pattern-invalid", E, "A regex in the config (target_modules, rank_pattern keys, ...) does not compile: loading fails."),
     ("PD119", "config-encoding", E, "adapter_config.json has a byte-order mark or is UTF-16/32: every peft release fails to read it."),
+    ("PD120", "scaling-not-finite", E, "lora_alpha or an alpha_pattern value is NaN or infinite: peft loads it and every adapted output is NaN."),
     ("PD190", "fix-refused", E, "fix has no exact rewrite for a key: nothing is written (--force drops it)."),
     ("PD191", "fix-rewrite", I, "fix rewrites a key for the target release (a --force rewrite changes the meaning)."),
     ("PD350", "target-modules-not-found", E, "target_modules match no module of the base (explain)."),

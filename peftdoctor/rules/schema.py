@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from peftdoctor.errors import clip
@@ -61,6 +62,10 @@ def _validator(release: Release) -> "Draft202012Validator":
 _ENCODINGS = {"utf-8-sig": "UTF-8 with a byte-order mark"}  # else "utf-16", "utf-16-be", "utf-32-le"...
 
 
+# Keys whose value scales the adapter's output (lora_alpha / r), per module in alpha_pattern.
+_SCALING_KEYS = ("lora_alpha", "alpha_pattern")
+
+
 def encoding_findings(ctx: Context) -> list[Finding]:
     """PD119: the file is JSON by RFC 8259's rules (a byte-order mark, UTF-16/32) but not as peft reads it."""
     error, encoding = ctx.adapter.config_peft_error, ctx.adapter.config_encoding or ""
@@ -93,7 +98,7 @@ def value_findings(ctx: Context) -> list[Finding]:
     """Type and enum errors; unknown keys are left to unknown_keys, which can explain them."""
     if ctx.peft_type not in ctx.target.peft_types:
         return []
-    refused = post_init_findings(ctx)
+    refused = post_init_findings(ctx) + non_finite_findings(ctx)
     props = ctx.target.fields(ctx.peft_type or "")
     if all(plainly_valid(value, props[key]) for key, value in ctx.config.items() if key in props):
         return refused
@@ -103,8 +108,8 @@ def value_findings(ctx: Context) -> list[Finding]:
         if error.validator in ("additionalProperties", "required") or not error.absolute_path:
             continue
         key = ".".join(str(p) for p in error.absolute_path)
-        if any(f.key == key for f in refused):
-            continue  # the release's own error says more than the annotation
+        if any(f.key == key.split(".")[0] for f in refused):
+            continue  # the release's own error, or what it computes, says more than the annotation
         if key == "task_type":
             findings.append(_task_type_finding(ctx))
             continue
@@ -114,6 +119,24 @@ def value_findings(ctx: Context) -> list[Finding]:
                if _float_for_int(error) else ""),
             _fix_for(key, error), key=key, severity=Severity.WARNING if _float_for_int(error) else None))
     return findings
+
+
+def non_finite_findings(ctx: Context) -> list[Finding]:
+    """PD120: Python's json reads NaN and Infinity (JSON itself has no such numbers) and no release refuses
+    them as an adapter's scale: the scaling alpha/r is not finite and every adapted layer outputs NaN
+    (measured in tests/test_weights_by_release.py)."""
+    known = ctx.target.fields(ctx.peft_type or "")
+    found = []
+    for key in (k for k in _SCALING_KEYS if k in known):
+        value = ctx.config.get(key)
+        named = [(f"{key}[{k!r}]", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
+        bad = [f"{name}={json.dumps(v)}" for name, v in named if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            found.append(rule("PD120").finding(
+                f"{clip(', '.join(bad), 120)}: peft {ctx.target.name} loads it without a word, the "
+                "LoRA scaling alpha/r is not finite and every output of the adapted layers is NaN",
+                f"set {key} to the finite value the adapter was trained with", key=key))
+    return found
 
 
 def post_init_findings(ctx: Context) -> list[Finding]:
