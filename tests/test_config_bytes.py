@@ -102,6 +102,21 @@ def test_every_release_reads_the_config_as_utf8_text(version: str) -> None:
         assert any(isinstance(c.func, ast.Attribute) and c.func.attr == "load" for c in calls)
 
 
+def test_fix_rewrites_an_encoded_config_as_utf8(encoded: dict[str, Path], tmp_path: Path) -> None:
+    """A rewrite writes UTF-8 without a mark, so fix does not call the mark 'still broken' after it; with
+    nothing to rewrite, nothing is written and the mark is still reported."""
+    from peftdoctor.ops.fix import apply, plan
+
+    target = Path(shutil.copytree(encoded["utf-16-bom"], tmp_path / "a"))
+    rewrite = plan(str(target), peft="0.13.2")
+    assert rewrite.changed and "PD119" not in {f.code for f in rewrite.remaining}, rewrite.remaining
+    apply(rewrite, backup_suffix=None)
+    assert (target / "adapter_config.json").read_bytes().startswith(b"{")
+    assert not [f for f in check(str(target), peft="0.13.2").findings if f.code == "PD119"]
+    untouched = plan(str(encoded["utf-8-bom"]), peft="0.21.2")
+    assert not untouched.changed and "PD119" in {f.code for f in untouched.remaining}
+
+
 # ------------------------------------------------------------------ Git LFS pointers
 
 
