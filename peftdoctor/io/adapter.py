@@ -148,7 +148,8 @@ def read_config_file(path: Path) -> ConfigRead:
         raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
     digest = hashlib.sha256(raw).hexdigest()
     if is_lfs_pointer(raw):
-        return ConfigRead(digest=digest, error="is a Git LFS pointer, not the config", lfs_pointer=True)
+        return ConfigRead(digest=digest, error="is a Git LFS pointer, not the config: run `git lfs pull`",
+                          lfs_pointer=True)
     encoding = json.detect_encoding(raw)
     try:
         text = raw.decode(encoding)

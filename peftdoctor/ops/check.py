@@ -127,5 +127,5 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         from peftdoctor.engines import target_findings
 
         weights += target_findings(adapter, adapter.config, engine, ctx.base)
-    return Report(**shown, findings=tuple(findings + weights), compatibility=compat.compatibility(adapter.config, adapter.config_peft_error),
-                  written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))
+    return Report(**shown, findings=tuple(findings + weights),
+                  compatibility=compat.compatibility(adapter.config, adapter.config_peft_error), written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))

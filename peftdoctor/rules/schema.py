@@ -60,8 +60,6 @@ def _validator(release: Release) -> "Draft202012Validator":
 
 
 _ENCODINGS = {"utf-8-sig": "UTF-8 with a byte-order mark"}  # else "utf-16", "utf-16-be", "utf-32-le"...
-
-
 # Keys whose value scales the adapter's output (lora_alpha / r), per module in alpha_pattern.
 _SCALING_KEYS = ("lora_alpha", "alpha_pattern")
 

@@ -116,7 +116,7 @@ def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule], targe
     mismatch: releases that refuse it say so (rules/schema.py, post-init); older ones build no LoRA layer."""
     r = config.get("r")
     if isinstance(r, (int, float)) and not isinstance(r, bool) and r < 1:
-        if not modules or postinit.refusal(target, "LORA", config):
+        if not modules or postinit.refusal(target, "LORA", {"r": r}):  # the release's own r check
             return []
         return [rule("PD206").finding(
             f"the config declares r={r}: peft {target.name} builds LoRA layers only for r > 0, so it loads none and "
