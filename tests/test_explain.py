@@ -458,6 +458,18 @@ def test_pd203_weights_only_refuses_object(tmp_path: Path) -> None:
     assert_explains(text, "PD203")
 
 
+def test_pd362_pointer_loaded_with_weights_only(tmp_path: Path) -> None:
+    """torch >= 2.6 loads with weights_only: a Git LFS pointer is no longer "invalid load key, 'v'" but an
+    unsupported opcode 118 ('v'), which read as PD203 (a pickle holding more than tensors)."""
+    import torch
+
+    path = tmp_path / "adapter_model.bin"
+    path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    text = traceback_of(lambda: torch.load(str(path), weights_only=True))
+    assert "Unsupported operand 118" in text
+    assert codes(text) == ["PD362"]
+
+
 # --------------------------------------------------------------------------- merging and combining
 
 

@@ -93,6 +93,20 @@ def test_the_cases_exercise_post_init_rules(real_outcomes: dict[str, dict[str, A
     assert real_outcomes["0.15.0"][adalora]["error"].startswith("ValueError: AdaLoRA does not work when")
 
 
+def test_the_target_release_refusal_is_a_finding(real_outcomes: dict[str, dict[str, Any]],
+                                                 written: dict[str, Path]) -> None:
+    """check used to name these refusals only in the compatibility table: for lora_bias with DoRA or r=0 the
+    installed release's own report said nothing (r=0 got a size mismatch). Now each is a PD104 error with the
+    release's own text."""
+    for name in WRITTEN:
+        real = real_outcomes["installed"][str(written[name])]
+        found = [f for f in check(str(written[name])).findings if f.code == "PD104" and f.severity.value == "error"]
+        if real["result"] == "fails":
+            assert any(real["error"][:100] in f.message for f in found), (name, real, found)
+        else:
+            assert not found, (name, found)
+
+
 # ------------------------------------------------------- the stored rules
 
 def committed() -> list[str]:

@@ -91,15 +91,6 @@ def test_corrupt_headers(zoo: dict[str, Path], tmp_path: Path, corruption: dict,
     assert code in codes(target)
 
 
-def test_git_lfs_pointer_is_named(zoo: dict[str, Path], tmp_path: Path) -> None:
-    target = tmp_path / "adapter"
-    shutil.copytree(zoo["lora-llama"], target)
-    (target / "adapter_model.safetensors").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
-    report = check(str(target), peft="0.21.2")
-    assert any(f.code == "PD204" and "git lfs pull" in f.message for f in report.findings)
-
-
 def test_tied_layer_uses_the_base_config_when_it_is_at_hand(tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.mkdir()

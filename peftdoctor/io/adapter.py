@@ -7,21 +7,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from peftdoctor.errors import UnusableInput
 from peftdoctor.io.base import find_base_config
-from peftdoctor.io.files import MAX_JSON_BYTES, FileRefused, open_regular, read_limited, refused_entries
+from peftdoctor.io.files import (
+    LFS_POINTER_START,
+    MAX_JSON_BYTES,
+    FileRefused,
+    is_lfs_pointer,
+    open_regular,
+    read_limited,
+    refused_entries,
+)
 from peftdoctor.io.limits import config_excess
 from peftdoctor.io.locate import is_repo_ref, resolve
-from peftdoctor.io.safetensors import Header, HeaderError, header_of, read_header, size_problems
-from peftdoctor.io.values import ValueScan
+from peftdoctor.io.safetensors import HeaderError, LfsPointer, header_of, read_header, size_problems
 from peftdoctor.io.values import scan as values_scan
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.formats import OTHER_FORMATS
 
-__all__ = ["classify", "open_adapter", "other_format", "read_config", "read_config_file"]
+__all__ = ["ConfigRead", "classify", "open_adapter", "other_format", "read_config", "read_config_file"]
 
 _FULL_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                        "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
@@ -51,13 +59,15 @@ def open_adapter(target: str, online: bool = False) -> Adapter:
         kind, nested = _what_else(directory, names)
         return Adapter(kind=kind, nested=nested, **found)
     if SAFETENSORS_NAME in weights:
-        header, header_error, values = _read_weights(directory, refused)
-        found.update(header=header, header_error=header_error, values=values)
+        found.update(_read_weights(directory, refused))
+    if PICKLE_NAME in weights and _pointer(directory, PICKLE_NAME, refused):
+        found["lfs_pointers"] = (*found.get("lfs_pointers", ()), PICKLE_NAME)
     if CONFIG_NAME in refused:
         return Adapter(kind="peft-adapter", config_error=refused[CONFIG_NAME], **found)
-    config, text, digest, error = read_config_file(directory / CONFIG_NAME)
-    kind = other_format(config, names) or "peft-adapter"
-    return Adapter(kind=kind, config=config, config_text=text, config_digest=digest, config_error=error, **found)
+    read = read_config_file(directory / CONFIG_NAME)
+    pointers = (*found.pop("lfs_pointers", ()), *((CONFIG_NAME,) if read.lfs_pointer else ()))
+    kind = other_format(read.config, names) or "peft-adapter"
+    return Adapter(kind=kind, lfs_pointers=tuple(sorted(pointers)), **read.fields(), **found)
 
 
 def other_format(config: Optional[dict[str, Any]], names: list[str]) -> Optional[str]:
@@ -70,56 +80,107 @@ def other_format(config: Optional[dict[str, Any]], names: list[str]) -> Optional
     return None
 
 
-def _read_weights(directory: Path, refused: dict[str, str]
-                  ) -> tuple[Optional[Header], Optional[str], Optional[ValueScan]]:
-    """The header, and (when the header fits the file) the values, in one open of the weights file."""
+def _pointer(directory: Path, name: str, refused: dict[str, str]) -> bool:
+    """Whether `name` is a Git LFS pointer, from its first bytes (adapter_model.bin: a pickle is never loaded)."""
+    if name in refused:
+        return False
+    try:
+        with open_regular(directory / name) as fh:
+            return is_lfs_pointer(fh.read(len(LFS_POINTER_START)))
+    except OSError:
+        return False
+
+
+def _read_weights(directory: Path, refused: dict[str, str]) -> dict[str, Any]:
+    """The Adapter fields from adapter_model.safetensors: the header, and (when the header fits the file) the
+    values, in one open of the file; or why it could not be read (a Git LFS pointer among them)."""
     if SAFETENSORS_NAME in refused:
-        return None, refused[SAFETENSORS_NAME], None
+        return dict(header_error=refused[SAFETENSORS_NAME])
     path = directory / SAFETENSORS_NAME
     try:
         with open_regular(path) as fh:
             header = header_of(fh)
             values = values_scan(fh, header) if not size_problems(header) else None
+    except LfsPointer as exc:
+        return dict(header_error=str(exc), lfs_pointers=(SAFETENSORS_NAME,))
     except HeaderError as exc:
-        return None, str(exc), None
+        return dict(header_error=str(exc))
     except FileRefused as exc:
-        return None, str(exc).replace(f"{path} ", "", 1), None
+        return dict(header_error=str(exc).replace(f"{path} ", "", 1))
     except OSError as exc:
-        return None, f"cannot read: {exc.strerror or exc}", None
-    return header, None, values
+        return dict(header_error=f"cannot read: {exc.strerror or exc}")
+    return dict(header=header, values=values)
+
+
+@dataclass(frozen=True)
+class ConfigRead:
+    """adapter_config.json as read: the config, or a one-line reason it cannot be used."""
+
+    config: Optional[dict[str, Any]] = None
+    text: Optional[str] = None  # the decoded text, for rewrites that keep its layout
+    digest: Optional[str] = None  # sha256 of the bytes
+    encoding: Optional[str] = None  # json.detect_encoding's answer
+    error: Optional[str] = None  # why the config cannot be used
+    peft_error: Optional[str] = None  # what peft's own read raises where this one succeeded (Adapter.config_peft_error)
+    lfs_pointer: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        """The Adapter fields this read fills."""
+        return dict(config=self.config, config_text=self.text, config_digest=self.digest, config_error=self.error,
+                    config_encoding=self.encoding, config_peft_error=self.peft_error)
 
 
 def read_config(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """The parsed config, or None and a one-line reason. Unreadable files are unusable input."""
-    config, _text, _digest, error = read_config_file(path)
-    return config, error
+    found = read_config_file(path)
+    return found.config, found.error
 
 
-def read_config_file(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str], Optional[str]]:
-    """(config, text, sha256 of the bytes, None), or (None, text-or-None, digest-or-None, one-line reason)."""
+def read_config_file(path: Path) -> ConfigRead:
+    """The config at `path`, read as JSON's own rules allow (RFC 8259: UTF-8, or UTF-16/32 found by
+    json.detect_encoding, a byte-order mark tolerated), so that its other problems can be judged too; and
+    what peft's read raises when it differs."""
     try:
         raw = read_limited(path, MAX_JSON_BYTES)
     except FileRefused as exc:
-        return None, None, None, str(exc).replace(str(path) + " ", "", 1)
+        return ConfigRead(error=str(exc).replace(str(path) + " ", "", 1))
     except OSError as exc:
         raise UnusableInput(f"{path}: cannot read: {exc.strerror or exc}") from None
     digest = hashlib.sha256(raw).hexdigest()
+    if is_lfs_pointer(raw):
+        return ConfigRead(digest=digest, error="is a Git LFS pointer, not the config: run `git lfs pull`",
+                          lfs_pointer=True)
+    encoding = json.detect_encoding(raw)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode(encoding)
     except UnicodeDecodeError:
-        return None, None, digest, "is not UTF-8 text"
+        return ConfigRead(digest=digest, error="is not UTF-8 text")
+    found = ConfigRead(text=text, digest=digest, encoding=encoding,
+                       peft_error=_peft_error(raw) if encoding != "utf-8" else None)
     try:
         data = json.loads(text)
     except ValueError as exc:
-        return None, text, digest, f"is not valid JSON ({exc})"
+        return replace(found, error=f"is not valid JSON ({exc})")
     except RecursionError:
-        return None, text, digest, "is nested too deeply to be an adapter config"
+        return replace(found, error="is nested too deeply to be an adapter config")
     if not isinstance(data, dict):
-        return None, text, digest, f"is JSON but not an object (it is {type(data).__name__})"
+        return replace(found, error=f"is JSON but not an object (it is {type(data).__name__})")
     excess = config_excess(data)
     if excess:
-        return None, text, digest, f"{excess}; not judged"
-    return data, text, digest, None
+        return replace(found, error=f"{excess}; not judged")
+    return replace(found, config=data)
+
+
+def _peft_error(raw: bytes) -> Optional[str]:
+    """What json.load raises in every peft release (config.py's from_json_file: `open(path)`, text in the
+    locale's encoding, UTF-8 on Linux and macOS, then json.load) on these bytes, or None."""
+    try:
+        json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except RecursionError:
+        return None  # the same for both reads: the config's own error says it
+    return None
 
 
 def _what_else(directory: Path, names: list[str]) -> tuple[str, tuple[str, ...]]:

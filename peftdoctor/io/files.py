@@ -24,6 +24,9 @@ from peftdoctor.errors import UnusableInput
 
 # Real adapter configs, base configs and shard indexes are a few KB to a few MB; refuse to slurp a mislabelled blob.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+# What a clone made without git-lfs holds in place of a large file: a Git LFS pointer, whose first line is
+# always "version <spec url>" (git-lfs docs/spec.md). No JSON document or safetensors file starts so.
+LFS_POINTER_START = b"version "
 _NOT_REGULAR = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                 (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
 
@@ -33,6 +36,11 @@ class FileRefused(OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "refused"
+
+
+def is_lfs_pointer(head: bytes) -> bool:
+    """Whether a file whose first bytes are `head` is a Git LFS pointer, not the content it stands for."""
+    return head.startswith(LFS_POINTER_START)
 
 
 def own_roots(directory: Path) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ from peftdoctor.io import hub_guard
 from peftdoctor.io.adapter import classify, other_format, read_config_file
 from peftdoctor.io.hub_guard import COMMIT, HubAnswerError, Scope
 from peftdoctor.io.locate import split_ref
-from peftdoctor.io.safetensors import Header, HeaderError, declared_length, parse_header
+from peftdoctor.io.safetensors import Header, HeaderError, LfsPointer, declared_length, parse_header
 from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, Adapter
 
 # The first range read takes what huggingface_hub's parse_safetensors_file_metadata takes: the length
@@ -163,18 +163,19 @@ def _online(ref: str, repo_id: str, revision: Optional[str], listed: Optional[Li
     # Pinned to the commit the listing named: the config and the header come from the same commit, and a
     # config already in the cache for that commit is not fetched again.
     config_path = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=sha))
-    header, header_error = None, None
+    header, header_error, pointers = None, None, []
     if SAFETENSORS_NAME in weights:
         try:
             header = read_hub_header(repo_id, sha, SAFETENSORS_NAME)
         except HeaderError as exc:  # the file on the Hub is broken: a finding, as for a local file
             header_error = str(exc)
-    config, text, digest, error = read_config_file(config_path)
+            pointers += [SAFETENSORS_NAME] if isinstance(exc, LfsPointer) else []
+    read = read_config_file(config_path)
+    pointers += [CONFIG_NAME] if read.lfs_pointer else []
     # Named from the config and the repo's file listing, as io/adapter.py names a directory (mlx-lm, ...).
-    kind = other_format(config, top) or "peft-adapter"
-    return Adapter(directory=config_path.parent, display=ref, kind=kind, origin="hub", config=config,
-                   config_text=text, config_digest=digest, config_error=error, weight_files=weights,
-                   header=header, header_error=header_error)
+    kind = other_format(read.config, top) or "peft-adapter"
+    return Adapter(directory=config_path.parent, display=ref, kind=kind, origin="hub", **read.fields(),
+                   weight_files=weights, header=header, header_error=header_error, lfs_pointers=tuple(sorted(pointers)))
 
 
 def _snapshot(repo_id: str, sha: str) -> Path:

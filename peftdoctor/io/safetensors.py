@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from peftdoctor.io.files import FileRefused, open_regular
+from peftdoctor.io.files import FileRefused, is_lfs_pointer, open_regular
 
 # Bits per element of every dtype the safetensors format defines: whole numbers, so that byte
 # counts are exact integers however large a (hostile) header's dims are (F4 is half a byte).
@@ -52,6 +52,10 @@ class HeaderError(ValueError):
     """The header cannot be read; the message says why in one line."""
 
 
+class LfsPointer(HeaderError):
+    """The file is a Git LFS pointer (io/files.py): its own finding, with `git lfs pull` as the one fix."""
+
+
 def read_header(path: str) -> Header:
     """Parse and validate the header of the safetensors file at `path`."""
     try:
@@ -74,8 +78,8 @@ def header_of(fh: BinaryIO) -> Header:
 def declared_length(prefix: bytes, file_size: int) -> int:
     """The header length the file's first 8 bytes declare, checked against the file's size. Shared by the
     local read above and the Hub's range read (io/hub.py), so both name a defect the same way."""
-    if prefix.startswith(b"version "):  # "version https://git-lfs..." pointer files
-        raise HeaderError("is a Git LFS pointer, not the weights: run `git lfs pull`")
+    if is_lfs_pointer(prefix):
+        raise LfsPointer("is a Git LFS pointer, not the weights: run `git lfs pull`")
     if len(prefix) < 8:
         raise HeaderError(f"file is {file_size} bytes, too short for the 8-byte header length")
     (header_len,) = struct.unpack("<Q", prefix[:8])

@@ -18,11 +18,14 @@ from peftdoctor.messages.diagnosis import regex as _re
 from peftdoctor.messages.diagnosis import search as _search
 from peftdoctor.peft import tensor_names
 from peftdoctor.rules.values import ZERO3_FIX
+from peftdoctor.rules.weights import LFS_FIX
 
 # --------------------------------------------------------------------------- other wordings outside the catalogue
 
 _IMPORT = _re(r"cannot import name '(?P<name>\w{1,100})' from 'peft' \(unknown location\)")
-_LFS = _re(r"invalid load key, 'v'|version https://git-lfs\.github\.com/spec")
+# torch.load of a pointer: pickle's "invalid load key, 'v'", or under weights_only (the default from torch 2.6)
+# the same first byte, "v" = 118, as an unsupported opcode
+_LFS = _re(r"invalid load key, 'v'|Unsupported operand 118\b|version https://git-lfs\.github\.com/spec")
 _REPO_ID = _re(r"Repo id must be in the form 'repo_name' or 'namespace/repo_name': '(?P<repo>[^'\n]{1,400})'")
 _NOT_FOUND = _re(r"404 Client Error[^\n]{0,200}?huggingface\.co/(?P<repo>[^\s]{1,300}?)/resolve/[^\s/]{1,100}/"
                  r"adapter_config\.json")
@@ -46,7 +49,8 @@ def other_wordings(text: str, lowered: str) -> Iterator[Diagnosis]:
     m = _search(_IMPORT, text, lowered, "(unknown location)")
     if m:  # "(unknown location)": peft itself is a broken install (a namespace package), whatever the name
         yield _d(m[0], replaces=("PD353",))
-    m = _search(_LFS, text, lowered, "invalid load key") or _search(_LFS, text, lowered, "git-lfs")
+    m = (_search(_LFS, text, lowered, "invalid load key") or _search(_LFS, text, lowered, "unsupported operand 118")
+         or _search(_LFS, text, lowered, "git-lfs"))
     if m:
         yield _d(m[0], _lfs_pointer("the weights file is a Git LFS pointer (a small text file starting with "
                                     "'version https://git-lfs...')"), replaces=("PD203",))
@@ -279,8 +283,7 @@ def _header(hit: Hit, text: str, lowered: str) -> list[Cause]:
 
 
 def _lfs_pointer(why: str) -> Cause:
-    return Cause("PD362", f"{why}, not the weights: the repo was cloned without git-lfs",
-                 "run `git lfs install && git lfs pull` in the clone (or download the repo with `hf download`)")
+    return Cause("PD362", f"{why}, not the weights: the repo was cloned without git-lfs", LFS_FIX)
 
 
 def _missing_config(hit: Hit, text: str, lowered: str) -> list[Cause]:

@@ -34,6 +34,11 @@ class Adapter:
     config_text: Optional[str] = None  # the file as read (utf-8), for rewrites that keep its layout
     config_digest: Optional[str] = None  # sha256 of its bytes, to notice someone editing it before a rewrite
     config_error: Optional[str] = None  # why the config could not be used, one line
+    config_encoding: Optional[str] = None  # as json.detect_encoding finds it: "utf-8", "utf-8-sig" (a BOM), "utf-16"...
+    # What every peft release raises reading the config (open() as UTF-8 text, json.load) where peftdoctor
+    # could still read it (a byte-order mark, UTF-16/32): "JSONDecodeError: Unexpected UTF-8 BOM ...".
+    config_peft_error: Optional[str] = None
+    lfs_pointers: tuple[str, ...] = ()  # files that are Git LFS pointers, not the content they stand for
     refused: dict[str, str] = field(default_factory=dict)  # entries no command reads: name -> why (io.files)
     weight_files: tuple[str, ...] = ()
     header: Optional[Header] = None  # adapter_model.safetensors' header, when it could be read

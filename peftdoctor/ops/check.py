@@ -16,7 +16,7 @@ from peftdoctor.rules.application import application_findings, lora_tensors, tre
 from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
-from peftdoctor.rules.schema import pattern_findings, peft_type_findings, value_findings
+from peftdoctor.rules.schema import encoding_findings, pattern_findings, peft_type_findings, value_findings
 from peftdoctor.rules.traps import (
     all_linear_unknown,
     base_mutating_init,
@@ -26,10 +26,10 @@ from peftdoctor.rules.traps import (
     version_findings,
 )
 from peftdoctor.rules.unknown_keys import unknown_key_findings
-from peftdoctor.rules.weights import weight_findings
+from peftdoctor.rules.weights import pointer_finding, weight_findings
 
 CONFIG_CHECKS: tuple[Check, ...] = (
-    peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
+    encoding_findings, peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
     base_mutating_init, base_not_portable, oft_weights_changed, tied_layer_adapted, all_linear_unknown,
 )
 
@@ -110,7 +110,9 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         return Report(**shown, findings=tuple(kind_findings(adapter)), kind=adapter.kind)
     findings += refused_findings(adapter)
     if adapter.config is None:
-        if adapter.config_error and CONFIG_NAME not in adapter.refused:
+        if CONFIG_NAME in adapter.lfs_pointers:
+            findings.append(pointer_finding(CONFIG_NAME))
+        elif adapter.config_error and CONFIG_NAME not in adapter.refused:
             findings.append(rule("PD101").finding(f"{CONFIG_NAME} {adapter.config_error}",
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)
@@ -119,7 +121,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
                   transformers=transformers_axis.choose(transformers)[0])
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
-    weights, skipped = weight_findings(adapter, adapter.config)
+    weights, skipped = weight_findings(adapter, adapter.config, release)
     tree, tree_note = tree_of(ctx)
     applied, applied_notes = application_findings(ctx, tree, tree_note)
     on_base, base_skipped = base_findings(ctx)
@@ -130,7 +132,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
 
         weights += target_findings(adapter, adapter.config, engine, ctx.base)
     everything = tuple(findings + weights)
-    judged = verdicts.judge(compat.compatibility(adapter.config), everything, release.name, ctx.transformers,
+    judged = verdicts.judge(compat.compatibility(adapter.config, adapter.config_peft_error), everything, release.name, ctx.transformers,
                             lora_tensors(ctx), adapter.config, tree)
     return Report(**shown, findings=everything, compatibility=judged,
                   written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))

@@ -347,6 +347,9 @@ def _still_broken(adapter: Adapter, work: _Work, release: str, serve: Optional[s
     from peftdoctor.ops.check import check  # the same rules as `check`, on the same Adapter, read once
 
     rewritten = dataclasses.replace(adapter, config=work.config)
+    if work.config != adapter.config or list(work.config) != list(adapter.config):
+        # the file is written anew, as UTF-8 without a byte-order mark: what peft reads (rules/schema.py, PD119)
+        rewritten = dataclasses.replace(rewritten, config_encoding="utf-8", config_peft_error=None)
     refused = {r.key for r in work.refusals}
     report = check(rewritten, peft=release, serve=serve)
     return tuple(f for f in report.findings if f.severity is Severity.ERROR and f.key not in refused)

@@ -173,7 +173,11 @@ def _task_type_error(release: Release, task_type: Any) -> Optional[str]:
     return (probe.get("message") or "").replace("{task_type}", str(task_type)) or None
 
 
-def compatibility(config: dict[str, Any]) -> tuple[Compatibility, ...]:
+def compatibility(config: dict[str, Any], read_error: Optional[str] = None) -> tuple[Compatibility, ...]:
+    """What each release does with the config; `read_error`: what every release raises reading the file
+    itself (Adapter.config_peft_error: from_json_file is `json.load(open(path))` in all of them)."""
+    if read_error is not None:
+        return tuple(Compatibility(r.name, "fails", error=read_error) for r in releases.all_releases())
     noops = {k: noop_reason(config, k) for k in config}
     seen: dict[str, bool] = {}
     return tuple(predict(r, config, noops, seen) for r in releases.all_releases())

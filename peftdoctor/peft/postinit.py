@@ -72,7 +72,14 @@ def rules(release: Release, peft_type: str) -> list[dict[str, Any]]:
 
 def refusal(release: Release, peft_type: str, config: dict[str, Any],
             seen: Optional[dict[str, bool]] = None) -> Optional[str]:
-    """The error `release` raises for this config after construction, or None.
+    """The error `release` raises for this config after construction, or None."""
+    rule = refusing_rule(release, peft_type, config, seen)
+    return fill(rule, config) if rule is not None else None
+
+
+def refusing_rule(release: Release, peft_type: str, config: dict[str, Any],
+                  seen: Optional[dict[str, bool]] = None) -> Optional[dict[str, Any]]:
+    """The stored rule by which `release` refuses this config after construction, or None.
 
     Config-stage rules come first (the config is built before the model); within a stage the
     first matching rule in probe order, which follows the order of peft's own checks. `seen`
@@ -83,7 +90,7 @@ def refusal(release: Release, peft_type: str, config: dict[str, Any],
         if holds is None:
             holds = seen[key] = all(meets(c, config) for c in rule["when"])
         if holds:
-            return fill(rule, config)
+            return rule
     return None
 
 

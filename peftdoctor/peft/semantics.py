@@ -59,6 +59,12 @@ LOAD_REFUSALS = (
      "Alternatively, downgrade PEFT to version 0.13.0 to use the old adapter weights."),  # peft/tuners/oft/config.py: OFTConfig.check_kwargs
 )
 
+# A modules_to_save module the weights hold no copy of: up to 0.14.0 set_peft_model_state_dict loads with
+# strict=False and the wrapper keeps its copy of the base's module; from 0.15.0 its AuxiliaryTrainingWrapper loop
+# (peft/utils/save_and_load.py) looks each copy's tensors up by name and raises KeyError. tests/test_weights_by_release.py
+# holds this against every release's wheel and runs both sides.
+MODULES_TO_SAVE_KEYERROR_SINCE = "0.15.0"
+
 # The transformers Auto class PeftModel's task types load the base with (peft's
 # MODEL_TYPE_TO_PEFT_MODEL_MAPPING pairs each with a model class over this kind of base).
 AUTO_CLASS_BY_TASK = {

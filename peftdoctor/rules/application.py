@@ -58,7 +58,7 @@ def application_findings(ctx: Context, tree: Optional[Tree], note: Optional[str]
     targets = ctx.config.get("target_modules")
     if lora is None or (targeting.names_all_linear(targets)
                         and not targeting.is_all_linear(targets, ctx.target.version)):
-        return [], []  # (an all-linear this release does not know fails to load: PD119)
+        return [], []  # (an all-linear this release does not know fails to load: PD121)
     done = application.apply(*lora, ctx.config, tree, ctx.target.version, ctx.transformers)
     findings = ignored_findings(done)
     findings += unweighted_findings(done) if tree is not None else _entry_findings(ctx.config, lora[0])

@@ -3,14 +3,17 @@ regexes against Python's re as that release builds them (PD118)."""
 from __future__ import annotations
 
 import functools
+import json
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 from peftdoctor.errors import clip
 from peftdoctor.model.findings import Finding, Severity
-from peftdoctor.peft import releases, targeting
+from peftdoctor.peft import postinit, releases, targeting
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Context
 from peftdoctor.rules.registry import rule
+from peftdoctor.rules.weights import lora_modules, saved_ranks
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -56,6 +59,22 @@ def _validator(release: Release) -> "Draft202012Validator":
     return Draft202012Validator(release.schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
+_ENCODINGS = {"utf-8-sig": "UTF-8 with a byte-order mark"}  # else "utf-16", "utf-16-be", "utf-32-le"...
+# Keys whose value scales the adapter's output (lora_alpha / r), per module in alpha_pattern.
+_SCALING_KEYS = ("lora_alpha", "alpha_pattern")
+
+
+def encoding_findings(ctx: Context) -> list[Finding]:
+    """PD119: the file is JSON by RFC 8259's rules (a byte-order mark, UTF-16/32) but not as peft reads it."""
+    error, encoding = ctx.adapter.config_peft_error, ctx.adapter.config_encoding or ""
+    if error is None:
+        return []
+    return [rule("PD119").finding(
+        f"adapter_config.json is {_ENCODINGS.get(encoding) or encoding.upper() + ' text'}: "
+        f"every peft release opens it as UTF-8 text and json.load fails ({clip(error, 120)})",
+        "save adapter_config.json as UTF-8 without a byte-order mark", file="adapter_config.json")]
+
+
 def peft_type_findings(ctx: Context) -> list[Finding]:
     config, target = ctx.config, ctx.target
     if "peft_type" not in config:
@@ -77,15 +96,18 @@ def value_findings(ctx: Context) -> list[Finding]:
     """Type and enum errors; unknown keys are left to unknown_keys, which can explain them."""
     if ctx.peft_type not in ctx.target.peft_types:
         return []
+    refused = post_init_findings(ctx) + non_finite_findings(ctx)
     props = ctx.target.fields(ctx.peft_type or "")
     if all(plainly_valid(value, props[key]) for key, value in ctx.config.items() if key in props):
-        return []
-    findings = []
+        return refused
+    findings = refused
     for error in sorted(_validator(ctx.target).iter_errors(ctx.config), key=lambda e: [str(p) for p in
                                                                                       e.absolute_path]):
         if error.validator in ("additionalProperties", "required") or not error.absolute_path:
             continue
         key = ".".join(str(p) for p in error.absolute_path)
+        if any(f.key == key.split(".")[0] for f in refused):
+            continue  # the release's own error, or what it computes, says more than the annotation
         if key == "task_type":
             findings.append(_task_type_finding(ctx))
             continue
@@ -95,6 +117,41 @@ def value_findings(ctx: Context) -> list[Finding]:
                if _float_for_int(error) else ""),
             _fix_for(key, error), key=key, severity=Severity.WARNING if _float_for_int(error) else None))
     return findings
+
+
+def non_finite_findings(ctx: Context) -> list[Finding]:
+    """PD120: Python's json reads NaN and Infinity (JSON itself has no such numbers) and no release refuses
+    them as an adapter's scale: the scaling alpha/r is not finite and every adapted layer outputs NaN
+    (measured in tests/test_weights_by_release.py)."""
+    known = ctx.target.fields(ctx.peft_type or "")
+    found = []
+    for key in (k for k in _SCALING_KEYS if k in known):
+        value = ctx.config.get(key)
+        named = [(f"{key}[{k!r}]", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
+        bad = [f"{name}={json.dumps(v)}" for name, v in named if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            found.append(rule("PD120").finding(
+                f"{clip(', '.join(bad), 120)}: peft {ctx.target.name} loads it without a word, the "
+                "LoRA scaling alpha/r is not finite and every output of the adapted layers is NaN",
+                f"set {key} to the finite value the adapter was trained with", key=key))
+    return found
+
+
+def post_init_findings(ctx: Context) -> list[Finding]:
+    """PD104 for what the target release refuses once its config class (or the model it builds) has the values:
+    the post-init rules measured from each release (peft/postinit.py), the compatibility table's own."""
+    refusing = postinit.refusing_rule(ctx.target, ctx.peft_type or "", ctx.config)
+    if refusing is None:
+        return []
+    keys = sorted({clause["key"] for clause in refusing["when"]})
+    shown = ", ".join(f"{k}={json.dumps(ctx.config[k]) if k in ctx.config else '(absent)'}" for k in keys)
+    where = "its config class is built" if refusing["stage"] == "config" else "the adapter's layers are built"
+    fix = f"correct {' and '.join(keys)} to what peft {ctx.target.name} accepts"
+    if keys == ["r"] and ctx.peft_type == "LORA" and saved_ranks(lora_modules(ctx.adapter)):
+        fix = f"set r to {saved_ranks(lora_modules(ctx.adapter))[0]}, the rank the saved weights hold"
+    return [rule("PD104").finding(
+        f"{clip(shown, 160)}: peft {ctx.target.name} refuses it when {where}: "
+        f"{clip(postinit.fill(refusing, ctx.config), 200)}", fix, key=keys[0])]
 
 
 def _task_type_finding(ctx: Context) -> Finding:

@@ -107,11 +107,11 @@ def _architecture(base: Optional[Base]) -> Optional[Architecture]:
 
 
 def all_linear_unknown(ctx: Context) -> list[Finding]:
-    """PD119: before 0.8.0 "all-linear" is a regex that no module name fullmatches, so peft raises."""
+    """PD121: before 0.8.0 "all-linear" is a regex that no module name fullmatches, so peft raises."""
     targets = ctx.config.get("target_modules")
     if not targeting.names_all_linear(targets) or targeting.is_all_linear(targets, ctx.target.version):
         return []
-    return [rule("PD119").finding(
+    return [rule("PD121").finding(
         f"target_modules {targets!r} is the all-linear shorthand only from peft 0.8.0; peft {ctx.target.name} takes it "
         f"as a module name and raises \"{compat.NOT_FOUND.format(targets=targets)}\"",
         "list the linear modules' names in target_modules, or use peft>=0.8.0", key="target_modules")]

@@ -13,6 +13,7 @@ transformers loads them; dropout is off (eval) and only input_ids are fed (no to
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -32,7 +33,7 @@ torch.manual_seed(0)
 
 def load_base(directory: str):
     """from_pretrained when this transformers reads the saved dir, else built from config.json;
-    either way the weights are then set from model.safetensors (strict), so every env agrees."""
+    either way the weights are then set from model.safetensors (every weight), so every env agrees."""
     state = load_file(f"{directory}/model.safetensors")
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(directory, torch_dtype=torch.float32)
@@ -41,7 +42,9 @@ def load_base(directory: str):
         config = transformers.AutoConfig.from_pretrained(directory)
         model = transformers.AutoModelForCausalLM.from_config(config)
         how = f"from_config ({type(exc).__name__})"
-    model.load_state_dict(state, strict=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # transformers before 4.31 keeps Llama's rotary inv_freq as a saved buffer; it is computed from the config
+    assert not unexpected and all(k.endswith("rotary_emb.inv_freq") for k in missing), (missing, unexpected)
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items()), "base weights differ from the safetensors"
     return model.float().eval(), how
@@ -64,7 +67,9 @@ def naive_copy(adapter: str, drop: list, scratch: str) -> str:
         config = json.load(fh)
     known = {f.name for f in dataclasses.fields(PEFT_TYPE_TO_CONFIG_MAPPING[config["peft_type"]])}
     target = tempfile.mkdtemp(dir=scratch)
-    shutil.copy(f"{adapter}/adapter_model.safetensors", target)
+    for weights in ("adapter_model.safetensors", "adapter_model.bin"):  # releases before 0.4.0 read only the .bin
+        if os.path.exists(f"{adapter}/{weights}"):
+            shutil.copy(f"{adapter}/{weights}", target)
     with open(f"{target}/adapter_config.json", "w") as fh:
         json.dump({k: v for k, v in config.items() if k in known and k not in drop}, fh)
     return target
