@@ -12,6 +12,7 @@ from peftdoctor.model.findings import Finding, Report
 from peftdoctor.peft import compat, releases, transformers_axis
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Check, Context
+from peftdoctor.rules.axis import axis_findings
 from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
@@ -119,7 +120,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config)
     on_base, base_skipped = base_findings(ctx)
-    weights += on_base
+    weights += on_base + axis_findings(ctx, chosen=transformers is not None)
     skipped += base_skipped
     if engine is not None:
         from peftdoctor.engines import target_findings
