@@ -134,7 +134,6 @@ def renames(peft: str, transformers: str, model_type: Optional[str]) -> tuple[Re
     return tuple(out)
 
 
-
 def _measured_pair(peft: str, transformers: str, pairs: list[str]) -> Optional[str]:
     """The measured pair that stands for (peft, transformers): a peft release of the same minor version, and the
     same transformers release or the closest older one of the same major version; else none."""
