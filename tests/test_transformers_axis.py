@@ -106,6 +106,9 @@ def test_cli_transformers_option(tmp_path: Path) -> None:
     assert done.returncode == 1 and "PD380" in done.stdout and "HybridCache" in done.stdout
     assert transformers_axis.choose("4.44.0") == ("4.43.3", "no tables for transformers 4.44.0; judged against "
                                                             "transformers 4.43.3")
+    # a release without tables of its own is judged by the closest older one, and the report says so
+    report = check(str(adapter), peft="0.16.0", transformers="5.13.0")
+    assert "HybridCache" in codes(report)["PD380"] and "transformers 5.13.0" in report.skipped[-1]
 
 
 # --------------------------------------------------------------------------- what a loaded adapter computes

@@ -122,6 +122,8 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     on_base, base_skipped = base_findings(ctx)
     weights += on_base + axis_findings(ctx, chosen=transformers is not None)
     skipped += base_skipped
+    stand_in = transformers_axis.choose(transformers)[1] if transformers is not None else None
+    skipped += [stand_in] if stand_in else []  # --transformers named a release without tables of its own
     if engine is not None:
         from peftdoctor.engines import target_findings
 
