@@ -6,8 +6,9 @@ none). Tiny real adapters are written and loaded by scripts/axis/application_pro
 generator measured the committed table with: here it runs again, and check's prediction from the committed table
 must agree with this fresh run (outcome, and which modules got no weights), logits included.
 
-Cost (2 cores): each pair process takes 10-40 s (importing transformers + peft); the module runs 7 of them.
-Marked `axis` so that `-m "not axis"` leaves them out.
+Cost (measured on the shared 2-core machine): the module runs 11 processes (2 writers, 5 loading pairs, 2 import
+probes, 2 generator re-runs): 73 s when the machine was quiet, 8 min under a load of 13. Marked `axis` so that
+`-m "not axis"` leaves them out.
 """
 from __future__ import annotations
 
