@@ -75,6 +75,9 @@ FIXED: dict[str, int] = {
 KINDS = {"Linear": "Linear", "Embedding": "Embedding", "Conv1D": "Conv1D", "Conv2d": "Conv2d", "Conv1d": "Conv1d",
          "LayerNorm": "LayerNorm"}
 PER_MODEL_SECONDS = 60
+# The kind of a bare parameter of 3 or more dimensions (the fused experts of transformers 5, what peft's
+# target_parameters adapts): kept apart from the modules, under the entry's "parameters".
+PARAMETER = "Parameter"
 _SET_NAMES = frozenset(n for names in SIZES.values() for n in names)
 
 
@@ -145,9 +148,10 @@ def _config(model_type: str, variant: Optional[dict[str, int]], omit: frozenset[
 def _classes(model_type: str) -> list[Any]:
     from transformers.models.auto import modeling_auto as auto
 
+    # MODEL_FOR_IMAGE_TEXT_TO_TEXT came in 4.46; before it the VLMs (llava) were under VISION_2_SEQ only
     for mapping in ("MODEL_FOR_CAUSAL_LM_MAPPING", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING",
-                    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING", "MODEL_MAPPING"):
-        names = getattr(auto, mapping + "_NAMES")
+                    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING", "MODEL_MAPPING", "MODEL_FOR_VISION_2_SEQ_MAPPING"):
+        names = getattr(auto, mapping + "_NAMES", {})
         if model_type in names:
             first = getattr(auto, mapping)
             break
@@ -176,12 +180,19 @@ def _walk(model: Any) -> dict[str, tuple[str, Optional[tuple[int, ...]]]]:
         kind = KINDS.get(type(module).__name__, "other")
         weight = module.__dict__.get("_parameters", {}).get("weight")
         shape = tuple(int(d) for d in weight.shape) if weight is not None else None
-        key = fold(name)
-        if key in seen and seen[key] != (kind, shape):
-            seen[key] = (seen[key][0] if seen[key][0] == kind else "other", None)
-        else:
-            seen.setdefault(key, (kind, shape))
+        _see(seen, fold(name), kind, shape)
+        for pname, param in module.__dict__.get("_parameters", {}).items():
+            if param is not None and kind == "other" and param.dim() >= 3:  # fused MoE experts: target_parameters
+                _see(seen, fold(f"{name}.{pname}"), PARAMETER, tuple(int(d) for d in param.shape))
     return seen
+
+
+def _see(seen: dict[str, tuple[str, Optional[tuple[int, ...]]]], key: str, kind: str,
+         shape: Optional[tuple[int, ...]]) -> None:
+    if key in seen and seen[key] != (kind, shape):
+        seen[key] = (seen[key][0] if seen[key][0] == kind else "other", None)
+    else:
+        seen.setdefault(key, (kind, shape))
 
 
 def _ints(config: Any) -> dict[str, int]:
@@ -353,6 +364,10 @@ def describe(model_type: str) -> dict[str, Any]:
     if held_out:
         _verify_derived(model_type, entry, notes)
     entry["notes"] = notes
+    parameters = {n: dims for n, (kind, dims) in entry["modules"].items() if kind == PARAMETER}
+    if parameters:
+        entry["parameters"] = parameters
+        entry["modules"] = {n: m for n, m in entry["modules"].items() if n not in parameters}
     return entry
 
 
@@ -478,6 +493,7 @@ def model_types() -> list[str]:
 
 def generate(only: Optional[list[str]] = None, budget: float = 900.0) -> dict[str, Any]:
     import transformers
+    from transformers import CONFIG_MAPPING
 
     _quiet()
     entries: dict[str, Any] = {}
@@ -489,6 +505,8 @@ def generate(only: Optional[list[str]] = None, budget: float = 900.0) -> dict[st
         if time.monotonic() - started > budget:
             skipped[model_type] = "not built: the generator's time budget ran out"
             continue
+        with contextlib.suppress(Exception):  # import the classes outside the deadline: a first import
+            _classes(model_type)[0][CONFIG_MAPPING[model_type]]  # compiles them, slow on a busy machine
         try:
             with _deadline(PER_MODEL_SECONDS), contextlib.redirect_stdout(io.StringIO()), \
                     warnings.catch_warnings():
@@ -529,8 +547,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("model_types", nargs="*")
     parser.add_argument("--check", action="store_true", help="compare with the committed table; write nothing")
     parser.add_argument("--budget", type=float, default=900.0, help="seconds before the rest are skipped")
+    parser.add_argument("--stdout", action="store_true", help="print the entries made (the transformers axis "
+                        "runs this under each release: scripts/generate_transformers_axis.py); write nothing")
     args = parser.parse_args(argv)
     fresh = generate(args.model_types or None, args.budget)
+    if args.stdout:
+        print(json.dumps(fresh, sort_keys=True))
+        return 0
     if args.model_types and OUT.exists():
         merged = json.loads(OUT.read_text("utf-8"))
         for name in args.model_types:

@@ -100,23 +100,30 @@ def env_dir(version: str) -> Path:
 
 def is_complete(version: str) -> bool:
     """True when the env was fully installed with the current requirements."""
-    marker = env_dir(version) / MARKER
-    return marker.is_file() and marker.read_text() == "\n".join(requirements(version)) + "\n"
+    return _complete(env_dir(version), requirements(version))
+
+
+def _complete(target: Path, reqs: list[str]) -> bool:
+    marker = target / MARKER
+    return marker.is_file() and marker.read_text() == "\n".join(reqs) + "\n"
 
 
 def ensure_env(version: str, quiet: bool = True) -> Path:
-    """Install the env for ``version`` unless a complete one exists; return its path.
+    """Install the env for ``version`` unless a complete one exists; return its path."""
+    return install(env_dir(version), requirements(version), quiet)
+
+
+def install(target: Path, reqs: list[str], quiet: bool = True) -> Path:
+    """Install ``reqs`` (``--no-deps``) into ``target`` unless a complete install of exactly them is there.
 
     pip writes into a temporary sibling directory that is renamed into place
     only after the marker is written, so an interrupted install is never
     mistaken for a complete one.
     """
-    target = env_dir(version)
-    if is_complete(version):
+    if _complete(target, reqs):
         return target
-    reqs = requirements(version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".peft-{version}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         cmd = [
             sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile",
@@ -131,7 +138,7 @@ def ensure_env(version: str, quiet: bool = True) -> Path:
             tmp.rename(target)
         except OSError:
             # Another process finished the same env first; keep theirs.
-            if not is_complete(version):
+            if not _complete(target, reqs):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -145,10 +152,14 @@ def env_python_cmd(version: str) -> tuple[list[str], dict[str, str]]:
     shadow the base venv's; everything is kept offline and hash-seeded so
     output is reproducible.
     """
-    path = ensure_env(version)
+    return [sys.executable], environ_for([ensure_env(version)])
+
+
+def environ_for(paths: list[Path]) -> dict[str, str]:
+    """os.environ with ``paths`` first on PYTHONPATH, offline and hash-seeded."""
     environ = dict(os.environ)
     environ.update(
-        PYTHONPATH=str(path),
+        PYTHONPATH=os.pathsep.join(map(str, paths)),
         PYTHONHASHSEED="0",
         PYTHONDONTWRITEBYTECODE="1",
         HF_HUB_OFFLINE="1",
@@ -159,7 +170,7 @@ def env_python_cmd(version: str) -> tuple[list[str], dict[str, str]]:
         USE_TF="0",
         USE_JAX="0",
     )
-    return [sys.executable], environ
+    return environ
 
 
 def available_versions() -> list[str]:

@@ -13,6 +13,7 @@ from peftdoctor.peft import compat, releases, transformers_axis, verdicts
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Check, Context
 from peftdoctor.rules.application import application_findings, lora_tensors, tree_of
+from peftdoctor.rules.axis import axis_findings
 from peftdoctor.rules.base import base_findings
 from peftdoctor.rules.kind import kind_findings
 from peftdoctor.rules.registry import rule
@@ -125,8 +126,10 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     tree, tree_note = tree_of(ctx)
     applied, applied_notes = application_findings(ctx, tree, tree_note)
     on_base, base_skipped = base_findings(ctx)
-    weights += applied + on_base
+    weights += applied + on_base + axis_findings(ctx, chosen=transformers is not None)
     skipped += base_skipped + applied_notes
+    stand_in = transformers_axis.choose(transformers)[1] if transformers is not None else None
+    skipped += [stand_in] if stand_in else []  # --transformers named a release without tables of its own
     if engine is not None:
         from peftdoctor.engines import target_findings
 

@@ -271,3 +271,17 @@ def _refused_by_re(regex: str) -> Optional[str]:
     except (RecursionError, OverflowError) as exc:  # parentheses nested thousands deep; huge repeat counts
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def parameter_wrapped(config: dict[str, Any], module: str) -> bool:
+    """Whether a saved module path is one of the ParamWrappers peft (0.17+) builds for `target_parameters`: the
+    module holding a targeted parameter (`mlp.experts` for `mlp.experts.gate_up_proj`), or one of its nested
+    `.base_layer`s (a module with several targeted parameters wraps one around the other). peft matches each
+    entry as a dotted suffix of `<module>.<parameter>`."""
+    targets = config.get("target_parameters")
+    if not isinstance(targets, list):
+        return False
+    while module.endswith(".base_layer"):
+        module = module[:-len(".base_layer")]
+    holders = {t.rpartition(".")[0] for t in targets if isinstance(t, str)}
+    return any(h and (module == h or module.endswith("." + h)) for h in holders)

@@ -14,6 +14,7 @@ from peftdoctor.peft import architectures, targeting, tensor_names
 from peftdoctor.peft.architectures import Architecture, Layer
 from peftdoctor.peft.releases import Release
 from peftdoctor.rules import Context
+from peftdoctor.rules.parameters import parameter_findings
 from peftdoctor.rules.registry import rule
 
 SKIPPED = "base-aware checks (target modules, layer shapes, vocabulary) not run: "
@@ -34,14 +35,15 @@ def base_findings(ctx: Context) -> tuple[list[Finding], list[str]]:
     """Findings of the adapter on ctx.base, and at most one `skipped` note saying why they could not run."""
     if ctx.base is None:
         return [], [SKIPPED + (ctx.base_note or "no base")]
-    arch = architectures.for_config(ctx.base.config)
+    arch = architectures.for_config(ctx.base.config, ctx.transformers)
     if arch is None:
-        return [], [SKIPPED + f"{ctx.base.display}: " + architectures.skipped_reason(ctx.base.model_type)]
-    return target_findings(ctx, arch) + shape_findings(ctx, arch), []
+        why = architectures.skipped_reason(ctx.base.model_type, ctx.transformers)
+        return [], [SKIPPED + f"{ctx.base.display}: " + why]
+    return target_findings(ctx, arch) + shape_findings(ctx, arch) + parameter_findings(ctx, arch, _source(arch)), []
 
 
 def _source(arch: Architecture) -> str:
-    return f"{arch.model_type}: the modules of {arch.entry['class']} in transformers {architectures.transformers_version()}"
+    return f"{arch.model_type}: the modules of {arch.entry['class']} in transformers {arch.release}"
 
 
 def target_findings(ctx: Context, arch: Architecture) -> list[Finding]:

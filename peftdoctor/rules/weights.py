@@ -97,7 +97,12 @@ def lora_modules(adapter: Adapter) -> dict[str, LoraModule]:
 
 def lora_findings(config: dict[str, Any], adapter: Adapter, target: Release) -> list[Finding]:
     modules = lora_modules(adapter)
-    findings = _rank_findings(config, modules, target)
+    # target_parameters' wrappers hold r * experts rows of rank and match no target_modules entry: judged
+    # against the base's parameters (rules/parameters.py), and here only for a rank that is no multiple of r
+    wrapped = {n: m for n, m in modules.items() if targeting.parameter_wrapped(config, n)}
+    modules = {n: m for n, m in modules.items() if n not in wrapped}
+    findings = _wrapped_rank_findings(config, wrapped)
+    findings += _rank_findings(config, modules, target)
     findings += _modules_to_save_findings(config, adapter, target.version)
     findings += _dora_findings(config, modules)
     return findings
@@ -137,6 +142,17 @@ def _rank_findings(config: dict[str, Any], modules: dict[str, LoraModule], targe
         "loading fails with a size mismatch",
         f"set {'the rank_pattern entry' if source == 'rank_pattern' else 'r'} to {got} if these weights are "
         "the right ones", key=source) for (source, expected, got), names in wrong.items()]
+
+
+def _wrapped_rank_findings(config: dict[str, Any], wrapped: dict[str, LoraModule]) -> list[Finding]:
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0 or config.get("rank_pattern"):
+        return []
+    wrong = sorted(m.name for m in wrapped.values() if any(g is not None and g % r for g in (m.a_rank, m.b_rank)))
+    return [rule("PD206").finding(
+        f"{_some(wrong)} (target_parameters) hold LoRA weights whose rank is no multiple of r={r} "
+        "(peft builds r * experts): loading fails with a size mismatch",
+        "set r to the rank the adapter was trained with", key="r")] if wrong else []
 
 
 def _some(names: list[str]) -> str:
