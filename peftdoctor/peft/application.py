@@ -108,9 +108,11 @@ def _first_index(module: str) -> Optional[int]:
     return int(found.group(1)) if found else None
 
 
-def tree_for(config: Mapping[str, Any], source: str, sized: bool = True) -> Optional[Tree]:
-    """The module tree of a base's config.json (sized: its layer count read too)."""
-    arch = architectures.for_config(dict(config))
+def tree_for(config: Mapping[str, Any], source: str, sized: bool = True,
+             transformers: Optional[str] = None) -> Optional[Tree]:
+    """The module tree of a base's config.json as transformers `transformers` builds it (None: the newest
+    table); sized: its layer count read too."""
+    arch = architectures.for_config(dict(config), transformers)
     if arch is None:
         return None
     count = next((config[k] for k in LAYER_COUNTS if isinstance(config.get(k), int) and not isinstance(
@@ -322,17 +324,18 @@ def _targeted_strictly(config: Mapping[str, Any], module: str, version: Version,
         return False
 
 
-def guessed_tree(config: Mapping[str, Any]) -> Optional[Tree]:
+def guessed_tree(config: Mapping[str, Any], transformers: Optional[str] = None) -> Optional[Tree]:
     """The module tree of the family base_model_name_or_path names, when no config.json of the base is at hand."""
     name = config.get("base_model_name_or_path")
     family = family_of(name)
     if family is None:
         return None
-    tree = tree_for({"model_type": family}, "", sized=False)
+    tree = tree_for({"model_type": family}, "", sized=False, transformers=transformers)
     if tree is None:
         return None
     return Tree(tree.arch, f"the modules of model_type {family!r} ({tree.arch.entry['class']}, transformers "
-                           f"{architectures.transformers_version()}), the family base_model_name_or_path {name!r} "
+                           f"{transformers or architectures.transformers_version()}), the family "
+                           f"base_model_name_or_path {name!r} "
                            "names: its config.json was not found")
 
 

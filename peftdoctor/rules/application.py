@@ -33,14 +33,14 @@ _FIXES = {
 def tree_of(ctx: Context) -> tuple[Optional[Tree], Optional[str]]:
     """The base's module tree (from its config.json, else the family its name says) and a note on which."""
     if ctx.base is not None:
-        tree = application.tree_for(ctx.base.config, "")
+        tree = application.tree_for(ctx.base.config, "", transformers=ctx.transformers)
         if tree is None:
             return None, None
         arch = tree.arch
         return dataclasses.replace(tree, source=f"{ctx.base.display}: the modules of {arch.entry['class']} "
                                                 f"({arch.model_type}) in transformers "
-                                                f"{architectures.transformers_version()}"), None
-    tree = application.guessed_tree(ctx.config)
+                                                f"{ctx.transformers or architectures.transformers_version()}"), None
+    tree = application.guessed_tree(ctx.config, ctx.transformers)
     return tree, (f"weights applied against {tree.source}; pass --base for the base's own layer count and "
                   "sizes") if tree is not None else None
 
