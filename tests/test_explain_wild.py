@@ -101,7 +101,7 @@ def test_the_installed_peft_imports_what_the_catalogue_says() -> None:
 
 def test_import_pair_fix_follows_the_direction() -> None:
     new_name = explain("ImportError: cannot import name 'EncoderDecoderCache' from 'transformers'")
-    assert [e.finding.code for e in new_name] == ["PD367"] and "peft==0.13.2" in new_name[0].finding.fix
+    assert [e.finding.code for e in new_name] == ["PD380"] and "peft==0.13.2" in new_name[0].finding.fix
     removed = explain("transformers==5.2.0\nImportError: cannot import name 'HybridCache' from 'transformers'")
     assert "past 0.17.1" in removed[0].finding.fix and "transformers 5.2.0" in removed[0].finding.message
     assert explain("ImportError: cannot import name 'LlamaTokenizer' from 'transformers'") == ()

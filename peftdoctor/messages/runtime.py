@@ -58,17 +58,17 @@ def _import_pair(name: str, peft: Optional[str], transformers: Optional[str]) ->
     installed = f"peft {peft}" if peft else "the installed peft"
     tf = f"transformers {transformers}" if transformers else "the installed transformers"
     if first == doc["releases"]["peft"][0]:
-        return Cause("PD367", f"{installed} imports {name} from transformers, as every peft release does, and "
+        return Cause("PD380", f"{installed} imports {name} from transformers, as every peft release does, and "
                      f"{tf} lacks it: transformers is broken or "
                      "is not the one you think", "check `python -c \"import transformers; print(transformers."
                      "__version__, transformers.__file__)\"` and reinstall transformers")
     if last == newest:
         older = _release_before(first)
-        return Cause("PD367", f"{installed} imports {name} from transformers (peft {first} and later do), and "
+        return Cause("PD380", f"{installed} imports {name} from transformers (peft {first} and later do), and "
                      f"{tf} is older than that name",
                      f"upgrade transformers (`pip install -U transformers`), or pin peft=={older} (the last "
                      f"release that does not import {name})" if older else "upgrade transformers")
-    return Cause("PD367", f"{installed} imports {name} from transformers (peft {first} to {last} do), and "
+    return Cause("PD380", f"{installed} imports {name} from transformers (peft {first} to {last} do), and "
                  f"{tf} no longer has it",
                  f"upgrade peft past {last} (`pip install -U peft`), or pin transformers to a release that still "
                  f"exports {name}")

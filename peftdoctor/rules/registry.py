@@ -77,7 +77,6 @@ _TABLE = [
     ("PD364", "engine-vocab-range", E, "The serving engine release serves LoRA only for some vocabulary sizes (explain)."),
     ("PD365", "engine-whole-layer", E, "The adapter saved a whole (resized) embedding or LM-head layer the engine cannot serve (explain)."),
     ("PD366", "peft-too-old-for-call", E, "The installed peft predates the PeftModel method called (explain)."),
-    ("PD367", "peft-transformers-import", E, "The installed peft imports a name the installed transformers lacks (or no longer has): the pair does not fit (explain)."),
     ("PD368", "offloaded-base", E, "The base was offloaded to CPU/disk/meta by device_map: loading or merging the adapter needs the offloaded weights (explain)."),
     ("PD369", "adapter-and-model-in-one-dir", E, "One directory holds both a model config.json and adapter_config.json: the loader refuses to guess (explain)."),
     ("PD370", "adapter-name-in-prefix", W, "The adapter's name is a part of the tuner's key prefix (lora_, ...): its weights may be re-initialised on load (explain)."),
