@@ -135,3 +135,11 @@ def test_rules_listing() -> None:
     assert body["format_version"] == FORMAT_VERSION and set(body) == {"format_version", "rules"}
     listed = body["rules"]
     assert len({r["code"] for r in listed}) == len(listed) > 20
+
+
+@pytest.mark.parametrize("given, said", [("banana", "--transformers 'banana' is not a version"),
+                                         ("4.0", "transformers 4.0 is older than every known release (4.36.2)")])
+def test_a_transformers_release_that_cannot_be_judged_is_a_usage_error(given: str, said: str) -> None:
+    """As --peft: judging a typo or a release older than every table against the newest one would be a guess."""
+    done = cli("check", str(ROOT / "fixtures" / "tiny-llama-lora"), "--transformers", given)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"peftdoctor: {said}\n")

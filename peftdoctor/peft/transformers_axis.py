@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from packaging.version import InvalidVersion, Version
 
+from peftdoctor.errors import UnusableInput
 from peftdoctor.peft.releases import _dist_info_version
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transformers_axis.json")
@@ -73,15 +74,21 @@ def _version(text: str) -> Optional[Version]:
 
 def choose(wanted: Optional[str]) -> tuple[str, Optional[str]]:
     """The transformers release to judge by (--transformers, else the installed one, else the newest known) and,
-    where another release stands in for it (the closest older known one), one line saying which."""
+    where another release stands in for it (the closest older known one), one line saying which. A --transformers
+    that is no version, or older than every known release, is unusable input (as --peft's are)."""
     known = known_versions()
+    given = wanted is not None
     wanted = wanted or installed_version()
     if wanted is None:
         return known[-1], f"transformers is not installed; judged against the newest known release {known[-1]}"
     if wanted in known:
         return wanted, None
     version = _version(wanted)
+    if given and version is None:
+        raise UnusableInput(f"--transformers {wanted!r} is not a version")
     older = [k for k in known if version is not None and Version(k) <= version]
+    if given and not older:
+        raise UnusableInput(f"transformers {wanted} is older than every known release ({known[0]})")
     stand_in = older[-1] if older else known[-1]
     return stand_in, f"no tables for transformers {wanted}; judged against transformers {stand_in}"
 
