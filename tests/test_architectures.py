@@ -290,4 +290,5 @@ def test_base_config_from_the_hub_cache(bases: dict[str, Path], tmp_path: Path) 
             "print(sorted({f.code for f in r.findings}), len(r.skipped))")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
-    assert out.stdout.strip() == "['PD220'] 0", out.stderr[-2000:]
+    # PD220: no target module is in the Llama tree (peft raises); PD223: the GPT-2 paths of its tensors are not either
+    assert out.stdout.strip() == "['PD220', 'PD223'] 0", out.stderr[-2000:]

@@ -80,7 +80,10 @@ def test_regex_target_modules_is_not_turned_into_a_list(tmp_path: Path) -> None:
     change = next(c for c in plan.changes if c.key == "target_modules")
     assert change.forced and change.reason.startswith("FORCED") and "target_modules" not in plan.result
     forced = cli("fix", str(target), "--peft", "0.1.0", "--force")
-    assert forced.returncode == 0 and "FORCED: peft 0.1.0 does not accept target_modules" in forced.stdout
+    assert "FORCED: peft 0.1.0 does not accept target_modules" in forced.stdout
+    assert "target_modules" not in json.loads((target / "adapter_config.json").read_text())
+    # written as asked, and the re-check says what the forced drop costs: no module targets the weights any more
+    assert forced.returncode == 1 and "still broken for peft 0.1.0" in forced.stdout and "PD208" in forced.stdout
 
 
 def test_rslora_for_vllm_0_6_3_is_folded_never_dropped(tmp_path: Path) -> None:
