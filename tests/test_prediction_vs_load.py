@@ -19,21 +19,12 @@ from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import find_base_config
 from peftdoctor.peft import application, releases, transformers_axis
 from peftdoctor.rules.application import sizes
-from tests.adapters import edited_copy, make_gpt2_base, make_llama_base, make_lora_adapter
-from tests.test_application import foreign, rekeyed
+from tests.adapters import edited_copy
+from tests.test_application import foreign, made, rekeyed  # noqa: F401 - made: the same tiny bases and adapters
 
 # check's verdict -> load-only's, where the two name the same outcome; partial/random differ in wording only
 # (load-only's "random" is "nothing applied, random weights"; check's is "some modules random").
 SAME = {"ok": "applies", "base": "base-only"}
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("differential")
-    llama, gpt2 = make_llama_base(root / "llama"), make_gpt2_base(root / "gpt2")
-    return {"llama": llama, "gpt2": gpt2,
-            "lora-llama": make_lora_adapter(root / "lora-llama", llama, base_model_name_or_path="peftdoctor/tiny"),
-            "lora-gpt2": make_lora_adapter(root / "lora-gpt2", gpt2, base_model_name_or_path="peftdoctor/tiny")}
 
 
 CASES: dict[str, tuple[str, Callable[[dict[str, Path], Path], Path]]] = {
