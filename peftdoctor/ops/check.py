@@ -118,8 +118,9 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
                                                   "restore the file saved by save_pretrained()", file=CONFIG_NAME))
         weights, skipped = weight_findings(adapter, None)
         return Report(**shown, findings=tuple(findings + weights), skipped=tuple(skipped))
+    judged_for, stand_in = transformers_axis.choose(transformers)
     ctx = Context(adapter, adapter.config, release, *find_base(adapter.config, base, adapter.origin == "hub"),
-                  transformers=transformers_axis.choose(transformers)[0])
+                  transformers=judged_for)
     for config_check in CONFIG_CHECKS:
         findings += config_check(ctx)
     weights, skipped = weight_findings(adapter, adapter.config, release)
@@ -128,14 +129,13 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     on_base, base_skipped = base_findings(ctx)
     weights += applied + on_base + axis_findings(ctx, chosen=transformers is not None)
     skipped += base_skipped + applied_notes
-    stand_in = transformers_axis.choose(transformers)[1] if transformers is not None else None
-    skipped += [stand_in] if stand_in else []  # --transformers named a release without tables of its own
+    skipped += [stand_in] if stand_in and transformers is not None else []  # --transformers has no tables of its own
     if engine is not None:
         from peftdoctor.engines import target_findings
 
         weights += target_findings(adapter, adapter.config, engine, ctx.base)
     everything = tuple(findings + weights)
-    judged = verdicts.judge(compat.compatibility(adapter.config, adapter.config_peft_error), everything, release.name, ctx.transformers,
-                            lora_tensors(ctx), adapter.config, tree)
+    judged = verdicts.judge(compat.compatibility(adapter.config, adapter.config_peft_error), everything, release.name,
+                            ctx.transformers, lora_tensors(ctx), adapter.config, tree)
     return Report(**shown, findings=everything, compatibility=judged,
                   written_by=_shown(compat.written_by(adapter.config)), skipped=tuple(skipped))
