@@ -284,6 +284,8 @@ def _fix_out(paths: List[str], out: str, backup_suffix: Optional[str], write_not
         raise UsageError("--out never rewrites the original, so there is no backup: drop --backup-suffix")
     require_format((FIXED_COPY,), fmt)
     copy = fix_copy(paths[0], out, **options)
+    for note in copy.notes:
+        _fail(note)
     _emit(render(copy, fmt))
     if fmt != "text" and not copy.written:
         for reason in copy.errors:

@@ -42,6 +42,7 @@ class FixedCopy:
     linked: tuple[str, ...] = ()
     after: Optional[Report] = None
     left_out: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()  # what was cleaned up beside `out`: the staging directories of killed runs
 
     @property
     def written(self) -> bool:
@@ -116,9 +117,10 @@ def fix_copy(path: Union[str, Path, Adapter], out: Union[str, Path], peft: Optio
     if the_plan.refused:
         return FixedCopy(the_plan, None, left_out=tuple(left_out))
     linked: list[str] = []
+    notes: list[str] = []
     after: Optional[Report] = None
     try:
-        with staged(destination) as staging:
+        with staged(destination, say=notes.append) as staging:
             for name in names:
                 if name == CONFIG_NAME:
                     _write_config(staging / name, new_text(the_plan))
@@ -129,5 +131,5 @@ def fix_copy(path: Union[str, Path, Adapter], out: Union[str, Path], peft: Optio
             if any(f.severity is Severity.ERROR for f in after.findings):
                 raise _StillBroken
     except _StillBroken:
-        return FixedCopy(the_plan, None, tuple(names), (), after, tuple(left_out))
-    return FixedCopy(the_plan, destination, tuple(names), tuple(linked), after, tuple(left_out))
+        return FixedCopy(the_plan, None, tuple(names), (), after, tuple(left_out), tuple(notes))
+    return FixedCopy(the_plan, destination, tuple(names), tuple(linked), after, tuple(left_out), tuple(notes))
