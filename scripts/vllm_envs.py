@@ -1,0 +1,83 @@
+"""Side-by-side vLLM releases for tests/test_vllm_plugin.py: the real released wheels, no GPU.
+
+Each release's wheel is downloaded once (``pip download --no-deps``) into
+``~/.cache/peftdoctor/engine-wheels`` and installed with ``--no-deps --target``
+into its own directory, with the few pure dependencies that vLLM's plugin loader,
+LoRA resolver registry and ``LoRARequest`` import (:data:`EXTRAS`); torch and the
+rest come from the base venv. Code runs with that directory first on
+``PYTHONPATH`` (peft_envs.environ_for).
+
+Releases (see docs/integrations/vllm.md): 0.8.4, the last without
+``vllm/lora/resolver.py``; 0.8.5, the first with it; 0.34.0, the newest checked.
+
+CLI: ``python scripts/vllm_envs.py`` ensures them all and prints their paths.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peft_envs import install  # noqa: E402 - the same atomic, marker-checked install
+
+RELEASES = ("0.8.4", "0.8.5", "0.34.0")
+# What vllm.lora.request (msgspec), vllm.plugins and vllm.lora.resolver import beyond the base venv.
+EXTRAS = ["msgspec==0.21.1"]
+# What vllm 0.34.0's API-server LoRA path imports beyond that (vllm/entrypoints/openai/models/serving.py,
+# vllm/lora/peft_helper.py, vllm/config/lora.py), found by importing them until nothing was missing.
+SERVING_EXTRAS = [
+    "aiohappyeyeballs==2.7.1", "aiohttp==3.14.5", "aiosignal==1.4.0", "annotated-types==0.8.0",
+    "apache-tvm-ffi==0.1.15.post2", "cachetools==8.0.3", "cbor2==6.3.0", "fastapi==0.165.0", "frozenlist==1.8.0",
+    "llguidance==1.9.1", "multidict==7.2.1", "opentelemetry-api==1.45.3", "pillow==13.0.0",
+    "prometheus-client==0.26.0", "propcache==0.5.4", "py-cpuinfo==9.0.0", "pybase64==1.5.1", "pydantic==2.14.4",
+    "pydantic-core==2.50.5", "pyzmq==27.3.0", "starlette==1.10.0", "typing-inspection==0.4.5", "uvloop==0.23.0",
+    "xgrammar==0.2.9", "yarl==1.25.1",
+]
+SERVING_RELEASE = "0.34.0"
+
+
+def _root() -> Path:
+    base = os.environ.get("PEFTDOCTOR_ENV_CACHE")
+    return Path(base).parent if base else Path.home() / ".cache" / "peftdoctor"
+
+
+def wheel(version: str) -> Path:
+    """The released wheel of vllm ``version``, downloaded once."""
+    where = _root() / "engine-wheels"
+    found = sorted(where.glob(f"vllm-{version}-*.whl"))
+    if not found:
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                        "--disable-pip-version-check", "-d", str(where), f"vllm=={version}"], check=True)
+        found = sorted(where.glob(f"vllm-{version}-*.whl"))
+    return found[0]
+
+
+def env_dir(version: str) -> Path:
+    return _root() / "engine-envs" / f"py{sys.version_info.major}{sys.version_info.minor}" / f"vllm-{version}"
+
+
+def ensure_env(version: str, quiet: bool = True) -> Path:
+    """The directory holding vllm ``version`` and :data:`EXTRAS`, installed unless complete."""
+    return install(env_dir(version), [str(wheel(version)), *EXTRAS], quiet)
+
+
+def ensure_serving_deps(quiet: bool = True) -> Path:
+    """The directory holding :data:`SERVING_EXTRAS` (put after vllm 0.34.0's on PYTHONPATH)."""
+    return install(env_dir(SERVING_RELEASE).with_name("vllm-serving-deps"), SERVING_EXTRAS, quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("versions", nargs="*", help=f"vllm versions (default: {' '.join(RELEASES)})")
+    for version in parser.parse_args(argv).versions or RELEASES:
+        print(ensure_env(version), flush=True)
+    print(ensure_serving_deps(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
