@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -24,7 +25,7 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 from adapters import make_dora_adapter, make_llama_base, make_lora_adapter, make_rslora_adapter
 
-from peftdoctor.errors import UsageError
+from peftdoctor.errors import UnusableInput, UsageError
 from peftdoctor.integrations.vllm import lora_int_id, settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +161,7 @@ def test_vllm_without_the_resolver_api_gets_one_line_and_nothing(zoo: dict[str, 
 @pytest.mark.parametrize(("environ", "why"), [
     ({"PEFTDOCTOR_VLLM_MAX_LORA_RANK": "lots"}, "PEFTDOCTOR_VLLM_MAX_LORA_RANK 'lots' is not a positive whole number"),
     ({"PEFTDOCTOR_VLLM_ADAPTER_DIRS": ""}, "set PEFTDOCTOR_VLLM_ADAPTER_DIRS (or PEFTDOCTOR_VLLM_HUB=1)"),
+    ({"PEFTDOCTOR_VLLM_ADAPTER_DIRS": "/no/such/dir"}, "PEFTDOCTOR_VLLM_ADAPTER_DIRS: /no/such/dir is not a directory"),
 ])
 def test_a_bad_setting_registers_nothing_with_one_line(zoo: dict[str, Path], tmp_path: Path,
                                                         environ: dict[str, str], why: str) -> None:
@@ -168,7 +170,7 @@ def test_a_bad_setting_registers_nothing_with_one_line(zoo: dict[str, Path], tmp
     assert out["register_log"] == [["WARNING", f"peftdoctor: resolver not registered: {why}"]]
 
 
-def test_settings_read_the_servers_command_line() -> None:
+def test_settings_read_the_servers_command_line(tmp_path: Path) -> None:
     def rank(*argv: str, **environ: str) -> Optional[int]:
         return settings_from(environ, ["vllm", *argv], "0.34.0").max_lora_rank
 
@@ -178,8 +180,11 @@ def test_settings_read_the_servers_command_line() -> None:
     for bad in ("0", "-8", "x"):
         with pytest.raises(UsageError, match="--max-lora-rank"):
             rank("serve", "m", "--max-lora-rank", bad)
-    got = settings_from({"PEFTDOCTOR_VLLM_ADAPTER_DIRS": f"/a{':'}/b:", "PEFTDOCTOR_VLLM_HUB": "1"}, [], "0.9.0")
-    assert got.directories == (Path("/a"), Path("/b")) and got.hub and got.target == "vllm==0.9.0"
+    dirs = {"PEFTDOCTOR_VLLM_ADAPTER_DIRS": os.pathsep.join([str(tmp_path), str(ROOT), ""]), "PEFTDOCTOR_VLLM_HUB": "1"}
+    got = settings_from(dirs, [], "0.9.0+cu128")
+    assert got.directories == (tmp_path, ROOT) and got.hub and got.target == "vllm==0.9.0+cu128"
+    with pytest.raises(UnusableInput, match="'nightly' is not a version"):
+        settings_from(dirs, [], "nightly")
 
 
 def test_lora_int_id_is_stable_across_processes() -> None:
@@ -227,3 +232,19 @@ def test_vllms_api_server_path_end_to_end(zoo: dict[str, Path], tmp_path: Path) 
         (line,) = [text for level, text in ours["answers"][name]["log"] if level == "WARNING"]
         assert line.startswith(f"peftdoctor: {name} refused: {code} ")
     assert ours["answers"]["nobody"]["code"] == 404 and ours["loaded"] == [str(zoo["clean"])]
+
+
+def test_hub_names_when_enabled(zoo: dict[str, Path], tmp_path: Path) -> None:
+    """PEFTDOCTOR_VLLM_HUB=1: a name that is a repo id is downloaded (tests/hub_server.py, a local fake Hub that
+    huggingface_hub's real snapshot_download talks to) and checked like a directory's."""
+    from hub_server import serve_repos
+
+    with serve_repos({"acme/clean": zoo["clean"], "acme/dora": zoo["dora"]}) as endpoint:
+        out = drive(NEWEST, zoo, ["acme/clean", "acme/dora", "acme/missing"], cache=tmp_path / "cache",
+                    PEFTDOCTOR_VLLM_ADAPTER_DIRS="", PEFTDOCTOR_VLLM_HUB="1", HF_HUB_OFFLINE="0", HF_ENDPOINT=endpoint,
+                    HF_HUB_CACHE=str(tmp_path / "hub"), HF_TOKEN="")
+    results = out["results"]
+    served = Path(results["acme/clean"]["request"]["lora_path"])
+    assert served.is_relative_to(tmp_path / "hub") and (served / "adapter_config.json").is_file()
+    assert results["acme/dora"]["request"] is None and "PD403" in said(results["acme/dora"])[0]
+    assert results["acme/missing"]["request"] is None and said(results["acme/missing"]) == []

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from peftdoctor.engines import parse_target
 from peftdoctor.errors import PeftdoctorError, UsageError, one_line
 from peftdoctor.render.terminal import line
 
@@ -62,7 +63,7 @@ def settings_from(environ: Mapping[str, str], argv: Sequence[str], release: str)
     """Settings from the plugin's environment variables and `vllm serve`'s command line. The resolver is
     handed only names, and vLLM keeps the server's LoRAConfig out of a plugin's reach in the API server
     process, so the rank limit is $PEFTDOCTOR_VLLM_MAX_LORA_RANK, else the --max-lora-rank vLLM was started
-    with. UsageError (one line) for a value that is no rank."""
+    with. UsageError or UnusableInput (one line) for a setting that cannot work."""
     directories = tuple(Path(d) for d in environ.get(DIRS_ENV, "").split(os.pathsep) if d)
     raw = environ.get(RANK_ENV) or _rank_flag(argv)
     try:
@@ -72,7 +73,12 @@ def settings_from(environ: Mapping[str, str], argv: Sequence[str], release: str)
     if rank is not None and rank < 1:
         where = RANK_ENV if environ.get(RANK_ENV) else "--max-lora-rank"
         raise UsageError(f"{where} {raw!r} is not a positive whole number")
-    return Settings(directories, environ.get(HUB_ENV, "") == "1", release, rank)
+    missing = [str(d) for d in directories if not d.is_dir()]
+    if missing:
+        raise UsageError(f"{DIRS_ENV}: {missing[0]} is not a directory")
+    settings = Settings(directories, environ.get(HUB_ENV, "") == "1", release, rank)
+    parse_target(settings.target)  # a vllm.__version__ that is no version: say so once, not per adapter
+    return settings
 
 
 def lora_int_id(name: str, path: str) -> int:
