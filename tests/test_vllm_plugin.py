@@ -52,6 +52,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "team/clean": make_lora_adapter(root / "adapters" / "team" / "clean", base, **named),
         "outside": make_lora_adapter(root / "outside" / "x", base, **named),
     }
+    (root / "adapters" / "broken").mkdir()
+    (root / "adapters" / "broken" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": ')
     return {"root": root, "dirs": root / "adapters", **made}
 
 
@@ -84,7 +86,8 @@ def test_the_entry_point_vllm_finds_is_the_one_pyproject_declares() -> None:
 
 @pytest.mark.parametrize("release", [NEWEST, FIRST])
 def test_resolver_under_vllms_own_loader_and_registry(release: str, zoo: dict[str, Path], tmp_path: Path) -> None:
-    names = ["clean", "team/clean", "rslora", "dora", "rank32", "nobody", "../outside/x", "team/../../outside/x"]
+    names = ["clean", "team/clean", "rslora", "dora", "rank32", "broken", "nobody", "../outside/x",
+             "team/../../outside/x"]
     out = drive(release, zoo, names, cache=tmp_path / "cache")
     assert out["version"] == release
     assert "peftdoctor" in out["resolvers"] and out["is_lora_resolver"] is True
@@ -112,6 +115,9 @@ def test_resolver_under_vllms_own_loader_and_registry(release: str, zoo: dict[st
         assert line.startswith(f"peftdoctor: {name} refused: {code} vLLM {release}") and " — fix: " in line
         assert [lvl for lvl, _ in results[name]["log"]] == ["WARNING"]
     assert "--max-lora-rank 32" in said(results["rank32"])[0]
+    (broken,) = said(results["broken"])  # bad input: one line, no traceback
+    assert results["broken"]["request"] is None and broken.startswith("peftdoctor: broken refused: ")
+    assert "adapter_config.json" in broken and "Traceback" not in broken
     # (d) a name no directory holds: None, and quiet (another resolver may know it).
     # (e) names that climb out of the adapter directory: never served, though outside/x is a real adapter.
     for name in ("nobody", "../outside/x", "team/../../outside/x"):
@@ -248,3 +254,10 @@ def test_hub_names_when_enabled(zoo: dict[str, Path], tmp_path: Path) -> None:
     assert served.is_relative_to(tmp_path / "hub") and (served / "adapter_config.json").is_file()
     assert results["acme/dora"]["request"] is None and "PD403" in said(results["acme/dora"])[0]
     assert results["acme/missing"]["request"] is None and said(results["acme/missing"]) == []
+
+
+def test_importing_the_plugin_imports_no_engine_and_no_torch() -> None:
+    code = ("import sys, peftdoctor.integrations.vllm, peftdoctor.serving.prepare; "
+            "print([m for m in ('vllm', 'torch', 'transformers', 'peft') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -123,7 +123,11 @@ def resolver_type() -> type:
             self.settings = settings
 
         async def resolve_lora(self, base_model_name: str, lora_name: str) -> Optional[Any]:
-            path = await asyncio.to_thread(resolve_path, self.settings, lora_name)
+            try:
+                path = await asyncio.to_thread(resolve_path, self.settings, lora_name)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must not fail the request: refuse, one line
+                log.error(line(f"peftdoctor: {lora_name} refused: {type(exc).__name__}: {one_line(exc)}"))
+                return None
             if path is None:
                 return None
             return LoRARequest(lora_name=lora_name, lora_int_id=lora_int_id(lora_name, str(path)),
