@@ -18,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,12 +49,16 @@ def wheel(version: str) -> Path:
     """The released wheel of vllm ``version``, downloaded once."""
     where = _root() / "engine-wheels"
     found = sorted(where.glob(f"vllm-{version}-*.whl"))
-    if not found:
-        where.mkdir(parents=True, exist_ok=True)
+    if found:
+        return found[0]
+    where.mkdir(parents=True, exist_ok=True)
+    # Into a private directory first, then renamed: a concurrent session never sees half a wheel.
+    with tempfile.TemporaryDirectory(prefix=".vllm-", dir=where) as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "--disable-pip-version-check", "-d", str(where), f"vllm=={version}"], check=True)
-        found = sorted(where.glob(f"vllm-{version}-*.whl"))
-    return found[0]
+                        "--disable-pip-version-check", "-d", tmp, f"vllm=={version}"], check=True)
+        (got,) = Path(tmp).glob(f"vllm-{version}-*.whl")
+        os.replace(got, where / got.name)
+    return where / got.name
 
 
 def env_dir(version: str) -> Path:

@@ -154,7 +154,8 @@ def test_rewrite_is_served_as_the_exact_fixed_copy(zoo: dict[str, Path], tmp_pat
                            "--out", str(fixed)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (served / "adapter_config.json").read_bytes() == (fixed / "adapter_config.json").read_bytes()
-    assert (served / "adapter_model.safetensors").read_bytes() == (zoo["rslora"] / "adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert (served / weights).read_bytes() == (zoo["rslora"] / weights).read_bytes()
 
 
 def test_vllm_without_the_resolver_api_gets_one_line_and_nothing(zoo: dict[str, Path], tmp_path: Path) -> None:
@@ -207,8 +208,9 @@ def serve(zoo: dict[str, Path], names: list[str], plugins: str, cache: Path) -> 
     """tests/vllm_serving_driver.py's answer: vLLM 0.34.0's OpenAIServingModels.resolve_lora per name, with only
     the plugins named in VLLM_PLUGINS (vLLM's filesystem resolver reads the same adapter directory)."""
     env = peft_envs.environ_for([vllm_envs.ensure_env(NEWEST), vllm_envs.ensure_serving_deps()])
-    env.update(VLLM_PLUGINS=plugins, VLLM_LORA_RESOLVER_CACHE_DIR=str(zoo["dirs"]), VLLM_ALLOW_RUNTIME_LORA_UPDATING="1",
-               PEFTDOCTOR_VLLM_ADAPTER_DIRS=str(zoo["dirs"]), PEFTDOCTOR_SERVING_CACHE=str(cache))
+    env.update(VLLM_PLUGINS=plugins, VLLM_LORA_RESOLVER_CACHE_DIR=str(zoo["dirs"]),
+               VLLM_ALLOW_RUNTIME_LORA_UPDATING="1", PEFTDOCTOR_VLLM_ADAPTER_DIRS=str(zoo["dirs"]),
+               PEFTDOCTOR_SERVING_CACHE=str(cache))
     job = {"base": BASE, "names": names, "max_lora_rank": 16}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "vllm_serving_driver.py"), json.dumps(job)],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -238,6 +240,12 @@ def test_vllms_api_server_path_end_to_end(zoo: dict[str, Path], tmp_path: Path) 
         (line,) = [text for level, text in ours["answers"][name]["log"] if level == "WARNING"]
         assert line.startswith(f"peftdoctor: {name} refused: {code} ")
     assert ours["answers"]["nobody"]["code"] == 404 and ours["loaded"] == [str(zoo["clean"])]
+
+    # Both on one directory (docs/integrations/vllm.md warns): vLLM asks every resolver, so vLLM's own one
+    # still hands over what peftdoctor refused, and the client gets the bare 400 again.
+    both = serve(zoo, ["dora"], "peftdoctor,lora_filesystem_resolver", tmp_path / "c3")
+    assert sorted(both["resolvers"]) == ["FilesystemResolver", "PeftdoctorResolver"]
+    assert both["answers"]["dora"]["code"] == 400 and both["loaded"] == []
 
 
 def test_hub_names_when_enabled(zoo: dict[str, Path], tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 job = json.loads(sys.argv[1])
 if job["init"] == "skip":
     where = Path(importlib.util.find_spec("vllm").origin).parent
-    spec = importlib.util.spec_from_file_location("vllm", where / "__init__.py", submodule_search_locations=[str(where)])
+    spec = importlib.util.spec_from_file_location("vllm", where / "__init__.py",
+                                                  submodule_search_locations=[str(where)])
     package = importlib.util.module_from_spec(spec)
     sys.modules["vllm"] = package
     import vllm.version
