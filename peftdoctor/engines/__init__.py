@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from collections.abc import Mapping
 from typing import Any, Optional
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -115,7 +115,8 @@ def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
 
 def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header],
           base: Optional[Base] = None, settings: Optional[Mapping[str, Any]] = None) -> list[tuple[Entry, str]]:
-    """`settings`: how the server is started (SETTINGS), merged into each detector's params."""
+    """`settings`: the server's own flags where the user knows them ({"max_lora_rank": 64}; require_settings),
+    merged into each detector's params; without them the detectors assume the engine's defaults."""
     found = []
     for entry in entries:
         detail = DETECTORS[entry.feature](config, header, {**dict(entry.params), "base": base, **(settings or {})})
@@ -129,11 +130,9 @@ def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]
 def target_findings(adapter: Adapter, config: dict[str, Any], target: Target,
                     base: Optional[Base] = None, settings: Optional[Mapping[str, Any]] = None) -> list[Finding]:
     """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does;
-    `base`: the base check found (its architecture decides which modules the engine serves); `settings`:
-    the server's own flags where the user knows them ({"max_lora_rank": 64}), else its defaults are assumed."""
+    `base`: the base check found (its architecture decides which modules the engine serves)."""
     table, version, entries = applicable(target)
     label = f"{table.name} {version}" + ("" if target.version else " (newest release checked)")
-    require_settings(table, version, entries, settings or {})
     findings = []
     for entry, detail in _hits(entries, config, adapter.header, base, settings):
         if entry.behaviour == "ok":
@@ -142,16 +141,6 @@ def target_findings(adapter: Adapter, config: dict[str, Any], target: Target,
             f"{label} {_OUTCOME[entry.behaviour]}: {entry.message} ({detail}) [{entry.id}]",
             entry.fix, key=FEATURE_KEYS.get(entry.feature)))
     return findings
-
-
-def require_settings(table: Table, version: Version, entries: list[Entry], settings: Mapping[str, Any]) -> None:
-    """UsageError for a server setting the release cannot start with: vLLM's LoRAConfig refuses a
-    max_lora_rank outside its allowed values (the rank entries' `allowed`), so no such server exists."""
-    rank = settings.get("max_lora_rank")
-    allowed = sorted({a for e in entries for a in dict(e.params).get("allowed", ())})
-    if rank is not None and allowed and rank not in allowed:
-        raise UsageError(f"--max-lora-rank {rank}: {table.name} {version} does not start with it; its "
-                         f"--max-lora-rank accepts {', '.join(map(str, allowed))}")
 
 
 def rewrites_for(target: Target, config: dict[str, Any], header: Optional[Header] = None) -> set[str]:
@@ -172,3 +161,14 @@ def refusals_for(target: Target, config: dict[str, Any], header: Optional[Header
              f"{e.message} ({d}); {e.fix}")
             for e, d in hits if e.behaviour != "ok" and (not e.rewrite or blocked)
             and "server_flag" not in dict(e.params)]  # a server flag, not the adapter, fixes those
+
+
+def require_settings(target: Target, settings: Mapping[str, Any]) -> None:
+    """UsageError for a server setting the release cannot start with: vLLM's LoRAConfig refuses a
+    max_lora_rank outside its allowed values (the rank entries' `allowed`), so no such server exists."""
+    table, version, entries = applicable(target)
+    rank = settings.get("max_lora_rank")
+    allowed = sorted({a for e in entries for a in dict(e.params).get("allowed", ())})
+    if rank is not None and allowed and rank not in allowed:
+        raise UsageError(f"--max-lora-rank {rank}: {table.name} {version} does not start with it; its "
+                         f"--max-lora-rank accepts {', '.join(map(str, allowed))}")
