@@ -111,7 +111,11 @@ def fix_copy(path: Union[str, Path, Adapter], out: Union[str, Path], peft: Optio
     adapter = path if isinstance(path, Adapter) else open_adapter(str(path))
     if adapter.origin == "hub":
         raise UnusableInput(f"{adapter.display}: read on the Hub without its files; download it first "
-                            "(huggingface-cli download) to make a copy")
+                            "(hf download) to make a copy")
+    inside = os.path.realpath(adapter.directory)
+    if os.path.commonpath([inside, os.path.realpath(destination.parent)]) == inside:
+        raise UnusableInput(f"--out {out}: inside the adapter directory {adapter.display}; the original is not "
+                            "written to, so the copy goes elsewhere")
     the_plan = plan(adapter, peft=peft, force=force, serve=serve, max_lora_rank=max_lora_rank)
     names, left_out = adapter_files(adapter)
     if the_plan.refused:
