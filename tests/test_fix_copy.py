@@ -116,7 +116,7 @@ def test_a_copy_that_still_has_errors_is_not_kept(tmp_path: Path, capsys: pytest
     assert "rank 4 exceeds the server's --max-lora-rank 1: start the server with --max-lora-rank 8" in stdout
     code, _, _ = cli(capsys, str(source), "--out", str(out), "--target", "vllm==0.11.1", "--max-lora-rank", "8",
                      "--peft", PEFT)
-    assert code == 0 and (out / "adapter_config.json").is_file()
+    assert code == 0 and (out / "adapter_config.json").read_bytes() == (source / "adapter_config.json").read_bytes()
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
 
 

@@ -126,7 +126,7 @@ def fix_copy(path: Union[str, Path, Adapter], out: Union[str, Path], peft: Optio
     try:
         with staged(destination, say=notes.append) as staging:
             for name in names:
-                if name == CONFIG_NAME:
+                if name == CONFIG_NAME and the_plan.changed:  # unchanged, it is copied byte for byte
                     _write_config(staging / name, new_text(the_plan))
                 elif _place(adapter.directory / name, adapter.directory, staging / name, link):
                     linked.append(name)
