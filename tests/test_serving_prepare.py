@@ -132,6 +132,40 @@ def test_a_lost_race_uses_the_winners_entry(zoo: dict[str, Path], tmp_path: Path
     assert "use_rslora" not in _config(got.path)
 
 
+_RACER = """\
+import sys, time
+from pathlib import Path
+from peftdoctor.serving.prepare import prepare
+start = float(sys.argv[4])
+time.sleep(max(0.0, start - time.time()))
+print(prepare(sys.argv[1], sys.argv[2], cache_dir=Path(sys.argv[3])).path)
+"""
+
+
+def test_processes_preparing_at_once_share_one_complete_entry(zoo: dict[str, Path], tmp_path: Path) -> None:
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = str(time.time() + 4)  # after every interpreter has imported peftdoctor
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(zoo["rslora"]), VLLM, str(tmp_path), start],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    answers = [r.communicate(timeout=120) for r in racers]
+    assert all(r.returncode == 0 for r in racers), answers
+    paths = {out.strip() for out, _ in answers}
+    assert len(paths) == 1 and os.listdir(tmp_path) == [Path(paths.pop()).name]
+    entry = tmp_path / os.listdir(tmp_path)[0]
+    assert sorted(os.listdir(entry)) == sorted(os.listdir(zoo["rslora"]))
+    assert "use_rslora" not in _config(entry)
+
+
+def test_an_unwritable_cache_is_a_refusal_line(zoo: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    got = prepare(zoo["rslora"], VLLM, name="rs", cache_dir=tmp_path / "file" / "cache")
+    assert got.refused and "\n" not in got.line
+    assert got.line == (f"peftdoctor: rs refused: cannot make the serving cache {tmp_path / 'file' / 'cache'} "
+                        "(Not a directory); set PEFTDOCTOR_SERVING_CACHE to a writable directory")
+
+
 def test_dora_is_refused_with_one_line_naming_pd403(zoo: dict[str, Path], tmp_path: Path) -> None:
     got = prepare(zoo["dora"], VLLM, name="my-dora", cache_dir=tmp_path)
     assert got.refused and got.path is None and not got.rewritten
