@@ -28,7 +28,7 @@ def findings_page() -> str:
 
     return (f"{GENERATED_NOTE}\n# Finding codes\n\n"
             "Every finding peftdoctor reports, with its default severity; `peftdoctor rules` prints the same list\n"
-            "(`--format markdown` prints this table). Codes are stable: a code is never renumbered or reused.\n\n"
+            "(`--format markdown` prints this table). Codes are stable: new codes are added, existing ones keep their number.\n\n"
             f"{markdown_table()}")
 
 
