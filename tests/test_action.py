@@ -231,8 +231,9 @@ def test_the_scripts_and_run_bodies_pass_shellcheck(tmp_path: Path) -> None:
     for number, step in enumerate(s for s in STEPS if "run" in s):
         bodies.append(tmp_path / f"step{number}.sh")
         bodies[-1].write_text("#!/usr/bin/env bash\n" + step["run"] + "\n")
-    done = subprocess.run([str(shellcheck), "-s", "bash", *map(str, bodies), *map(str, ROOT.glob("scripts/action/*.sh"))],
-                          capture_output=True, text=True)
+    scripts = sorted(ROOT.glob("scripts/action/*.sh"))
+    assert len(scripts) == 2
+    done = subprocess.run([str(shellcheck), "-s", "bash", *map(str, bodies + scripts)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
 
@@ -263,7 +264,10 @@ def test_a_clean_adapter_passes_and_uploads_a_valid_sarif(workspace: Path, insta
     assert job.result == {"exit-code": "0", "findings": "0", "sarif-file": "peftdoctor.sarif"}
     assert sarif_of(workspace, job)["results"] == []
     assert job.uploaded == {"sarif_file": "peftdoctor.sarif", "category": ""}
-    assert not job.failed and job.summary.startswith("### peftdoctor check: 0 findings\n\nExit code 0: nothing at or above fail-on.")
+    assert not job.failed
+    assert job.summary.startswith("### peftdoctor check: 0 findings\n\nExit code 0: nothing at or above fail-on.")
+    kept = check(workspace, installed, command="check", paths="adapters/clean", peft="0.21.2", upload_sarif="false")
+    assert kept.conclusions["upload"] == "skipped" and kept.result["sarif-file"] == "peftdoctor.sarif"
 
 
 def test_the_default_peft_is_the_newest_known_release(workspace: Path, installed: dict) -> None:
@@ -342,7 +346,8 @@ def test_a_sarif_file_that_is_the_users_own_is_never_overwritten(workspace: Path
     (workspace / "notes.json").write_text('{"mine": true}')
     job = check(workspace, installed, command="check", paths="adapters/clean", sarif_file="notes.json")
     assert job.result["exit-code"] == "2" and (workspace / "notes.json").read_text() == '{"mine": true}'
-    assert check(workspace, installed, command="check", paths="adapters/broken", peft="0.13.2").result["findings"] != "0"
+    broken = check(workspace, installed, command="check", paths="adapters/broken", peft="0.13.2")
+    assert broken.result["findings"] != "0"
     again = check(workspace, installed, command="check", paths="adapters/clean", peft="0.21.2")
     assert sarif_of(workspace, again)["results"] == []  # the previous run's own log is replaced
 

@@ -16,7 +16,8 @@ else  # the value is not echoed: it is the user's text, and this line is read as
 fi
 
 venv="${RUNNER_TEMP:?the runner sets RUNNER_TEMP}/peftdoctor-action-venv"
-"${SETUP_PYTHON:?the setup-python step gives its python-path}" -m venv --clear "$venv"  # --clear: a second use in the job
+# --clear: a second use of the action in one job starts afresh
+"${SETUP_PYTHON:?the setup-python step gives its python-path}" -m venv --clear "$venv"
 python="$venv/bin/python"
 [ -x "$python" ] || python="$venv/Scripts/python.exe"  # a Windows runner's venv layout
 "$python" -m pip install --quiet --disable-pip-version-check "$spec"

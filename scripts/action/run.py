@@ -19,7 +19,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +30,7 @@ COMMANDS = ("check", "scan")
 FAIL_ON = {"error": "error", "warning": "warning", "never": "error"}  # action's fail-on -> peftdoctor's --fail-on
 CHECK_ONLY = ("transformers", "target")  # inputs `scan` has no option for
 GLOB_CHARACTERS = frozenset("*?[")
+MAX_SARIF_BYTES = 64 * 1024 * 1024  # larger than code scanning takes: not a log of ours to read and replace
 SUMMARY_ROWS = 200  # GitHub caps a step summary at 1 MiB; the SARIF file holds the rest
 EXIT_UNUSABLE = 2
 
@@ -53,7 +54,7 @@ class Inputs:
 
     @classmethod
     def from_env(cls) -> "Inputs":
-        return cls(**{name: os.environ.get(f"INPUT_{name.upper()}", "").strip() for name in cls.__annotations__})
+        return cls(**{f.name: os.environ.get(f"INPUT_{f.name.upper()}", "").strip() for f in fields(cls)})
 
 
 def split_paths(value: str) -> list[str]:
@@ -121,6 +122,8 @@ def sarif_target(value: str) -> Path:
 
 def _is_our_sarif(path: Path) -> bool:
     try:
+        if path.stat().st_size > MAX_SARIF_BYTES:
+            return False
         log = json.loads(path.read_text(encoding="utf-8"))
         return all(run["tool"]["driver"]["name"] == "peftdoctor" for run in log["runs"])
     except (OSError, ValueError, KeyError, TypeError):
