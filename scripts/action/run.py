@@ -2,9 +2,10 @@
 file, a summary to the job log and to the step summary, and the step's outputs for the steps after it.
 
 The inputs arrive as INPUT_* environment variables, never pasted into a script: GitHub substitutes `${{ }}`
-into a `run:` body as raw text, so an input holding `$(...)` would run. peftdoctor is run as a command
-(the action's own venv python, `-m peftdoctor`) and read back through its SARIF, the format code scanning
-takes; this step only picks the arguments, writes the file and says what the log holds.
+into a `run:` body as raw text, so an input holding `$(...)` would run. Run by the python of the venv the
+install step made, this script runs that venv's peftdoctor as a command and reads its verdict back from
+the SARIF it prints, the format code scanning takes; of peftdoctor's modules it imports only two light
+ones, for the newest known peft release and for making a printed value inert.
 
 Exit codes are peftdoctor's (0 clean, 1 findings at --fail-on, 2 unusable input), handed on as the
 output `exit-code`; a bad input of the action is exit 2 as well. The step itself ends 0 so that the
