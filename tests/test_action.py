@@ -209,6 +209,19 @@ def test_action_is_composite_and_every_input_is_described_defaulted_and_used() -
         assert spec["value"] == f"${{{{ steps.run.outputs.{name} }}}}"
 
 
+def schema_check(builtin: str, path: Path) -> subprocess.CompletedProcess:
+    """check-jsonschema (a test dependency) against the schema it vendors from SchemaStore."""
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", builtin, str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_action_yml_is_valid_action_metadata_and_the_schema_would_say_otherwise(tmp_path: Path) -> None:
+    assert schema_check("vendor.github-actions", ROOT / "action.yml").returncode == 0
+    unshelled = tmp_path / "action.yml"  # a composite `run:` step must name its shell
+    unshelled.write_text((ROOT / "action.yml").read_text().replace("      shell: bash\n", "", 1))
+    assert schema_check("vendor.github-actions", unshelled).returncode == 1
+
+
 def test_no_run_body_holds_an_expression_and_every_env_value_is_one_context_value() -> None:
     run_steps = [s for s in STEPS if "run" in s]
     assert len(run_steps) == 3
@@ -380,9 +393,12 @@ def test_nothing_peftdoctor_prints_acts_as_a_workflow_command(workspace: Path, i
     assert all(c.startswith("::error title=peftdoctor::") for c in commands[2:]), commands
 
 
-def test_the_docs_workflow_uses_the_action_as_it_is_and_works(workspace: Path, installed: dict) -> None:
+def test_the_docs_workflow_uses_the_action_as_it_is_and_works(workspace: Path, installed: dict,
+                                                               tmp_path: Path) -> None:
     page = (ROOT / "docs" / "github-action.md").read_text()
-    workflow = yaml.safe_load(page.split("```yaml", 1)[1].split("```", 1)[0])
+    (tmp_path / "workflow.yml").write_text(page.split("```yaml", 1)[1].split("```", 1)[0])
+    assert schema_check("vendor.github-workflows", tmp_path / "workflow.yml").returncode == 0
+    workflow = yaml.safe_load((tmp_path / "workflow.yml").read_text())
     job = next(iter(workflow["jobs"].values()))
     permissions = {**workflow.get("permissions", {}), **job.get("permissions", {})}
     assert permissions["security-events"] == "write"  # upload-sarif needs it
