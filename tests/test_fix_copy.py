@@ -112,11 +112,32 @@ def test_a_copy_that_still_has_errors_is_not_kept(tmp_path: Path, capsys: pytest
     code, stdout, _ = cli(capsys, str(source), "--out", str(out), "--target", "vllm==0.11.1", "--max-lora-rank", "1",
                           "--peft", PEFT)
     assert code == 1 and not out.exists()
-    assert "nothing written: the fixed copy still has errors" in stdout
+    assert "nothing written at --out: the fixed adapter would still have the errors above" in stdout
     assert "rank 4 exceeds the server's --max-lora-rank 1: start the server with --max-lora-rank 8" in stdout
     code, _, _ = cli(capsys, str(source), "--out", str(out), "--target", "vllm==0.11.1", "--max-lora-rank", "8",
                      "--peft", PEFT)
     assert code == 0 and (out / "adapter_config.json").read_bytes() == (source / "adapter_config.json").read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def test_the_copy_itself_is_checked_before_it_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """What the plan expects is checked again on the files really written: a weights file that came out
+    wrong (here: cut short, as a failing disk or a source changing underneath would leave it) is not kept."""
+    real_place = fix_copy_module._place
+
+    def truncating_place(source: Path, directory: Path, target: Path, link: bool) -> bool:
+        linked = real_place(source, directory, target, link)
+        if target.name == "adapter_model.safetensors":
+            target.write_bytes(source.read_bytes()[:100])
+        return linked
+
+    monkeypatch.setattr(fix_copy_module, "_place", truncating_place)
+    source = adapter(tmp_path, use_rslora=True)
+    out = tmp_path / "served"
+    code, stdout, _ = cli(capsys, str(source), "--out", str(out), *RSLORA_FOR_VLLM)
+    assert code == 1 and not out.exists() and "nothing written: the fixed copy still has errors" in stdout
+    assert (source / "adapter_model.safetensors").stat().st_size > 100  # the source is intact
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
 
 

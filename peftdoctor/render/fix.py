@@ -114,8 +114,10 @@ def render_copy(copy: "FixedCopy") -> str:
         for f in copy.after.findings:
             if f.severity is Severity.ERROR:
                 rows += [f"    {f.code} {f.message}", f"          fix: {f.fix}"]
-    else:
+    elif copy.plan.refused:
         rows.append("  nothing written at --out")
+    else:
+        rows.append("  nothing written at --out: the fixed adapter would still have the errors above")
     rows += [f"  left out {name}: {why}" for name, why in copy.left_out]
     if copy.after is not None and copy.written:
         worst = copy.after.worst()
