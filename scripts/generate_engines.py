@@ -50,8 +50,8 @@ def extract_release(engine: str, version: str) -> dict[str, dict[str, Any]]:
 
 def extract_all(engine: str) -> Facts:
     module = engine_module(engine)
-    if not module.FACTS:  # an engine whose facts are not read from wheels (see its module)
-        return module.read_facts()
+    if not module.FACTS:  # an engine whose rows are all hand-cited (tgi.py): nothing to read
+        return {version: {} for version in module.SPEC.releases}
     return {version: extract_release(engine, version) for version in module.SPEC.releases}
 
 
@@ -106,7 +106,8 @@ def _entry(spec: EngineSpec, slot: Rows, facts: Facts, versions: list[str], row:
     """One table entry: a row over a run of releases, cited at the run's first release."""
     run = seen[id(row)] = seen.get(id(row), -1) + 1
     first = facts[versions[0]]
-    decisive = {slot.facts[0], *row.params_from.values()}
+    fields = {f: first[f].get("text", first[f]["value"]) for f in slot.facts}
+    decisive = {slot.facts[0], *row.params_from.values(), *row.cite_facts}
     wheres = sorted({first[f]["where"] for f in decisive if "where" in first[f]})
     if "{where}" in row.cite and not wheres:
         raise ValueError(f"{spec.engine} {slot.feature}: row {row.id} cites a hit but {versions[0]} has none")
@@ -117,7 +118,7 @@ def _entry(spec: EngineSpec, slot: Rows, facts: Facts, versions: list[str], row:
     entry = {"id": entry_id, "feature": row.feature or slot.feature, "releases": _range(spec, versions),
              "behaviour": row.behaviour, "message": message, "fix": row.fix,
              "source": f"{spec.repo}@{spec.tag.format(version=versions[0])}: "
-                       f"{row.cite.format(where='; '.join(wheres))}{later}; read from the released "
+                       f"{row.cite.format(where='; '.join(wheres), **fields)}{later}; read from the released "
                        f"{spec.source_kind}"}
     if row.rewrite:
         entry["rewrite"] = row.rewrite

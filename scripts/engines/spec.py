@@ -27,6 +27,7 @@ class Row:
     rewrite: Optional[str] = None
     params: dict[str, Any] = field(default_factory=dict)  # constants
     params_from: dict[str, str] = field(default_factory=dict)  # param name -> fact whose value it is
+    cite_facts: tuple[str, ...] = ()  # facts cited besides the Rows' first one
 
 
 @dataclass(frozen=True)
