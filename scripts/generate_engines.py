@@ -54,8 +54,6 @@ def extract_release(engine: str, version: str) -> dict[str, dict[str, Any]]:
 
 def extract_all(engine: str) -> Facts:
     module = engine_module(engine)
-    if not module.FACTS:  # an engine whose rows are all hand-cited (tgi.py): nothing to read
-        return {version: {} for version in module.SPEC.releases}
     return {version: extract_release(engine, version) for version in module.SPEC.releases}
 
 
@@ -139,8 +137,10 @@ def build_table(engine: str, facts: Facts) -> dict[str, Any]:
     entries = []
     for slot in spec.slots:
         entries += [slot.entry] if isinstance(slot, Static) else rows_for(spec, slot, facts)
-    return {"engine": engine, "name": spec.name, "note": spec.note, "checked_releases": list(spec.releases),
-            "entries": entries}
+    table = {"engine": engine, "name": spec.name, "note": spec.note, "checked_releases": list(spec.releases)}
+    for key, fact in spec.extra.items():
+        table[key] = {version: facts[version][fact]["value"] for version in spec.releases}
+    return {**table, "entries": entries}
 
 
 def facts_path(engine: str) -> Path:

@@ -3,7 +3,8 @@
 A query is one of
   ``exists``   the file is in the release            -> True / False
   ``contains`` a regex matches the file's text       -> the label of the first case that matches,
-               with the named group ``text`` (an error message, say) and the enclosing function
+               with the named group ``text`` (an error message, say) and the enclosing function;
+               a case without a label takes ``text`` as the value (a version pin)
   ``assign``   the literal assigned to a name        -> the value (``X = (8, 16)``, ``X = Literal[8, 16]``,
                ``x: int = 16`` in a class body), with the enclosing class or function
 A fact tries its cases in order, each case its paths in order (files move between releases), and records
@@ -95,7 +96,10 @@ def _probe(case: Case, root: Path) -> Optional[dict[str, Any]]:
             match = re.search(case.query, text)
             if match:
                 line = text.count("\n", 0, match.start()) + 1
-                hit = {"value": case.label, "where": f"{path} {_enclosing(_parse(text), line)}"}
+                where = f"{path} {_enclosing(_parse(text), line)}".replace(" <module>", "")
+                if case.label is None:  # the value is what the regex captured (a version pin, say)
+                    return {"value": match["text"], "where": where}
+                hit = {"value": case.label, "where": where}
                 if "text" in match.groupdict():
                     hit["text"] = match["text"]
                 return hit

@@ -57,6 +57,7 @@ class EngineSpec:
     releases: tuple[str, ...]  # the checked releases, oldest first
     slots: tuple[Slot, ...]
     source_kind: str = "wheel"  # what the facts were read from, for citations
+    extra: dict[str, str] = field(default_factory=dict)  # table key -> fact listed per release (TGI's peft pins)
 
 
 STATIC_DIR = Path(__file__).with_name("static")
