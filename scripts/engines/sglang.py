@@ -7,7 +7,7 @@ that release does with it.
 from __future__ import annotations
 
 from extractors import Case, Fact
-from spec import EngineSpec, Row, Rows, static
+from spec import MERGE, MERGE_DORA, RESAVE, EngineSpec, Row, Rows, static
 
 LORA_DIR = "sglang/srt/lora/"
 LORA = tuple(f"{LORA_DIR}{name}.py" for name in (
@@ -36,7 +36,6 @@ FACTS = {
     "init_lora_weights": _unread(r"init_lora_weights"),
 }
 
-_MERGE = "merge the adapter into the base and serve the merged model"
 SLOTS = (
     Rows("any_adapter", ("lora",), (
         ("False", Row("sglang-no-lora", "refuses_at_load", "SGLang releases before 0.3.1 have no LoRA support",
@@ -54,23 +53,21 @@ SLOTS = (
     Rows("dora", ("dora",), (
         ("not_read", Row("sglang-dora-ignored", "ignores",
                          "SGLang does not read use_dora: the magnitude vectors are dropped and the adapter is served "
-                         "as plain LoRA", "merge the DoRA adapter into the base and serve the merged model, or retrain "
-                         "with use_dora=false", cite="sglang/srt/lora/ never reads use_dora")),
+                         "as plain LoRA", MERGE_DORA, cite="sglang/srt/lora/ never reads use_dora")),
         ("refused", Row("sglang-dora-refused", "refuses_at_load", "SGLang raises '{dora}'",
-                        "merge the DoRA adapter into the base and serve the merged model, or retrain with "
-                        "use_dora=false")))),
+                        MERGE_DORA)))),
     Rows("modules_to_save", ("modules_to_save",), (
         ("not_read", Row("sglang-modules-to-save-ignored", "ignores",
-                         "SGLang never reads modules_to_save: the trained full copies are not applied", _MERGE,
+                         "SGLang never reads modules_to_save: the trained full copies are not applied", MERGE,
                          cite="sglang/srt/lora/ never reads modules_to_save")),)),
     Rows("lora_bias", ("lora_bias",), (
         ("not_read", Row("sglang-lora-bias-ignored", "ignores", "SGLang has no LoRA bias: lora_B biases are not applied",
-                         f"{_MERGE}, or retrain with lora_bias=false", cite="sglang/srt/lora/ never reads lora_bias")),)),
+                         f"{MERGE}, or retrain with lora_bias=false", cite="sglang/srt/lora/ never reads lora_bias")),)),
     static("sglang", "sglang-bias-ignored"),
     Rows("rank_pattern", ("rank_pattern", "scaling"), (
         ("not_read|alpha_over_r", Row("sglang-rank-pattern-ignored", "different_scale",
                                       "SGLang scales every module by the global lora_alpha/r and ignores "
-                                      "rank_pattern/alpha_pattern", _MERGE,
+                                      "rank_pattern/alpha_pattern", MERGE,
                                       cite="sglang/srt/lora/ never reads rank_pattern/alpha_pattern; {where} "
                                            "(one self.scaling per adapter)", cite_facts=("scaling",))),)),
     Rows("embedding_lora", ("embedding_layers",), (
@@ -87,13 +84,12 @@ SLOTS = (
         ("applied", Row("sglang-lm-head-ok", "ok", "SGLang applies LoRA on lm_head", "")))),
     Rows("trainable_tokens", ("trainable_tokens",), (
         ("not_read", Row("sglang-trainable-tokens-ignored", "ignores",
-                         "SGLang does not know trainable tokens: the token deltas are not applied", _MERGE,
+                         "SGLang does not know trainable tokens: the token deltas are not applied", MERGE,
                          cite="sglang/srt/lora/ has no token_adapter handling")),)),
     Rows("base_mutating_init", ("init_lora_weights",), (
         ("not_read", Row("sglang-base-mutating-init-ignored", "ignores",
                          "SGLang applies the adapter to the original base, but this adapter was trained against a base "
-                         "modified by its init", "re-save with save_pretrained(path_initial_model_for_weight_"
-                         "conversion=...) to get a plain LoRA", cite="sglang/srt/lora/ never reads init_lora_weights")),)),
+                         "modified by its init", RESAVE, cite="sglang/srt/lora/ never reads init_lora_weights")),)),
     static("sglang", "sglang-vlm-key-prefix-ok"),
 )
 

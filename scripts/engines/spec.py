@@ -46,6 +46,11 @@ class Static:
 
 Slot = Union[Rows, Static]
 
+# Fixes every engine's rows share: what a user can do when no engine flag or config rewrite helps.
+MERGE = "merge the adapter into the base and serve the merged model"
+MERGE_DORA = "merge the DoRA adapter into the base and serve the merged model, or retrain with use_dora=false"
+RESAVE = "re-save with save_pretrained(path_initial_model_for_weight_conversion=...) to get a plain LoRA"
+
 
 @dataclass(frozen=True)
 class EngineSpec:

@@ -7,7 +7,7 @@ it can read at all: the pin is a fact of every release and the table lists it (p
 from __future__ import annotations
 
 from extractors import Case, Fact
-from spec import EngineSpec, Row, Rows, static
+from spec import MERGE, MERGE_DORA, EngineSpec, Row, Rows, static
 
 SERVER = "server/text_generation_server/"
 LORA = (f"{SERVER}adapters/lora.py",)
@@ -28,7 +28,6 @@ FACTS = {
                                  "ADAPTER_LAYERS")), None),
 }
 
-_MERGE = "merge the adapter into the base and serve the merged model"
 SLOTS = (
     Rows("any_adapter", ("lora",), (
         ("False", Row("tgi-no-lora", "refuses_at_load",
@@ -39,15 +38,14 @@ SLOTS = (
     Rows("not_lora", ("peft_config_class",), (
         ("peft", Row("tgi-not-lora", "serves_base",
                      "TGI maps only lora_A/lora_B weights: a non-LoRA adapter fails in peft's LoraConfig or applies "
-                     "nothing", _MERGE, cite="{where} (LoraConfig.load parses the config with peft's {peft_config_class}"
+                     "nothing", MERGE, cite="{where} (LoraConfig.load parses the config with peft's {peft_config_class}"
                                             "; map_weights_for_model maps lora_A/lora_B only)")),)),
     Rows("rslora", ("rslora",), (
         ("scaled", Row("tgi-rslora-ok", "ok", "TGI scales by lora_alpha/sqrt(r) when use_rslora is set", "")),)),
     Rows("dora", ("dora",), (
         ("not_read", Row("tgi-dora-ignored", "ignores",
                          "TGI does not read use_dora: the magnitude vectors are left unused and the adapter is served "
-                         "as plain LoRA", "merge the DoRA adapter into the base and serve the merged model, or retrain "
-                         "with use_dora=false", cite="server/text_generation_server/adapters/lora.py never reads "
+                         "as plain LoRA", MERGE_DORA, cite="server/text_generation_server/adapters/lora.py never reads "
                                                      "use_dora (LoraConfig fields r, target_modules, fan_in_fan_out, "
                                                      "lora_alpha, use_rslora)")),)),
     static("tgi", "tgi-modules-to-save-ignored"),
@@ -56,7 +54,7 @@ SLOTS = (
     Rows("rank_pattern", ("rank_pattern",), (
         ("not_read", Row("tgi-rank-pattern-ignored", "different_scale",
                          "TGI scales every module by the global lora_alpha/r and ignores rank_pattern/alpha_pattern",
-                         _MERGE, cite="server/text_generation_server/adapters/lora.py never reads rank_pattern/"
+                         MERGE, cite="server/text_generation_server/adapters/lora.py never reads rank_pattern/"
                                       "alpha_pattern (get_scaling_factor(config.lora_alpha, config.r))")),)),
     static("tgi", "tgi-embedding-ignored"),
     static("tgi", "tgi-lm-head-ignored"),

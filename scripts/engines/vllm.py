@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from extractors import Case, Fact
-from spec import EngineSpec, Row, Rows, static
+from spec import MERGE, MERGE_DORA, RESAVE, EngineSpec, Row, Rows, static
 
 PH = ("vllm/lora/peft_helper.py",)
 MODELS = ("vllm/lora/models.py", "vllm/lora/lora_model.py", "vllm/lora/model_manager.py")
@@ -44,7 +44,6 @@ FACTS = {
     "vlm_key_layout": Fact((Case("mapped", "contains", LLAVA, r'"model\.language_model\."'),), "not_mapped"),
 }
 
-_MERGE = "merge the adapter into the base and serve the merged model"
 _RANK_FIX = "start vLLM with the --max-lora-rank named above"
 _RANK_MAX_FIX = "retrain with a smaller rank, serve with a vLLM release that accepts larger ranks, or merge the adapter"
 _RANK_PARAMS = {"params": {"server_flag": "--max-lora-rank"},
@@ -77,23 +76,21 @@ SLOTS = (
     Rows("dora", ("dora",), (
         ("not_read", Row("vllm-dora-unsupported-weight", "refuses_at_load",
                          "vLLM does not know DoRA: the lora_magnitude_vector tensors fail with 'is unsupported LoRA "
-                         "weight'", "merge the DoRA adapter into the base and serve the merged model, or retrain with "
-                         "use_dora=false", cite="vllm/lora/utils.py (parse_fine_tuned_lora_name); no PEFTHelper")),
+                         "weight'", MERGE_DORA, cite="vllm/lora/utils.py (parse_fine_tuned_lora_name); no PEFTHelper")),
         ("refused", Row("vllm-dora-refused", "refuses_at_load", "vLLM raises '{dora}'",
-                        "merge the DoRA adapter into the base and serve the merged model, or retrain with "
-                        "use_dora=false")))),
+                        MERGE_DORA)))),
     Rows("modules_to_save", ("modules_to_save",), (
         ("not_read", Row("vllm-modules-to-save-unsupported-weight", "refuses_at_load",
                          "vLLM refuses modules_to_save: the saved full modules fail with 'is unsupported LoRA weight'",
-                         f"{_MERGE}; or retrain without modules_to_save (LoRA on lm_head/embed_tokens instead of "
+                         f"{MERGE}; or retrain without modules_to_save (LoRA on lm_head/embed_tokens instead of "
                          "full copies)", cite="vllm/lora/utils.py (parse_fine_tuned_lora_name); no PEFTHelper")),
         ("refused", Row("vllm-modules-to-save-refused", "refuses_at_load", "vLLM raises '{modules_to_save}'",
-                        f"{_MERGE}; or retrain without modules_to_save (LoRA on lm_head/embed_tokens instead of "
+                        f"{MERGE}; or retrain without modules_to_save (LoRA on lm_head/embed_tokens instead of "
                         "full copies)")),
         ("heads_only", Row("vllm-modules-to-save-non-head", "refuses_at_load",
                            "vLLM accepts modules_to_save only as classifier/score heads of classification models "
                            "('{modules_to_save} or [\"classifier\", \"score\"]')",
-                           f"{_MERGE}; or retrain without modules_to_save", feature="modules_to_save_non_head")))),
+                           f"{MERGE}; or retrain without modules_to_save", feature="modules_to_save_non_head")))),
     Rows("lora_bias", ("lora_bias", "peft_helper"), (
         ("not_read|False", Row("vllm-lora-bias-unsupported-weight", "refuses_at_load",
                                "vLLM does not know LoRA biases: lora_B.bias tensors fail with 'is unsupported LoRA "
@@ -104,21 +101,21 @@ SLOTS = (
                        "start vLLM with --enable-lora-bias (or merge the adapter)")),
         ("not_read|True", Row("vllm-lora-bias-refused", "refuses_at_load",
                               "vLLM has no LoRA bias support: lora_B.bias tensors fail with 'is unsupported LoRA "
-                              "weight'", f"{_MERGE}, or retrain with lora_bias=false",
+                              "weight'", f"{MERGE}, or retrain with lora_bias=false",
                               cite="vllm/lora/utils.py (parse_fine_tuned_lora_name has no bias branch; "
                                    "the --enable-lora-bias check is gone)")),
         ("refused|True", Row("vllm-lora-bias-refused-2", "refuses_at_load", "vLLM raises '{lora_bias}'",
-                             f"{_MERGE}, or retrain with lora_bias=false")))),
+                             f"{MERGE}, or retrain with lora_bias=false")))),
     Rows("bias", ("bias",), (
         ("not_read", Row("vllm-bias-ignored", "ignores",
                          "vLLM does not read `bias`: trained base biases are not applied (and any saved bias tensor "
-                         "fails to load)", f"{_MERGE}, or retrain with bias='none'",
+                         "fails to load)", f"{MERGE}, or retrain with bias='none'",
                          cite="vllm/lora/models.py (from_local_checkpoint never reads config['bias'])")),
         ("refused_without_flag", Row("vllm-bias-refused", "refuses_at_load",
                                      "vLLM raises '{bias}' (and --enable-lora-bias adds LoRA biases, not peft's "
-                                     "trained base biases)", f"{_MERGE}, or retrain with bias='none'")),
+                                     "trained base biases)", f"{MERGE}, or retrain with bias='none'")),
         ("refused", Row("vllm-bias-refused-2", "refuses_at_load", "vLLM raises '{bias}'",
-                        f"{_MERGE}, or retrain with bias='none'")))),
+                        f"{MERGE}, or retrain with bias='none'")))),
     Rows("rank_above_default", ("max_lora_ranks", "max_lora_rank_default"), (
         ("*", (Row("vllm-rank-default-{run}", "refuses_at_load",
                    "vLLM raises 'LoRA rank R is greater than max_lora_rank {max_lora_rank_default}.' with the "
@@ -139,11 +136,9 @@ SLOTS = (
     Rows("base_mutating_init", ("init_lora_weights",), (
         ("not_read", Row("vllm-base-mutating-init-ignored", "ignores",
                          "vLLM applies the adapter to the original base, but this adapter was trained against a base "
-                         "modified by its init", "re-save with save_pretrained(path_initial_model_for_weight_"
-                         "conversion=...) to get a plain LoRA", cite="vllm/lora/ never reads init_lora_weights")),
+                         "modified by its init", RESAVE, cite="vllm/lora/ never reads init_lora_weights")),
         ("refused", Row("vllm-base-mutating-init-refused", "refuses_at_load", "vLLM raises '{init_lora_weights}...'",
-                        "re-save with save_pretrained(path_initial_model_for_weight_conversion=...) to get a plain "
-                        "LoRA")))),
+                        RESAVE)))),
     Rows("vlm_new_key_layout", ("vlm_key_layout",), (
         ("not_mapped", Row("vllm-vlm-new-layout", "serves_base",
                            "vLLM's multimodal models name the text model language_model.model.*; keys saved as "
