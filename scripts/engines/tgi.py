@@ -68,7 +68,9 @@ SLOTS = (
                   "retrain on supported modules, or merge the adapter", params_from={"supported": "adapter_layers"})),)),
 )
 
-RELEASES = ("2.0.4", "2.1.0", "2.2.0", "2.3.0", "2.4.0", "3.0.0", "3.0.1", "3.0.2", "3.1.0", "3.3.0", "3.3.7")
+RELEASES = ("2.0.4", "2.1.0", "2.1.1", "2.2.0", "2.3.0", "2.3.1", "2.4.0", "2.4.1", "3.0.0", "3.0.1", "3.0.2", "3.1.0",
+            "3.1.1", "3.2.0", "3.2.1", "3.2.2", "3.2.3", "3.3.0", "3.3.1", "3.3.2", "3.3.3", "3.3.4", "3.3.5", "3.3.6",
+            "3.3.7")
 
 SPEC = EngineSpec(
     "tgi", "TGI", "huggingface/text-generation-inference", "v{version}",
