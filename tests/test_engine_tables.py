@@ -161,7 +161,7 @@ def test_vllm_scales_rslora_and_patterns_as_the_ok_rows_say(monkeypatch: pytest.
 
 @pytest.mark.parametrize("asked,judged", [("vllm==99.0", "0.34.0"), ("vllm==0.8.5.post1", "0.8.5"),
                                           ("vllm==0.6.6.post1", "0.6.6"), ("vllm==0.35.0rc1", "0.34.0"),
-                                          ("sglang==0.4.1.post7", "0.4.1"), ("tgi==3.2.0", "3.1.0"),
+                                          ("sglang==0.4.1.post7", "0.4.1"), ("tgi==3.2.4", "3.2.3"),
                                           ("tgi==3.3.9", "3.3.7")])
 def test_an_unchecked_release_is_judged_as_the_closest_older_one_and_says_so(asked: str, judged: str) -> None:
     target = parse_target(asked)
