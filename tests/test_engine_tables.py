@@ -77,6 +77,13 @@ def test_a_key_read_where_no_row_describes_it_stops_the_generator() -> None:
         generate_engines.build_table("sglang", facts)
 
 
+def test_a_refusal_of_a_key_no_row_names_stops_the_generator() -> None:
+    facts = _facts("vllm")
+    facts["0.34.0"]["unlisted_refusal"] = {"value": "found", "text": "use_newthing"}
+    with pytest.raises(ValueError, match="no row for facts 'found'"):
+        generate_engines.build_table("vllm", facts)
+
+
 def test_missing_facts_for_a_checked_release_are_an_error() -> None:
     facts = _facts("vllm")
     del facts["0.8.0"]
@@ -119,6 +126,10 @@ CONFIGS = {
     "rank_above_default": {"r": 32},
     "rslora": {"use_rslora": True},
     "rank_pattern": {"rank_pattern": {"q_proj": 4}, "alpha_pattern": {"q_proj": 2}},
+    "layer_replication": {"layer_replication": [[0, 2], [1, 3]]},
+    "alora_invocation_tokens": {"alora_invocation_tokens": [128, 9]},
+    "use_qalora": {"use_qalora": True},
+    "use_bdlora": {"use_bdlora": {"nblocks": 2}},
     "clean": {},
 }
 

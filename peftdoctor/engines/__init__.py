@@ -145,6 +145,11 @@ def _label(table: Table, version: Version, target: Target) -> str:
     return f"{table.name} {version}" + ("" if version == target.version else f" (standing in for {target.version})")
 
 
+def _key(entry: Entry) -> Optional[str]:
+    """The config key a finding of `entry` is about: the feature's, or the one its params name."""
+    return FEATURE_KEYS.get(entry.feature) or dict(entry.params).get("key")
+
+
 def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header],
           base: Optional[Base] = None) -> list[tuple[Entry, str]]:
     found = []
@@ -170,7 +175,7 @@ def target_findings(adapter: Adapter, config: dict[str, Any], target: Target,
             continue
         findings.append(rule(FEATURE_CODES[entry.feature]).finding(
             f"{label} {_OUTCOME[entry.behaviour]}: {entry.message} ({detail}) [{entry.id}]",
-            entry.fix, key=FEATURE_KEYS.get(entry.feature)))
+            entry.fix, key=_key(entry)))
     return findings
 
 
@@ -188,7 +193,7 @@ def refusals_for(target: Target, config: dict[str, Any], header: Optional[Header
     table, version, entries = applicable(target)
     hits = _hits(entries, config, header)
     blocked = any(e.feature == "rank_pattern" and e.behaviour != "ok" for e, _ in hits)
-    return [(FEATURE_KEYS.get(e.feature) or e.feature, f"{_label(table, version, target)} {_OUTCOME[e.behaviour]}: "
+    return [(_key(e) or e.feature, f"{_label(table, version, target)} {_OUTCOME[e.behaviour]}: "
              f"{e.message} ({d}); {e.fix}")
             for e, d in hits if e.behaviour != "ok" and (not e.rewrite or blocked)
             and "server_flag" not in dict(e.params)]  # a server flag, not the adapter, fixes those

@@ -14,6 +14,12 @@ LLAVA = ("vllm/model_executor/models/llava.py",)
 LORA = ("vllm/lora/models.py", "vllm/lora/lora_model.py", "vllm/lora/model_manager.py", "vllm/lora/utils.py",
         "vllm/lora/worker_manager.py", "vllm/lora/request.py", "vllm/lora/lora.py", "vllm/lora/lora_weights.py")
 
+# Keys PEFTHelper refuses whenever they are set, with no feature of their own (features.refused_key): one
+# fact and one row each. A refusal of this shape for a key listed nowhere here stops the generator.
+REFUSED_KEYS = ("alora_invocation_tokens", "layer_replication", "use_bdlora", "use_qalora")
+_KNOWN_REFUSALS = ("use_rslora", "use_dora", "modules_to_save", "lora_bias", *REFUSED_KEYS)
+_REFUSAL = r'if self\.{key}:\s*\n\s*error_msg\.append\(\s*"(?P<text>[^"]+)"'
+
 FACTS = {
     "lora": Fact((Case(True, "exists", ("vllm/lora/models.py", "vllm/lora/lora_model.py")),), False),
     "peft_helper": Fact((Case(True, "exists", PH),), False),
@@ -42,6 +48,10 @@ FACTS = {
     "init_lora_weights": Fact((Case("refused", "contains", PH, r'"(?P<text>vLLM does not support init_lora_weights=)'),
                                Case("read_elsewhere", "contains", LORA, r"init_lora_weights")), "not_read"),
     "vlm_key_layout": Fact((Case("mapped", "contains", LLAVA, r'"model\.language_model\."'),), "not_mapped"),
+    **{f"refuses_{key}": Fact((Case("refused", "contains", PH, _REFUSAL.format(key=key)),), "not_read")
+       for key in REFUSED_KEYS},
+    "unlisted_refusal": Fact((Case("found", "contains", PH, _REFUSAL.format(
+        key=f"(?!(?:{'|'.join(_KNOWN_REFUSALS)})\\b)\\w+")),), "none"),
 }
 
 _RANK_FIX = "start vLLM with the --max-lora-rank named above"
@@ -139,6 +149,11 @@ SLOTS = (
                          "modified by its init", RESAVE, cite="vllm/lora/ never reads init_lora_weights")),
         ("refused", Row("vllm-base-mutating-init-refused", "refuses_at_load", "vLLM raises '{init_lora_weights}...'",
                         RESAVE)))),
+    *(Rows("refused_key", (f"refuses_{key}",), (
+        ("not_read", None),
+        ("refused", Row(f"vllm-{key.replace('_', '-')}-refused", "refuses_at_load", f"vLLM raises '{{refuses_{key}}}'",
+                        f"{MERGE}, or retrain without {key}", params={"key": key})))) for key in REFUSED_KEYS),
+    Rows("refused_key", ("unlisted_refusal",), (("none", None),)),
     Rows("vlm_new_key_layout", ("vlm_key_layout",), (
         ("not_mapped", Row("vllm-vlm-new-layout", "serves_base",
                            "vLLM's multimodal models name the text model language_model.model.*; keys saved as "
