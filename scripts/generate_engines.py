@@ -95,6 +95,7 @@ def _range(spec: EngineSpec, versions: list[str]) -> str:
 
 
 def rows_for(spec: EngineSpec, slot: Rows, facts: Facts) -> list[dict[str, Any]]:
+    """The table entries of one slot: one per run and row, in release order."""
     entries: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
     for versions, chosen in _runs(spec, slot, facts):
