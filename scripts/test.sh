@@ -14,6 +14,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.9.0 0.13.2 0.15.0 0.18.1 >/dev/null
 # The transformers axis: transformers releases and peft releases alone, side by side (cached likewise).
 "$PY" scripts/transformers_envs.py --ci >/dev/null
-# vLLM's released wheels for the resolver plugin's tests, side by side (cached likewise).
+# The source files of the few engine releases whose facts the tests extract again (a wheel each, cached).
+"$PY" scripts/generate_engines.py --ci-sources >/dev/null
+# vLLM's released wheels for the resolver plugin's tests, installed side by side (cached likewise).
 "$PY" scripts/vllm_envs.py >/dev/null
 exec "$PY" -m pytest -q "$@"

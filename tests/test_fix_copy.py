@@ -112,11 +112,32 @@ def test_a_copy_that_still_has_errors_is_not_kept(tmp_path: Path, capsys: pytest
     code, stdout, _ = cli(capsys, str(source), "--out", str(out), "--target", "vllm==0.11.1", "--max-lora-rank", "1",
                           "--peft", PEFT)
     assert code == 1 and not out.exists()
-    assert "nothing written: the fixed copy still has errors" in stdout
+    assert "nothing written at --out: the fixed adapter would still have the errors above" in stdout
     assert "rank 4 exceeds the server's --max-lora-rank 1: start the server with --max-lora-rank 8" in stdout
     code, _, _ = cli(capsys, str(source), "--out", str(out), "--target", "vllm==0.11.1", "--max-lora-rank", "8",
                      "--peft", PEFT)
-    assert code == 0 and (out / "adapter_config.json").is_file()
+    assert code == 0 and (out / "adapter_config.json").read_bytes() == (source / "adapter_config.json").read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def test_the_copy_itself_is_checked_before_it_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """What the plan expects is checked again on the files really written: a weights file that came out
+    wrong (here: cut short, as a failing disk or a source changing underneath would leave it) is not kept."""
+    real_place = fix_copy_module._place
+
+    def truncating_place(source: Path, directory: Path, target: Path, link: bool) -> bool:
+        linked = real_place(source, directory, target, link)
+        if target.name == "adapter_model.safetensors":
+            target.write_bytes(source.read_bytes()[:100])
+        return linked
+
+    monkeypatch.setattr(fix_copy_module, "_place", truncating_place)
+    source = adapter(tmp_path, use_rslora=True)
+    out = tmp_path / "served"
+    code, stdout, _ = cli(capsys, str(source), "--out", str(out), *RSLORA_FOR_VLLM)
+    assert code == 1 and not out.exists() and "nothing written: the fixed copy still has errors" in stdout
+    assert (source / "adapter_model.safetensors").stat().st_size > 100  # the source is intact
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
 
 
@@ -148,18 +169,41 @@ def test_out_refuses_what_it_cannot_mean(tmp_path: Path, capsys: pytest.CaptureF
     ["--link"],  # without --out
     ["--max-lora-rank", "16"],  # without --target
     ["--max-lora-rank", "24", "--target", "vllm==0.6.5"],  # vLLM 0.6.5 does not start with it
-    ["--out", "FILE"], ["--out", "FULL"], ["--out", "MISSING/out"],
+    ["--out", "FILE"], ["--out", "FULL"], ["--out", "MISSING/out"], ["--out", "INSIDE"],
 ])
 def test_unusable_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     source = adapter(tmp_path)
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "FULL").mkdir()
     (tmp_path / "FULL" / "keep").write_text("mine")
-    args = [str(tmp_path / a) if a in ("FILE", "FULL", "MISSING/out") else a for a in args]
+    args = [str(source / "fixed") if a == "INSIDE" else str(tmp_path / a) if a in ("FILE", "FULL", "MISSING/out")
+            else a for a in args]
     before = tree(tmp_path)
     code, _, stderr = cli(capsys, str(source), *args, "--peft", PEFT)
     assert code == 2 and len(stderr.splitlines()) == 1 and "Traceback" not in stderr, stderr
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--target", "vllm==0.11.1", "--max-lora-rank", "1"], 1),  # rank 4 above the server's limit: PD408
+    (["--target", "vllm==0.11.1", "--max-lora-rank", "8"], 0),
+    (["--target", "vllm==0.6.5", "--max-lora-rank", "1"], 2),  # vLLM 0.6.5's LoRAConfig refuses 1
+    (["--max-lora-rank", "8"], 2),  # a limit of no engine
+    (["--target", "vllm==0.11.1", "--max-lora-rank", "0"], 2),
+])
+def test_check_max_lora_rank(capsys: pytest.CaptureFixture[str], args: list[str], code: int) -> None:
+    assert run(["check", str(CLEAN), "--peft", PEFT, *args]) == code
+    out, err = capsys.readouterr()
+    assert ("PD408" in out) == (code == 1)
+    assert (len(err.splitlines()) == 1 and err.startswith("peftdoctor: --max-lora-rank ")) == (code == 2), err
+
+
+def test_sarif_names_the_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "served"
+    code, stdout, _ = cli(capsys, str(adapter(tmp_path, use_rslora=True)), "--out", str(out), "--format", "sarif",
+                          *RSLORA_FOR_VLLM)
+    results = json.loads(stdout)["runs"][0]["results"]
+    assert code == 0 and {r["ruleId"] for r in results} >= {"PD191"}
 
 
 _KILLED = """\

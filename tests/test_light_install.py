@@ -53,3 +53,16 @@ def test_verify_and_merge_name_the_extra(light_python: Path, tmp_path: Path, com
     assert done.stderr.count("\n") == 1, done.stderr
     assert 'pip install "peftdoctor[verify]"' in done.stderr and "torch" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fix_out_and_prepare_run_light(light_python: Path, tmp_path: Path) -> None:
+    """fix --out and serving.prepare (what the engine plugins call) need none of the heavy packages."""
+    done = peftdoctor(light_python, "fix", str(CLEAN), "--out", str(tmp_path / "out"), "--peft", "0.21.2",
+                      "--target", "vllm==0.6.5", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "out" / "adapter_model.safetensors").is_file(), done.stderr
+    code = ("import sys; from peftdoctor.serving.prepare import prepare\n"
+            f"print(prepare({str(CLEAN)!r}, 'vllm==0.6.5', cache_dir={str(tmp_path / 'cache')!r}).line)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    ran = subprocess.run([str(light_python), "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(env, PYTHONPATH=str(ROOT)), timeout=300)
+    assert ran.returncode == 0 and "serving" in ran.stdout and "as is" in ran.stdout, ran.stderr

@@ -132,6 +132,40 @@ def test_a_lost_race_uses_the_winners_entry(zoo: dict[str, Path], tmp_path: Path
     assert "use_rslora" not in _config(got.path)
 
 
+_RACER = """\
+import sys, time
+from pathlib import Path
+from peftdoctor.serving.prepare import prepare
+start = float(sys.argv[4])
+time.sleep(max(0.0, start - time.time()))
+print(prepare(sys.argv[1], sys.argv[2], cache_dir=Path(sys.argv[3])).path)
+"""
+
+
+def test_processes_preparing_at_once_share_one_complete_entry(zoo: dict[str, Path], tmp_path: Path) -> None:
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = str(time.time() + 4)  # after every interpreter has imported peftdoctor
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(zoo["rslora"]), VLLM, str(tmp_path), start],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    answers = [r.communicate(timeout=120) for r in racers]
+    assert all(r.returncode == 0 for r in racers), answers
+    paths = {out.strip() for out, _ in answers}
+    assert len(paths) == 1 and os.listdir(tmp_path) == [Path(paths.pop()).name]
+    entry = tmp_path / os.listdir(tmp_path)[0]
+    assert sorted(os.listdir(entry)) == sorted(os.listdir(zoo["rslora"]))
+    assert "use_rslora" not in _config(entry)
+
+
+def test_an_unwritable_cache_is_a_refusal_line(zoo: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    got = prepare(zoo["rslora"], VLLM, name="rs", cache_dir=tmp_path / "file" / "cache")
+    assert got.refused and "\n" not in got.line
+    assert got.line == (f"peftdoctor: rs refused: cannot make the serving cache {tmp_path / 'file' / 'cache'} "
+                        "(Not a directory); set PEFTDOCTOR_SERVING_CACHE to a writable directory")
+
+
 def test_dora_is_refused_with_one_line_naming_pd403(zoo: dict[str, Path], tmp_path: Path) -> None:
     got = prepare(zoo["dora"], VLLM, name="my-dora", cache_dir=tmp_path)
     assert got.refused and got.path is None and not got.rewritten
@@ -193,3 +227,50 @@ def test_prepare_module_is_light() -> None:
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.stdout.strip() == "[]", done.stderr
     assert prepare_module.__all__ == ["Prepared", "find_adapter", "prepare"]
+
+
+_FIND_ON_HUB = """\
+import json, sys
+from peftdoctor.errors import UnusableInput
+from peftdoctor.serving.prepare import find_adapter, prepare
+found = {}
+for name in sys.argv[1:]:
+    try:
+        found[name] = find_adapter(name, hub=True)
+    except UnusableInput as exc:
+        found[name] = "UnusableInput: " + str(exc)
+served = prepare(found[sys.argv[1]], "vllm==0.6.5", name=sys.argv[1]) if found[sys.argv[1]] else None
+print(json.dumps({"found": found, "line": served and served.line}))
+"""
+
+
+def test_find_adapter_downloads_only_the_adapter_files_from_the_hub(tmp_path: Path) -> None:
+    """huggingface_hub's real snapshot_download against the fake Hub of tests/hub_server.py: the adapter's
+    files come, a checkpoint and an optimizer state do not; a missing repo is None."""
+    from tests.hub_server import serve_repos
+    from tests.test_hub_cache import FIXTURE
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in os.listdir(FIXTURE):
+        (served / name).write_bytes((FIXTURE / name).read_bytes())
+    (served / "tokenizer.json").write_text("{}")
+    (served / "optimizer.pt").write_bytes(b"\0" * 64)
+    (served / "checkpoint-5").mkdir()
+    (served / "checkpoint-5" / "adapter_config.json").write_text("{}")
+    cache, home = tmp_path / "hf-cache", tmp_path / "hf-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HF_") and "PROXY" not in k.upper()}
+    names = ["team/lora", "team/missing"]
+    with serve_repos({"team/lora": served}, lifetime=60) as endpoint:
+        env.update(PYTHONPATH=str(ROOT), HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HOME=str(home),
+                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1")
+        done = subprocess.run([sys.executable, "-c", _FIND_ON_HUB, *names], capture_output=True, text=True,
+                              env=env, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    snapshot = Path(answer["found"]["team/lora"])
+    assert snapshot.parent.name == "snapshots" and str(snapshot).startswith(str(cache))
+    assert sorted(os.listdir(snapshot)) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
+    assert answer["found"]["team/missing"] is None
+    assert answer["line"] == f"peftdoctor: team/lora: serving {snapshot} as is (nothing to fix for vllm==0.6.5)"

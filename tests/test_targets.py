@@ -3,6 +3,7 @@ feature and one that does not, judged at a release inside the entry's range."""
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -91,7 +92,23 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "score": lambda d: _save_on("LlamaForSequenceClassification", d, llama,
                                     target_modules=["q_proj", "v_proj", "score"]),
     }
-    return {name: build(root / name) for name, build in builders.items()}
+    built = {name: build(root / name) for name, build in builders.items()}
+    for key, value in REFUSED_KEY_VALUES.items():  # config-only features: the engine reads nothing else of them
+        built[f"refused:{key}"] = _with_config(built["plain"], root / key, {key: value})
+    return built
+
+
+# A set value for each key an engine refuses outright (feature "refused_key", params key).
+REFUSED_KEY_VALUES = {"layer_replication": [[0, 1], [1, 2]], "alora_invocation_tokens": [5, 6],
+                      "use_qalora": True, "use_bdlora": {"nblocks": 2}}
+
+
+def _with_config(source: Path, directory: Path, keys: dict[str, object]) -> Path:
+    """A copy of the adapter at `source` whose adapter_config.json also sets `keys`."""
+    shutil.copytree(source, directory)
+    config = json.loads((directory / "adapter_config.json").read_text())
+    (directory / "adapter_config.json").write_text(json.dumps({**config, **keys}))
+    return directory
 
 
 # Which adapter of the zoo uses each feature (and, for "any_adapter", every adapter does).
@@ -104,6 +121,12 @@ TRIGGER = {
     "some_keys_outside_decoder_layers": "score", "target_modules_unsupported": "gpt2",
     "architecture_modules_unsupported": "score",
 }
+
+
+def _trigger(entry: Entry) -> str:
+    return f"refused:{dict(entry.params)['key']}" if entry.feature == "refused_key" else TRIGGER[entry.feature]
+
+
 ALL_ENTRIES = [(engine, entry) for engine in ENGINES for entry in load_table(engine).entries]
 
 
@@ -121,7 +144,7 @@ def _ids(engine: str, version: Version, adapter_dir: Path) -> str:
 
 @pytest.mark.parametrize("engine,entry", ALL_ENTRIES, ids=[e.id for _, e in ALL_ENTRIES])
 def test_entry_triggers(zoo: dict[str, Path], engine: str, entry: Entry) -> None:
-    seen = _ids(engine, _release_in(engine, entry), zoo[TRIGGER[entry.feature]])
+    seen = _ids(engine, _release_in(engine, entry), zoo[_trigger(entry)])
     if entry.behaviour == "ok":  # supported: the adapter using it gets no finding for it
         assert f"[{entry.id}]" not in seen
     else:
@@ -154,7 +177,8 @@ def test_ranges_of_one_feature_do_not_overlap() -> None:
     for engine in ENGINES:
         table = load_table(engine)
         for version in table.checked:
-            features = [e.feature for e in table.entries if e.releases.contains(version, prereleases=True)]
+            features = [(e.feature, dict(e.params).get("key")) for e in table.entries
+                        if e.releases.contains(version, prereleases=True)]
             assert len(features) == len(set(features)), (engine, version)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from collections.abc import Mapping
 from typing import Any, Optional
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -106,16 +106,55 @@ def _entry(raw: dict[str, Any]) -> Entry:
                  raw.get("rewrite"), tuple(sorted((raw.get("params") or {}).items())))
 
 
-def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
-    """The table, the release judged, and the entries that hold for it."""
+def judged_release(target: Target) -> tuple[Table, Version, Optional[Finding]]:
+    """The table and the checked release that judges `target`, with a PD455 note when that release stands
+    in for another: a version between checked releases, or newer than all of them, is judged as the closest
+    older checked release (what changed since is unknown, as for an unknown peft release); one older than
+    every checked release is unusable input (peftdoctor read nothing of it)."""
     table = load_table(target.engine)
-    version = target.version or table.newest
+    if target.version is None:
+        return table, table.newest, None
+    older = [v for v in table.checked if v <= target.version]
+    if not older:
+        raise UnusableInput(f"--target {target}: {table.name} {target.version} is older than every checked "
+                            f"release ({min(table.checked)})")
+    stand_in = max(older)
+    if stand_in == target.version:
+        return table, stand_in, None
+    why = "newer than every checked release" if stand_in == table.newest else "between checked releases"
+    return table, stand_in, rule("PD455").finding(
+        f"{table.name} {target.version} is not a checked release ({why}); judged as {table.name} {stand_in}, "
+        f"the closest older checked release",
+        f"upgrade peftdoctor for tables checked against {table.name} {target.version}, or pass "
+        f"--target {target.engine}=={stand_in}")
+
+
+def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
+    """The table, the checked release judged (see judged_release), and the entries that hold for it."""
+    table, version, _ = judged_release(target)
     return table, version, [e for e in table.entries if e.releases.contains(version, prereleases=True)]
+
+
+def stand_in_notes(target: Target) -> list[Finding]:
+    """The PD455 note when `target` is judged as another release, else nothing."""
+    return [note for note in (judged_release(target)[2],) if note is not None]
+
+
+def _label(table: Table, version: Version, target: Target) -> str:
+    if target.version is None:
+        return f"{table.name} {version} (newest release checked)"
+    return f"{table.name} {version}" + ("" if version == target.version else f" (standing in for {target.version})")
+
+
+def _key(entry: Entry) -> Optional[str]:
+    """The config key a finding of `entry` is about: the feature's, or the one its params name."""
+    return FEATURE_KEYS.get(entry.feature) or dict(entry.params).get("key")
 
 
 def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header],
           base: Optional[Base] = None, settings: Optional[Mapping[str, Any]] = None) -> list[tuple[Entry, str]]:
-    """`settings`: how the server is started (SETTINGS), merged into each detector's params."""
+    """`settings`: the server's own flags where the user knows them ({"max_lora_rank": 64}; require_settings),
+    merged into each detector's params; without them the detectors assume the engine's defaults."""
     found = []
     for entry in entries:
         detail = DETECTORS[entry.feature](config, header, {**dict(entry.params), "base": base, **(settings or {})})
@@ -128,30 +167,19 @@ def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]
 
 def target_findings(adapter: Adapter, config: dict[str, Any], target: Target,
                     base: Optional[Base] = None, settings: Optional[Mapping[str, Any]] = None) -> list[Finding]:
-    """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does;
-    `base`: the base check found (its architecture decides which modules the engine serves); `settings`:
-    the server's own flags where the user knows them ({"max_lora_rank": 64}), else its defaults are assumed."""
+    """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does,
+    after the PD455 note when a checked release stands in for the one asked;
+    `base`: the base check found (its architecture decides which modules the engine serves)."""
     table, version, entries = applicable(target)
-    label = f"{table.name} {version}" + ("" if target.version else " (newest release checked)")
-    require_settings(table, version, entries, settings or {})
-    findings = []
+    label = _label(table, version, target)
+    findings = stand_in_notes(target)
     for entry, detail in _hits(entries, config, adapter.header, base, settings):
         if entry.behaviour == "ok":
             continue
         findings.append(rule(FEATURE_CODES[entry.feature]).finding(
             f"{label} {_OUTCOME[entry.behaviour]}: {entry.message} ({detail}) [{entry.id}]",
-            entry.fix, key=FEATURE_KEYS.get(entry.feature)))
+            entry.fix, key=_key(entry)))
     return findings
-
-
-def require_settings(table: Table, version: Version, entries: list[Entry], settings: Mapping[str, Any]) -> None:
-    """UsageError for a server setting the release cannot start with: vLLM's LoRAConfig refuses a
-    max_lora_rank outside its allowed values (the rank entries' `allowed`), so no such server exists."""
-    rank = settings.get("max_lora_rank")
-    allowed = sorted({a for e in entries for a in dict(e.params).get("allowed", ())})
-    if rank is not None and allowed and rank not in allowed:
-        raise UsageError(f"--max-lora-rank {rank}: {table.name} {version} does not start with it; its "
-                         f"--max-lora-rank accepts {', '.join(map(str, allowed))}")
 
 
 def rewrites_for(target: Target, config: dict[str, Any], header: Optional[Header] = None) -> set[str]:
@@ -168,7 +196,18 @@ def refusals_for(target: Target, config: dict[str, Any], header: Optional[Header
     table, version, entries = applicable(target)
     hits = _hits(entries, config, header)
     blocked = any(e.feature == "rank_pattern" and e.behaviour != "ok" for e, _ in hits)
-    return [(FEATURE_KEYS.get(e.feature) or e.feature, f"{table.name} {version} {_OUTCOME[e.behaviour]}: "
+    return [(_key(e) or e.feature, f"{_label(table, version, target)} {_OUTCOME[e.behaviour]}: "
              f"{e.message} ({d}); {e.fix}")
             for e, d in hits if e.behaviour != "ok" and (not e.rewrite or blocked)
             and "server_flag" not in dict(e.params)]  # a server flag, not the adapter, fixes those
+
+
+def require_settings(target: Target, settings: Mapping[str, Any]) -> None:
+    """UsageError for a server setting the release cannot start with: vLLM's LoRAConfig refuses a
+    max_lora_rank outside its allowed values (the rank entries' `allowed`), so no such server exists."""
+    table, version, entries = applicable(target)
+    rank = settings.get("max_lora_rank")
+    allowed = sorted({a for e in entries for a in dict(e.params).get("allowed", ())})
+    if rank is not None and allowed and rank not in allowed:
+        raise UsageError(f"--max-lora-rank {rank}: {table.name} {version} does not start with it; its "
+                         f"--max-lora-rank accepts {', '.join(map(str, allowed))}")

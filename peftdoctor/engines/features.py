@@ -231,6 +231,13 @@ def architecture_modules_unsupported(config: dict[str, Any], header: Optional[He
     return f"{architecture} (from the {how}): modules {', '.join(odd)}; supported: {have}"
 
 
+def refused_key(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
+    """params: key (a config key the engine refuses whenever it is set, e.g. layer_replication).
+    Set means what the engine tests: a truthy value (`if self.layer_replication:`)."""
+    value = config.get(params["key"])
+    return f"{params['key']} {value!r}" if value else None
+
+
 DETECTORS: dict[str, Detector] = {
     "any_adapter": any_adapter,
     "not_lora": not_lora,
@@ -252,6 +259,7 @@ DETECTORS: dict[str, Detector] = {
     "some_keys_outside_decoder_layers": some_keys_outside_decoder_layers,
     "target_modules_unsupported": target_modules_unsupported,
     "architecture_modules_unsupported": architecture_modules_unsupported,
+    "refused_key": refused_key,
 }
 
 # One finding code per feature (rules.py PD4xx), so SARIF and `rules` name what the engine trips on.
@@ -262,7 +270,7 @@ FEATURE_CODES: dict[str, str] = {
     "rank_pattern": "PD409", "embedding_lora": "PD410", "lm_head_lora": "PD411",
     "trainable_tokens": "PD412", "base_mutating_init": "PD413", "vlm_new_key_layout": "PD414",
     "keys_outside_decoder_layers": "PD414", "some_keys_outside_decoder_layers": "PD415",
-    "target_modules_unsupported": "PD415", "architecture_modules_unsupported": "PD416",
+    "target_modules_unsupported": "PD415", "architecture_modules_unsupported": "PD416", "refused_key": "PD456",
 }
 
 # Config keys the features live in, for the finding's `key`.

@@ -91,14 +91,18 @@ def find_base(config: dict, given: Optional[str], online: bool = False) -> tuple
 
 def server_settings(serve: Optional[str], max_lora_rank: Optional[int]) -> dict[str, int]:
     """The serving engine's flags the user named, as the engine rules' `settings`. A limit without an
-    engine to hold it to, or below 1, is a usage error: there is nothing it could be compared with."""
+    engine to hold it to, below 1, or one the engine release cannot start with is a usage error."""
     if max_lora_rank is None:
         return {}
     if serve is None:
         raise UsageError(f"--max-lora-rank {max_lora_rank}: name the engine it is the limit of with --target")
     if isinstance(max_lora_rank, bool) or not isinstance(max_lora_rank, int) or max_lora_rank < 1:
         raise UsageError(f"--max-lora-rank {max_lora_rank!r}: a positive whole number")
-    return {"max_lora_rank": max_lora_rank}
+    from peftdoctor.engines import parse_target, require_settings
+
+    settings = {"max_lora_rank": max_lora_rank}
+    require_settings(parse_target(serve), settings)
+    return settings
 
 
 def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None,

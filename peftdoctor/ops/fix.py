@@ -324,6 +324,7 @@ def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = 
     source = written.exact if written is not None and written.exact else releases.known_versions()[-1]
     work = _Work(dict(config), release, source, _module_names(adapter), force)
     if engine is not None:
+        notes += targets.stand_in_notes(engine)
         header = adapter.header
         work.fold_rslora = "fold_rslora" in targets.rewrites_for(engine, config, header)
         for key, reason in targets.refusals_for(engine, config, header):

@@ -5,7 +5,8 @@ other regular file at the adapter's top level (weights, tokenizer files, README)
 with `link` where the filesystem allows. Subdirectories (checkpoint-*/) are not part of what an engine
 loads and are left out. The copy is built in a staging directory beside DIR (io/staging.staged), checked
 there with the same peft and engine, and renamed into place only when that check finds no error: DIR
-never holds half a copy, nor a copy that would still fail.
+never holds half a copy, nor a copy that would still fail. A plan whose own check of the rewritten config
+already finds errors (Plan.remaining) is not copied at all.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ _CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP,
 @dataclass(frozen=True)
 class FixedCopy:
     """What `fix --out` did: the plan, where the copy is (None: nothing was written), the files it holds,
-    those hard-linked to the source rather than copied, the check of the copy (None when the plan was
-    refused and nothing was built), and what of the source was left out, with why."""
+    those hard-linked to the source rather than copied, the check of the copy (None when no copy was built:
+    the plan was refused, or its check of the rewritten adapter still found errors), and what of the source
+    was left out, with why."""
 
     plan: Plan
     out: Optional[Path]
@@ -53,7 +55,7 @@ class FixedCopy:
         """Why nothing was written: the refusals, or the errors the check of the copy still found."""
         if self.plan.refused:
             return tuple(f"{r.key}: {r.reason}" for r in self.plan.refusals)
-        found = self.after.findings if self.after is not None else ()
+        found = self.after.findings if self.after is not None else self.plan.remaining
         return tuple(f"{f.code} {f.message}" for f in found if f.severity is Severity.ERROR)
 
 
@@ -111,10 +113,14 @@ def fix_copy(path: Union[str, Path, Adapter], out: Union[str, Path], peft: Optio
     adapter = path if isinstance(path, Adapter) else open_adapter(str(path))
     if adapter.origin == "hub":
         raise UnusableInput(f"{adapter.display}: read on the Hub without its files; download it first "
-                            "(huggingface-cli download) to make a copy")
+                            "(hf download) to make a copy")
+    inside = os.path.realpath(adapter.directory)
+    if os.path.commonpath([inside, os.path.realpath(destination.parent)]) == inside:
+        raise UnusableInput(f"--out {out}: inside the adapter directory {adapter.display}; the original is not "
+                            "written to, so the copy goes elsewhere")
     the_plan = plan(adapter, peft=peft, force=force, serve=serve, max_lora_rank=max_lora_rank)
     names, left_out = adapter_files(adapter)
-    if the_plan.refused:
+    if the_plan.refused or the_plan.remaining:  # known before a byte is copied: the plan checked the result
         return FixedCopy(the_plan, None, left_out=tuple(left_out))
     linked: list[str] = []
     notes: list[str] = []
@@ -122,7 +128,7 @@ def fix_copy(path: Union[str, Path, Adapter], out: Union[str, Path], peft: Optio
     try:
         with staged(destination, say=notes.append) as staging:
             for name in names:
-                if name == CONFIG_NAME:
+                if name == CONFIG_NAME and the_plan.changed:  # unchanged, it is copied byte for byte
                     _write_config(staging / name, new_text(the_plan))
                 elif _place(adapter.directory / name, adapter.directory, staging / name, link):
                     linked.append(name)

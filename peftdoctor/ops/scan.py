@@ -16,7 +16,7 @@ from peftdoctor.ops.check import check
 # Directories that never hold adapters worth checking, and can be huge.
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".tox", ".cache"})
 # Findings about how the adapter was judged, not about the adapter: they do not make it unclean.
-JUDGING_NOTES = frozenset({"PD117"})
+JUDGING_NOTES = frozenset({"PD117", "PD455"})
 
 
 @dataclass(frozen=True)

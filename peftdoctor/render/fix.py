@@ -25,7 +25,7 @@ def _short(value: Any) -> str:
 def render_plan(plan: Plan) -> str:
     head = f"{plan.path}: fix for peft {plan.target}" + (f" (written by peft {plan.written_by})"
                                                           if plan.written_by else "")
-    lines = [head]
+    lines = [head] + [f"  note    {n.code} {n.message}" for n in plan.notes]  # how it was judged (PD117, PD455)
     for c in plan.changes:
         if c.action == "drop":
             lines.append(f"  drop    {c.key}={_short(c.before)}: {c.reason}")
@@ -56,6 +56,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                      "forced": c.forced} for c in plan.changes],
         "refusals": [{"key": r.key, "reason": r.reason} for r in plan.refusals],
         "remaining": [f.to_dict() for f in plan.remaining],
+        "notes": [f.to_dict() for f in plan.notes],
         "result": plan.result,
     }
 
@@ -114,8 +115,10 @@ def render_copy(copy: "FixedCopy") -> str:
         for f in copy.after.findings:
             if f.severity is Severity.ERROR:
                 rows += [f"    {f.code} {f.message}", f"          fix: {f.fix}"]
-    else:
+    elif copy.plan.refused:
         rows.append("  nothing written at --out")
+    else:
+        rows.append("  nothing written at --out: the fixed adapter would still have the errors above")
     rows += [f"  left out {name}: {why}" for name, why in copy.left_out]
     if copy.after is not None and copy.written:
         worst = copy.after.worst()

@@ -1,4 +1,4 @@
-"""The registry of finding codes: one table feeds findings, `rules`, SARIF and the README.
+"""The registry of finding codes: one table feeds findings, `rules`, SARIF and docs/findings.md.
 
 PD0xx: what the input is; PD1xx: adapter_config.json; PD2xx: weights against config (PD22x: the adapter
 against its base's architecture and sizes);
@@ -100,6 +100,8 @@ _TABLE = [
     ("PD414", "target-key-prefix", E, "The deployment target matches none of the weight keys and serves the base model."),
     ("PD415", "target-modules-ignored", E, "The deployment target ignores some adapted modules."),
     ("PD416", "target-architecture-modules", E, "The deployment target has no LoRA layer for some adapted modules of this architecture (refuses or ignores them)."),
+    ("PD455", "target-engine-approximated", I, "The engine release is not a checked one; the closest older checked release stood in."),
+    ("PD456", "target-feature-refused", E, "The deployment target refuses a PEFT feature it does not implement (layer_replication, aLoRA, QALoRA, ...)."),
     ("PD501", "combine-rank-differs", E, "Adapters of different rank cannot be combined linearly."),
     ("PD502", "combine-modules-to-save", E, "Two adapters save the same module: they cannot be combined."),
     ("PD503", "combine-target-types", E, "target_modules given as a list in one adapter and a regex in another."),
@@ -158,6 +160,7 @@ def rule(code: str) -> Rule:
 
 
 def markdown_table() -> str:
-    """The README's table of finding codes; tests/test_readme.py keeps the README equal to it."""
+    """The table of finding codes: docs/findings.md, written by scripts/generate_docs.py and kept current by
+    tests/test_docs.py."""
     rows = [f"| {r.code} | {r.name} | {r.severity.value} | {r.summary} |" for r in RULES.values()]
     return "\n".join(["| code | name | severity | meaning |", "|---|---|---|---|", *rows]) + "\n"

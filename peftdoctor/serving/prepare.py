@@ -24,7 +24,7 @@ from peftdoctor.ops.check import check
 from peftdoctor.ops.fix import Plan, plan
 from peftdoctor.ops.fix_copy import adapter_files, fix_copy
 from peftdoctor.render import serving as say
-from peftdoctor.serving.cache import cache_root, entry_key
+from peftdoctor.serving.cache import CACHE_ENV, cache_root, entry_key
 from peftdoctor.serving.find import find_adapter
 
 __all__ = ["Prepared", "find_adapter", "prepare"]
@@ -110,7 +110,11 @@ def _cached_copy(adapter: Adapter, the_plan: Plan, engine: str, cache_dir: Optio
     root = cache_root(cache_dir)
     entry = root / entry_key(adapter, names, engine, the_plan.target)
     if not entry.is_dir():
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnusableInput(f"cannot make the serving cache {root} ({exc.strerror}); set "
+                                f"{CACHE_ENV} to a writable directory") from None
         try:
             made = fix_copy(adapter, entry, peft, serve=engine, link=True, max_lora_rank=max_lora_rank)
             return made.out, made.after, False
