@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines.sources import _download as download  # noqa: E402 - the one way an engine wheel is fetched
 from peft_envs import install  # noqa: E402 - the same atomic, marker-checked install
 
 RELEASES = ("0.8.4", "0.8.5", "0.34.0")
@@ -54,9 +54,7 @@ def wheel(version: str) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     # Into a private directory first, then renamed: a concurrent session never sees half a wheel.
     with tempfile.TemporaryDirectory(prefix=".vllm-", dir=where) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        "--disable-pip-version-check", "-d", tmp, f"vllm=={version}"], check=True)
-        (got,) = Path(tmp).glob(f"vllm-{version}-*.whl")
+        got = download("vllm", version, Path(tmp))
         os.replace(got, where / got.name)
     return where / got.name
 
