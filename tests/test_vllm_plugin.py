@@ -58,13 +58,13 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def drive(release: str, zoo: dict[str, Path], names: list[str], *, cache: Path, argv: tuple[str, ...] = (),
-          judged: Optional[str] = None, **environ: str) -> dict[str, Any]:
+          judged: Optional[str] = None, fault: Optional[str] = None, **environ: str) -> dict[str, Any]:
     """tests/vllm_driver.py's answer under vllm `release`, the plugin configured by `environ`."""
     env = peft_envs.environ_for([vllm_envs.ensure_env(release)])
     env.update({"PEFTDOCTOR_VLLM_ADAPTER_DIRS": str(zoo["dirs"]), "PEFTDOCTOR_SERVING_CACHE": str(cache),
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", **environ})
     job = {"init": "real" if release == NEWEST else "skip", "argv": list(argv), "base": BASE, "names": names,
-           "release": judged}
+           "release": judged, "fault": fault}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "vllm_driver.py"), json.dumps(job)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -156,6 +156,13 @@ def test_rewrite_is_served_as_the_exact_fixed_copy(zoo: dict[str, Path], tmp_pat
     assert (served / "adapter_config.json").read_bytes() == (fixed / "adapter_config.json").read_bytes()
     weights = "adapter_model.safetensors"
     assert (served / weights).read_bytes() == (zoo["rslora"] / weights).read_bytes()
+
+
+def test_an_error_of_peftdoctors_refuses_with_one_line(zoo: dict[str, Path], tmp_path: Path) -> None:
+    """A bug in peftdoctor must not fail the client's request with vLLM's 500: one error line, and None."""
+    out = drive(NEWEST, zoo, ["clean"], cache=tmp_path / "cache", fault="boom")
+    assert out["results"]["clean"] == {"request": None,
+                                       "log": [["ERROR", "peftdoctor: clean refused: RuntimeError: boom"]]}
 
 
 def test_vllm_without_the_resolver_api_gets_one_line_and_nothing(zoo: dict[str, Path], tmp_path: Path) -> None:

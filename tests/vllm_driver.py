@@ -2,7 +2,8 @@
 `load_general_plugins`, take our resolver from vLLM's own registry, resolve names, print JSON.
 
 argv[1]: a JSON job: {"init": "real" | "skip", "argv": [...], "base": NAME, "names": [...],
-"release": VERSION or null (construct the resolver for that release instead of vllm.__version__)}.
+"release": VERSION or null (construct the resolver for that release instead of vllm.__version__),
+"fault": TEXT or absent (serving.prepare raises RuntimeError(TEXT))}.
 "init": "skip" (vLLM 0.8.x) makes the `vllm` package from its real directory and real version.py without
 running vllm/__init__.py, and runs the body of vLLM's `load_general_plugins` after its platform preamble:
 `load_plugins_by_group("vllm.general_plugins")` (the real discovery and VLLM_PLUGINS filter) and a call of
@@ -65,6 +66,13 @@ if "peftdoctor" in out["resolvers"]:
 
         resolver = type(resolver)(replace(resolver.settings, release=job["release"]))
     out["is_lora_resolver"] = isinstance(resolver, LoRAResolver)
+    if job.get("fault"):  # a bug of peftdoctor's, injected: prepare raises what it never should
+        import peftdoctor.serving.prepare
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError(job["fault"])
+
+        peftdoctor.serving.prepare.prepare = broken
     for name in job["names"]:
         del lines[:]
         request = asyncio.run(resolver.resolve_lora(job["base"], name))
