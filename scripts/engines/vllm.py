@@ -128,8 +128,9 @@ SLOTS = (
                         f"{MERGE}, or retrain with bias='none'")))),
     Rows("rank_above_default", ("max_lora_ranks", "max_lora_rank_default"), (
         ("*", (Row("vllm-rank-default-{run}", "refuses_at_load",
-                   "vLLM raises 'LoRA rank R is greater than max_lora_rank {max_lora_rank_default}.' with the "
-                   "default --max-lora-rank", _RANK_FIX, cite=_RANK_CITE, **_RANK_PARAMS),
+                   "vLLM raises 'LoRA rank R is greater than max_lora_rank {max_lora_rank_default}.' at the "
+                   "default --max-lora-rank (a server started with another names that one)", _RANK_FIX,
+                   cite=_RANK_CITE, **_RANK_PARAMS),
                Row("vllm-rank-max-{run}", "refuses_at_load",
                    "no --max-lora-rank this vLLM release accepts is large enough", _RANK_MAX_FIX,
                    feature="rank_above_max", **_RANK_PARAMS))),)),
