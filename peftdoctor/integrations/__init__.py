@@ -1,0 +1,1 @@
+"""Hooks that run peftdoctor inside an inference engine, before it loads an adapter."""

@@ -1,0 +1,133 @@
+"""The SGLang plugin (peftdoctor/integrations/sglang.py) under SGLang's own code, taken from the released
+wheels at test time (scripts/sglang_wheel.py; no GPU): SGLang's load_plugins() finds peftdoctor's entry point,
+HookRegistry.apply_hooks() patches LoRAConfig.__init__, and loading adapters through SGLang's LoRAConfig
+then serves the source, the exact fixed copy from the cache, or refuses with one line naming the finding."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from peftdoctor.integrations import sglang as plugin
+
+ROOT = Path(__file__).resolve().parent.parent
+CLEAN = ROOT / "fixtures" / "tiny-llama-lora"  # r=4, lora_alpha=8, q_proj/v_proj, nothing SGLang minds
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+import sglang_wheel  # noqa: E402
+
+
+def _adapter(where: Path, **changes: Any) -> Path:
+    shutil.copytree(CLEAN, where)
+    config = json.loads((where / "adapter_config.json").read_text())
+    (where / "adapter_config.json").write_text(json.dumps({**config, **changes}, indent=2))
+    return where
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    where = tmp_path_factory.mktemp("adapters")
+    return {"clean": _adapter(where / "clean"),
+            # sglang-rslora-ignored: a rewrite exists (fold_rslora) for every release
+            "rslora": _adapter(where / "rslora", use_rslora=True),
+            # sglang-bias-ignored: SGLang drops the trained biases; no rewrite brings them back
+            "refused": _adapter(where / "refused", bias="lora_only")}
+
+
+@pytest.fixture(scope="module")
+def entry_point_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site dir whose dist-info declares exactly the entry points pyproject.toml declares (an editable
+    install made before they were added would lack them)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    points = project["entry-points"]["sglang.srt.plugins"]
+    site = tmp_path_factory.mktemp("site")
+    info = site / f"peftdoctor-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: peftdoctor\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("[sglang.srt.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    return site
+
+
+def _run_sglang(release: str, site: Path, cache: Path, adapters: dict[str, Path]) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SGLANG_PLUGINS")}
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(sglang_wheel.ensure(release)), str(ROOT)]),
+               PEFTDOCTOR_SERVING_CACHE=str(cache), SGLANG_PLUGINS="peftdoctor", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "sglang_host.py"),
+                           json.dumps({k: str(v) for k, v in adapters.items()})],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module", params=sglang_wheel.RELEASES)
+def sglang_run(request: pytest.FixtureRequest, entry_point_site: Path, adapters: dict[str, Path],
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, Any]]:
+    cache = tmp_path_factory.mktemp("serving-cache")
+    return request.param, cache, _run_sglang(request.param, entry_point_site, cache, adapters)
+
+
+def test_load_plugins_finds_the_entry_point_and_patches_lora_config(sglang_run) -> None:
+    release, _, run = sglang_run
+    assert run["sglang_file"].startswith(str(sglang_wheel.ensure(release)))  # SGLang's own loader ran
+    assert run["hooks"] == [["BEFORE", "peftdoctor.integrations.sglang.check_before_load", "peftdoctor"]]
+    assert run["patched"] == [plugin.TARGET]
+    assert run["wraps_original"]
+
+
+def test_a_clean_adapter_loads_from_its_own_directory(sglang_run, adapters: dict[str, Path]) -> None:
+    _, _, run = sglang_run
+    for load in run["loads"]["clean"]:
+        assert (load["path"], load["r"], load["lora_alpha"]) == (str(adapters["clean"]), 4, 8)
+
+
+def test_an_adapter_with_a_rewrite_loads_from_the_fixed_copy(sglang_run, adapters: dict[str, Path]) -> None:
+    _, cache, run = sglang_run
+    first, second = run["loads"]["rslora"]
+    assert Path(first["path"]).is_relative_to(cache) and Path(first["path"]) != adapters["rslora"]
+    # SGLang scales by lora_alpha/r; the copy folds rsLoRA's sqrt(r) into lora_alpha, so SGLang's own
+    # LoRAConfig now reads the alpha that makes lora_alpha/r equal peft's lora_alpha/sqrt(r)
+    assert first["r"] == 4 and first["lora_alpha"] == pytest.approx(8 * math.sqrt(4))
+    assert first["lora_alpha"] / first["r"] == pytest.approx(8 / math.sqrt(4))
+    # the second load of the same adapter is served from the same cache entry, not a new copy
+    assert (second["path"], second["inode"]) == (first["path"], first["inode"])
+    assert json.loads((adapters["rslora"] / "adapter_config.json").read_text())["use_rslora"] is True  # untouched
+
+
+def test_an_adapter_sglang_cannot_serve_is_refused_in_one_line(sglang_run) -> None:
+    release, _, run = sglang_run
+    for load in run["loads"]["refused"]:
+        assert load["error"] == "AdapterRefused" and "ValueError" in load["bases"]  # SGLang's loader catches it
+        assert "\n" not in load["text"] and "PD407" in load["text"], load["text"]
+        assert f"SGLang {release}" in load["text"]  # judged for the release that is running
+
+
+def test_the_max_lora_rank_is_read_where_each_release_publishes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def retired() -> None:
+        raise RuntimeError("get_global_server_args() is retired")  # sglang>=0.5.20
+
+    assert plugin.server_max_lora_rank() is None  # no SGLang process here: nothing published
+    monkeypatch.setitem(sys.modules, "sglang.srt.server_args",
+                        SimpleNamespace(get_global_server_args=lambda: SimpleNamespace(max_lora_rank=32)))
+    assert plugin.server_max_lora_rank() == 32  # 0.5.11 to 0.5.18
+    monkeypatch.setitem(sys.modules, "sglang.srt.server_args", SimpleNamespace(get_global_server_args=retired))
+    monkeypatch.setitem(sys.modules, "sglang.srt.runtime_context",
+                        SimpleNamespace(get_lora=lambda: SimpleNamespace(max_lora_rank=None),
+                                        get_server_args=lambda: SimpleNamespace(max_lora_rank=64)))
+    assert plugin.server_max_lora_rank() == 64
+
+
+def test_importing_the_plugin_imports_no_engine() -> None:
+    done = subprocess.run([sys.executable, "-c", "import sys, peftdoctor.integrations.sglang; "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                           "('sglang', 'torch', 'transformers', 'peft')))"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
