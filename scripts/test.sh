@@ -14,4 +14,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.9.0 0.13.2 0.15.0 0.18.1 >/dev/null
 # The transformers axis: transformers releases and peft releases alone, side by side (cached likewise).
 "$PY" scripts/transformers_envs.py --ci >/dev/null
+# SGLang's released wheels for the SGLang plugin's tests (cached; seconds).
+"$PY" scripts/sglang_wheel.py >/dev/null
 exec "$PY" -m pytest -q "$@"

@@ -131,3 +131,29 @@ def test_importing_the_plugin_imports_no_engine() -> None:
                            "('sglang', 'torch', 'transformers', 'peft')))"],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def _doc_script(marker: str) -> str:
+    """The ```sh block of docs/integrations/sglang.md whose text holds `marker`."""
+    blocks = (ROOT / "docs" / "integrations" / "sglang.md").read_text().split("```")
+    return next(b.removeprefix("sh\n") for b in blocks[1::2] if b.startswith("sh\n") and marker in b)
+
+
+@pytest.mark.parametrize("name, starts", [("clean", True), ("refused", False)])
+def test_the_tgi_entrypoint_starts_tgi_only_for_adapters_it_serves(tmp_path: Path, adapters: dict[str, Path],
+                                                                   name: str, starts: bool) -> None:
+    script = tmp_path / "entrypoint.sh"
+    script.write_text(_doc_script("entrypoint.sh"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "text-generation-launcher"  # stands in for TGI: says it was started, and with what
+    launcher.write_text('#!/bin/sh\necho "launched $*"\n')
+    launcher.chmod(0o755)
+    (tmp_path / "adapters").mkdir()
+    shutil.copytree(adapters[name], tmp_path / "adapters" / name)
+    env = dict(os.environ, ADAPTERS=str(tmp_path / "adapters"),
+               PATH=os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]))
+    done = subprocess.run(["sh", str(script), "--port", "8080"], capture_output=True, text=True, env=env, timeout=120)
+    assert (done.returncode == 0) is starts, done.stderr
+    assert ("launched --port 8080" in done.stdout) is starts
+    assert ("PD407" in done.stdout) is not starts, done.stdout
