@@ -4,6 +4,7 @@ HookRegistry.apply_hooks() patches LoRAConfig.__init__, and loading adapters thr
 then serves the source, the exact fixed copy from the cache, or refuses with one line naming the finding."""
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -108,6 +109,48 @@ def test_an_adapter_sglang_cannot_serve_is_refused_in_one_line(sglang_run) -> No
         assert load["error"] == "AdapterRefused" and "ValueError" in load["bases"]  # SGLang's loader catches it
         assert "\n" not in load["text"] and "PD407" in load["text"], load["text"]
         assert f"SGLang {release}" in load["text"]  # judged for the release that is running
+
+
+def _methods(source: Path, cls: str) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(source.read_text())
+    found = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    return {n.name: n for n in found.body if isinstance(n, ast.FunctionDef)}
+
+
+def _calls(node: ast.AST) -> set[str]:
+    """Names of what `node` calls: f(...) -> f, self.f(...) -> f."""
+    return {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+            for c in ast.walk(node) if isinstance(c, ast.Call)}
+
+
+def _refuses_softly(method: ast.FunctionDef) -> bool:
+    """The method builds LoRAConfig(lora_ref.lora_path, ...) inside `try:` whose `except Exception` returns
+    create_lora_update_result(success=False, ...): an exception there is a failed load, not a crash."""
+    for node in ast.walk(method):
+        if not isinstance(node, ast.Try):
+            continue
+        builds = any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "LoRAConfig" and c.args
+                     and ast.unparse(c.args[0]) == "lora_ref.lora_path" for b in node.body for c in ast.walk(b))
+        answers = any(getattr(h.type, "id", "") == "Exception" and "create_lora_update_result" in _calls(h)
+                      and "success=False" in ast.unparse(h) for h in node.handlers)
+        if builds and answers:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("release", sglang_wheel.RELEASES)
+def test_both_ways_in_reach_the_hooked_call_inside_the_loaders_try(release: str) -> None:
+    """What the plugin's docstring says of SGLang, read from the release's own source."""
+    lora = sglang_wheel.ensure(release) / "sglang" / "srt" / "lora"
+    manager = _methods(lora / "lora_manager.py", "LoRAManager")
+    guarded = {name for name, method in manager.items() if _refuses_softly(method)}
+    assert guarded, f"sglang {release}: no LoRAConfig(lora_ref.lora_path) inside the loader's try"
+    assert _calls(manager["init_lora_adapters"]) & guarded  # --lora-paths at start-up
+    assert {"load_lora_adapter"} & guarded or _calls(manager["load_lora_adapter"]) & guarded  # /load_lora_adapter
+    init = _methods(lora / "lora_config.py", "LoRAConfig")["__init__"]
+    assert [a.arg for a in init.args.args[:2]] == ["self", "path"]  # the hook's args[1]
+    weights = _methods(lora / "lora.py", "LoRAAdapter")["initialize_weights"]
+    assert "self.config.path" in ast.unparse(weights)  # a replaced path reaches the weights too
 
 
 def test_the_max_lora_rank_is_read_where_each_release_publishes_it(monkeypatch: pytest.MonkeyPatch) -> None:
