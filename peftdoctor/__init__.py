@@ -1,7 +1,7 @@
 """peftdoctor: keep PEFT adapters loadable and deployable.
 
 The Python API is the same set of functions the CLI calls, each returning the plain data object
-the CLI renders: check -> Report, fix -> Plan, scan -> ScanReport, verify -> VerifyReport,
+the CLI renders: check -> Report, fix -> Plan, fix_copy (fix --out) -> FixedCopy, scan -> ScanReport, verify -> VerifyReport,
 load_only (verify --load-only) -> LoadOnlyResult.
 Everything but `check` is imported on first use, so `import peftdoctor` stays light.
 """
@@ -18,6 +18,7 @@ from peftdoctor.ops.check import check  # noqa: E402
 
 if TYPE_CHECKING:
     from peftdoctor.ops.fix import Change, Plan, Refusal
+    from peftdoctor.ops.fix_copy import FixedCopy, fix_copy
     from peftdoctor.ops.scan import ScanReport
     from peftdoctor.verification.result import VerifyReport
 
@@ -27,6 +28,7 @@ _LAZY = {
     "Change": ("ops.fix", "Change"), "Refusal": ("ops.fix", "Refusal"), "scan": ("ops.scan", "scan"),
     "ScanReport": ("ops.scan", "ScanReport"), "load_only": ("verification.load_only", "load_only"),
     "LoadOnlyResult": ("verification.result", "LoadOnlyResult"),
+    "fix_copy": ("ops.fix_copy", "fix_copy"), "FixedCopy": ("ops.fix_copy", "FixedCopy"),
 }
 
 
@@ -57,4 +59,5 @@ def verify(adapter: str, base: Optional[str] = None, **options: Any) -> "VerifyR
 
 
 __all__ = ["check", "fix", "verify", "load_only", "LoadOnlyResult", "scan", "ScanReport", "plan_fix", "apply_fix",
+           "fix_copy", "FixedCopy",
            "Plan", "Change", "Refusal", "Report", "Finding", "Compatibility", "Severity", "UnusableInput", "__version__"]

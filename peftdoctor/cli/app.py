@@ -31,11 +31,13 @@ from peftdoctor.model.adapter import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME,
 from peftdoctor.model.findings import Report, Severity
 from peftdoctor.model.results import Checks
 from peftdoctor.ops.check import check as run_check
+from peftdoctor.ops.check import server_settings
 from peftdoctor.ops.combine import COMBINATIONS, Combination, combine
 from peftdoctor.render import (
     CHECK,
     CHECKS,
     EXPLAINED,
+    FIXED_COPY,
     FIXES,
     MERGE,
     PLAN,
@@ -137,6 +139,8 @@ def _adapters(paths: List[str]) -> List[str]:
 # Options several commands share, declared once.
 JUDGE_FOR = typer.Option(None, "--peft", help="Judge for this peft release instead of the installed one.")
 FAIL_ON = typer.Option(FailOn.error, "--fail-on", help="Lowest severity that makes the exit code 1.")
+MAX_LORA_RANK = typer.Option(None, "--max-lora-rank", help="The serving engine's --max-lora-rank (with --target; "
+                             "default: the engine's default limit).")
 
 
 def _format(result_type: str) -> Any:
@@ -158,9 +162,11 @@ def check(
                                        "id; default: base_model_name_or_path when it is local or cached)."),
     transformers: Optional[str] = typer.Option(None, "--transformers", help="Judge for this transformers release "
                                                "instead of the installed one."),
+    max_lora_rank: Optional[int] = MAX_LORA_RANK,
 ) -> None:
     """Check adapters against the schemas of every peft release."""
     require_format((CHECK, CHECKS), fmt)
+    server_settings(serve, max_lora_rank)
     if combine_as is not None and combine_as not in COMBINATIONS:
         raise UsageError(f"--combine {combine_as!r}: use one of {', '.join(COMBINATIONS)}")
     reports: list[Report] = []
@@ -172,7 +178,7 @@ def check(
             if adapters[-1].note:
                 _fail(adapters[-1].note)
             reports.append(run_check(adapters[-1], peft=peft, serve=serve, base=base,
-                                     transformers=transformers))
+                                     transformers=transformers, max_lora_rank=max_lora_rank))
         except Exception as exc:  # noqa: BLE001 - one adapter's failure (or a bug of ours) keeps the others' reports
             _fail(_describe(exc, f"{path}: "))
             unusable = True
@@ -202,14 +208,27 @@ def fix(
     show_diff: bool = typer.Option(False, "--diff", help="Print a unified diff of the rewrite (patch -p1 applies it "
                                    "in the adapter directory); write nothing."),
     check_only: bool = typer.Option(False, "--check", help="Exit 1 if a fix would change a file; write nothing."),
-    backup_suffix: str = typer.Option(".orig", "--backup-suffix", help="Keep the original as FILE+SUFFIX ('' for none)."),
+    backup_suffix: Optional[str] = typer.Option(None, "--backup-suffix", help="Keep the original as FILE+SUFFIX "
+                                                "(default .orig; '' for none)."),
     force: bool = typer.Option(False, "--force", help="Also drop meaning-bearing keys the target cannot express."),
     fmt: str = _format(PLAN),
     serve: Optional[str] = typer.Option(None, "--target", help="Also rewrite for a serving engine (vllm, sglang, "
                                         "tgi[==VERSION]) so that it computes what peft computes."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write a fixed, checked copy of the adapter's top-level "
+                                      "files to this new (or empty) directory; the original is not touched."),
+    link: bool = typer.Option(False, "--link", help="With --out: hard-link the unchanged files where the "
+                              "filesystem allows (else copy them)."),
+    max_lora_rank: Optional[int] = MAX_LORA_RANK,
 ) -> None:
     """Rewrite adapter_config.json so it loads under a peft release and computes the same thing."""
+    if out is not None:
+        _fix_out(paths, out, backup_suffix, (dry_run, show_diff, check_only), fmt, peft=peft, serve=serve,
+                 force=force, link=link, max_lora_rank=max_lora_rank)
+    if link:
+        raise UsageError("--link applies to --out only")
     require_format((PLAN, FIXES), fmt)
+    server_settings(serve, max_lora_rank)
+    backup_suffix = ".orig" if backup_suffix is None else backup_suffix
     # Imported here so that `check`, the hook that runs on every commit, does not pay for them.
     from peftdoctor.io.atomic import backup_path
     from peftdoctor.model.results import Fixes
@@ -221,7 +240,7 @@ def fix(
     plans, codes = [], [EXIT_CLEAN]
     for path in _adapters(paths):
         try:
-            plans.append(make_plan(path, peft=peft, force=force, serve=serve))
+            plans.append(make_plan(path, peft=peft, force=force, serve=serve, max_lora_rank=max_lora_rank))
         except Exception as exc:  # noqa: BLE001 - one adapter's failure (or a bug of ours) keeps the others' plans
             _fail(_describe(exc, f"{path}: "))
             codes.append(EXIT_UNUSABLE)
@@ -250,6 +269,28 @@ def fix(
             if the_plan.changed and fmt == "text":
                 typer.echo(written(the_plan, str(done.backup) if done.backup else None), err=True)
     raise typer.Exit(max(codes))
+
+
+def _fix_out(paths: List[str], out: str, backup_suffix: Optional[str], write_nothing: tuple[bool, bool, bool], fmt: str,
+             **options: Any) -> None:
+    """fix --out: one adapter, a fixed copy at `out`; exit 0 when written, 1 when refused or still broken."""
+    from peftdoctor.ops.fix_copy import fix_copy
+
+    if len(paths) != 1:
+        raise UsageError(f"--out takes one adapter ({len(paths)} given): each copy needs its own directory")
+    if any(write_nothing):
+        raise UsageError("--out writes a copy: it cannot be combined with --dry-run, --diff or --check")
+    if backup_suffix is not None:
+        raise UsageError("--out never rewrites the original, so there is no backup: drop --backup-suffix")
+    require_format((FIXED_COPY,), fmt)
+    copy = fix_copy(paths[0], out, **options)
+    for note in copy.notes:
+        _fail(note)
+    _emit(render(copy, fmt))
+    if fmt != "text" and not copy.written:
+        for reason in copy.errors:
+            _fail(f"nothing written at {out}: {reason}")
+    raise typer.Exit(EXIT_CLEAN if copy.written else EXIT_FINDINGS)
 
 
 # Without it transformers never runs a base's own code, and never asks on stdin (it is told no).

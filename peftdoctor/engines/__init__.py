@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from peftdoctor.engines.features import DETECTORS, FEATURE_CODES, FEATURE_KEYS
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, UsageError
 from peftdoctor.io.safetensors import Header
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.base import Base
@@ -113,10 +114,11 @@ def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:
 
 
 def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header],
-          base: Optional[Base] = None) -> list[tuple[Entry, str]]:
+          base: Optional[Base] = None, settings: Optional[Mapping[str, Any]] = None) -> list[tuple[Entry, str]]:
+    """`settings`: how the server is started (SETTINGS), merged into each detector's params."""
     found = []
     for entry in entries:
-        detail = DETECTORS[entry.feature](config, header, {**dict(entry.params), "base": base})
+        detail = DETECTORS[entry.feature](config, header, {**dict(entry.params), "base": base, **(settings or {})})
         if detail is not None:
             found.append((entry, detail))
     # An adapter the engine cannot load as LoRA at all makes every finer finding noise.
@@ -125,19 +127,31 @@ def _hits(entries: list[Entry], config: dict[str, Any], header: Optional[Header]
 
 
 def target_findings(adapter: Adapter, config: dict[str, Any], target: Target,
-                    base: Optional[Base] = None) -> list[Finding]:
+                    base: Optional[Base] = None, settings: Optional[Mapping[str, Any]] = None) -> list[Finding]:
     """One finding (PD401-PD449) per feature the adapter uses that `target` does not serve as peft does;
-    `base`: the base check found (its architecture decides which modules the engine serves)."""
+    `base`: the base check found (its architecture decides which modules the engine serves); `settings`:
+    the server's own flags where the user knows them ({"max_lora_rank": 64}), else its defaults are assumed."""
     table, version, entries = applicable(target)
     label = f"{table.name} {version}" + ("" if target.version else " (newest release checked)")
+    require_settings(table, version, entries, settings or {})
     findings = []
-    for entry, detail in _hits(entries, config, adapter.header, base):
+    for entry, detail in _hits(entries, config, adapter.header, base, settings):
         if entry.behaviour == "ok":
             continue
         findings.append(rule(FEATURE_CODES[entry.feature]).finding(
             f"{label} {_OUTCOME[entry.behaviour]}: {entry.message} ({detail}) [{entry.id}]",
             entry.fix, key=FEATURE_KEYS.get(entry.feature)))
     return findings
+
+
+def require_settings(table: Table, version: Version, entries: list[Entry], settings: Mapping[str, Any]) -> None:
+    """UsageError for a server setting the release cannot start with: vLLM's LoRAConfig refuses a
+    max_lora_rank outside its allowed values (the rank entries' `allowed`), so no such server exists."""
+    rank = settings.get("max_lora_rank")
+    allowed = sorted({a for e in entries for a in dict(e.params).get("allowed", ())})
+    if rank is not None and allowed and rank not in allowed:
+        raise UsageError(f"--max-lora-rank {rank}: {table.name} {version} does not start with it; its "
+                         f"--max-lora-rank accepts {', '.join(map(str, allowed))}")
 
 
 def rewrites_for(target: Target, config: dict[str, Any], header: Optional[Header] = None) -> set[str]:

@@ -105,14 +105,17 @@ def adapter_rank(config: dict[str, Any], header: Optional[Header]) -> Optional[i
 
 
 def rank_above_default(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
-    """params: default (the engine's default limit), allowed (values its limit flag accepts), server_flag.
+    """params: default (the engine's default limit), allowed (values its limit flag accepts), server_flag,
+    and max_lora_rank (the server's actual limit, a setting: replaces the default when given).
     A starting flag solves it, so `fix` need not refuse (see targets.refusals_for)."""
-    rank, default = adapter_rank(config, header), params["default"]
+    rank, given = adapter_rank(config, header), params.get("max_lora_rank")
+    limit = params["default"] if given is None else given
     fitting = [a for a in params["allowed"] if rank is not None and a >= rank]
-    if rank is None or rank <= default or not fitting:
+    if rank is None or rank <= limit or not fitting:
         return None
-    return f"rank {rank} exceeds the default {params['server_flag']} {default}: " \
-           f"start the server with {params['server_flag']} {min(fitting)}"
+    which = f"the default {params['server_flag']} {limit}" if given is None else \
+        f"the server's {params['server_flag']} {limit}"
+    return f"rank {rank} exceeds {which}: start the server with {params['server_flag']} {min(fitting)}"
 
 
 def rank_above_max(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:

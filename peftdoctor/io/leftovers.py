@@ -105,15 +105,15 @@ def clear_dead_stagings(out: Path) -> tuple[str, ...]:
             continue
         owner = int(match.group(1)) if match.group(1) else None
         if owner is not None and pid_alive(owner):
-            continue  # a live merge's: never touched
+            continue  # a live run's (merge, verify --out, fix --out): never touched
         size = _tree_size(Path(entry.path))
         if owner is not None:
             shutil.rmtree(entry.path, ignore_errors=True)
             notes.append(f"removed {entry.path} ({size} bytes), the staging directory of an interrupted "
-                         f"merge (pid {owner}, no longer running)")
+                         f"run (pid {owner}, no longer running)")
         else:
             notes.append(f"left {entry.path} ({size} bytes) in place: the staging directory of an earlier "
-                         "merge whose owner cannot be told; delete it if no merge is running")
+                         "run whose owner cannot be told; delete it if no merge or fix --out is running")
     return tuple(notes)
 
 

@@ -76,10 +76,11 @@ def staging_dir(prefix: str, parent: Path) -> Path:
 
 def follow_umask(directory: Path) -> None:
     """Give every file under `directory` 0666 & ~umask, every directory 0777 & ~umask: safetensors'
-    save_file (used by save_pretrained) creates its files 0600 whatever the umask."""
+    save_file (used by save_pretrained) creates its files 0600 whatever the umask. A file with more than
+    one link is a hard link to someone's file (fix --out --link): its mode is that file's, never changed."""
     mask = umask()
     for path in directory.rglob("*"):
-        if not path.is_symlink():
+        if not path.is_symlink() and (path.is_dir() or os.stat(path).st_nlink == 1):
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 

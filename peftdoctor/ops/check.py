@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from peftdoctor.errors import UnusableInput
+from peftdoctor.errors import UnusableInput, UsageError
 from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.base import find_base_config
 from peftdoctor.model.adapter import CONFIG_NAME, Adapter
@@ -89,13 +89,27 @@ def find_base(config: dict, given: Optional[str], online: bool = False) -> tuple
     return None, f"the base {name!r} is neither a local directory nor in the local hub cache; pass --base"
 
 
+def server_settings(serve: Optional[str], max_lora_rank: Optional[int]) -> dict[str, int]:
+    """The serving engine's flags the user named, as the engine rules' `settings`. A limit without an
+    engine to hold it to, or below 1, is a usage error: there is nothing it could be compared with."""
+    if max_lora_rank is None:
+        return {}
+    if serve is None:
+        raise UsageError(f"--max-lora-rank {max_lora_rank}: name the engine it is the limit of with --target")
+    if isinstance(max_lora_rank, bool) or not isinstance(max_lora_rank, int) or max_lora_rank < 1:
+        raise UsageError(f"--max-lora-rank {max_lora_rank!r}: a positive whole number")
+    return {"max_lora_rank": max_lora_rank}
+
+
 def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Optional[str] = None,
-          base: Optional[str] = None, transformers: Optional[str] = None) -> Report:
+          base: Optional[str] = None, transformers: Optional[str] = None,
+          max_lora_rank: Optional[int] = None) -> Report:
     """Check the adapter at `target` (directory, adapter_config.json path, OWNER/NAME[@REVISION] on the
     Hub, or an Adapter already read by io.adapter.open_adapter) for the peft release `peft` and, with
     `serve` ("vllm", "sglang==0.4.0", "tgi", ...), for that engine; against the base `base` (a directory
     or a repo id, whose config.json alone is fetched; default: base_model_name_or_path when found locally),
     under the transformers release `transformers` (default: the installed one, else the newest known).
+    `max_lora_rank`: the server's --max-lora-rank, when known (else the engine's default is assumed).
 
     Raises UnusableInput when there is nothing to check at all.
     """
@@ -104,6 +118,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         from peftdoctor.engines import parse_target  # only when asked: its tables are not free to load
 
         engine = parse_target(serve)
+    settings = server_settings(serve, max_lora_rank)
     adapter = target if isinstance(target, Adapter) else open_adapter(target, online=True)
     release, findings = choose_target(peft)
     shown = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
@@ -133,7 +148,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
     if engine is not None:
         from peftdoctor.engines import target_findings
 
-        weights += target_findings(adapter, adapter.config, engine, ctx.base)
+        weights += target_findings(adapter, adapter.config, engine, ctx.base, settings)
     everything = tuple(findings + weights)
     judged = verdicts.judge(compat.compatibility(adapter.config, adapter.config_peft_error), everything, release.name,
                             ctx.transformers, lora_tensors(ctx), adapter.config, tree)

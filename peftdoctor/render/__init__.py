@@ -15,6 +15,7 @@ from peftdoctor.errors import UsageError
 CHECK, CHECKS = "peftdoctor.model.findings.Report", "peftdoctor.model.results.Checks"
 PLAN, FIXES = "peftdoctor.ops.fix.Plan", "peftdoctor.model.results.Fixes"
 SCAN, EXPLAINED = "peftdoctor.ops.scan.ScanReport", "peftdoctor.ops.explain.Explained"
+FIXED_COPY = "peftdoctor.ops.fix_copy.FixedCopy"
 MERGE, VERIFY = "peftdoctor.merge.result.MergeReport", "peftdoctor.verification.result.VerifyReport"
 
 # (result type, format) -> "module:function"
@@ -31,6 +32,9 @@ RENDERERS: dict[tuple[str, str], str] = {
     (FIXES, "text"): "peftdoctor.render.fix:render_fixes_text",
     (FIXES, "json"): "peftdoctor.render.fix:render_fixes_json",
     (FIXES, "sarif"): "peftdoctor.render.fix:render_fixes_sarif",
+    (FIXED_COPY, "text"): "peftdoctor.render.fix:render_copy",
+    (FIXED_COPY, "json"): "peftdoctor.render.fix:render_copy_json",
+    (FIXED_COPY, "sarif"): "peftdoctor.render.fix:render_copy_sarif",
     (SCAN, "text"): "peftdoctor.render.scan:render_text",
     (SCAN, "json"): "peftdoctor.render.scan:render_json",
     (SCAN, "sarif"): "peftdoctor.render.scan:render_sarif",

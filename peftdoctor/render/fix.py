@@ -1,9 +1,9 @@
-"""Render what `fix` returns (a Plan, or Fixes of several): one line per key for people, a stable
-JSON object and SARIF (refusals, rewrites, and the notes the plan leaves) for machines."""
+"""Render what `fix` returns (a Plan, Fixes of several, or with --out a FixedCopy): one line per key for
+people, a stable JSON object and SARIF (refusals, rewrites, and the notes the plan leaves) for machines."""
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from peftdoctor.errors import clip
 from peftdoctor.model.findings import FORMAT_VERSION, Finding, Severity
@@ -13,6 +13,9 @@ from peftdoctor.render.sarif import sarif_log
 from peftdoctor.render.terminal import line
 from peftdoctor.render.terminal import lines as text_lines
 from peftdoctor.rules.registry import rule
+
+if TYPE_CHECKING:
+    from peftdoctor.ops.fix_copy import FixedCopy
 
 
 def _short(value: Any) -> str:
@@ -95,3 +98,55 @@ def render_fixes_sarif(fixes: Fixes) -> str:
 def written(plan: Plan, backup: Optional[str]) -> str:
     """The line said on stderr after a write."""
     return line(f"wrote {plan.config_path}" + (f" (original kept as {backup})" if backup else ""))
+
+
+def render_copy(copy: "FixedCopy") -> str:
+    """The plan, then where the copy is (or why nothing was written), what it holds, and what was left out."""
+    rows = []
+    if copy.written:
+        how = f"{len(copy.linked)} hard-linked, {len(copy.files) - len(copy.linked)} copied" if copy.linked \
+            else f"{len(copy.files)} copied"
+        rows.append(f"  wrote {copy.out}: {len(copy.files)} files ({how}); the original is unchanged")
+        if copy.linked:
+            rows.append(f"  hard-linked (share their data with the original): {', '.join(copy.linked)}")
+    elif copy.after is not None:
+        rows.append("  nothing written: the fixed copy still has errors")
+        for f in copy.after.findings:
+            if f.severity is Severity.ERROR:
+                rows += [f"    {f.code} {f.message}", f"          fix: {f.fix}"]
+    else:
+        rows.append("  nothing written at --out")
+    rows += [f"  left out {name}: {why}" for name, why in copy.left_out]
+    if copy.after is not None and copy.written:
+        worst = copy.after.worst()
+        rows.append(f"  check of the copy: {len(copy.after.findings)} findings"
+                    + (f", worst {worst.value}" if worst else ""))
+    return render_plan(copy.plan) + text_lines(rows)
+
+
+def copy_to_dict(copy: "FixedCopy") -> dict[str, Any]:
+    """{"plan": fix's plan object, "out": the copy's directory or null, "written", "files", "linked",
+    "left_out": [{"name", "why"}], "after": the check of the copy (check's JSON object) or null}."""
+    from peftdoctor.render.report import to_dict
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "plan": plan_to_dict(copy.plan),
+        "out": str(copy.out) if copy.out is not None else None,
+        "written": copy.written,
+        "files": list(copy.files),
+        "linked": list(copy.linked),
+        "left_out": [{"name": name, "why": why} for name, why in copy.left_out],
+        "after": to_dict(copy.after) if copy.after is not None else None,
+    }
+
+
+def render_copy_json(copy: "FixedCopy") -> str:
+    return json.dumps(copy_to_dict(copy), indent=2, sort_keys=True) + "\n"
+
+
+def render_copy_sarif(copy: "FixedCopy") -> str:
+    found = [(copy.plan.config_path, f) for f in plan_findings(copy.plan)]
+    if copy.after is not None:
+        found += [(copy.after.path, f) for f in copy.after.findings]
+    return sarif_log(found)
