@@ -21,8 +21,6 @@ import sys
 from importlib import metadata
 from typing import Any, Optional
 
-from peftdoctor.errors import PeftdoctorError
-
 TARGET = "sglang.srt.lora.lora_config.LoRAConfig.__init__"
 FIRST_RELEASE = "0.5.11"  # the first release whose wheel has sglang/srt/plugins/hook_registry.py (0.5.10.post1 has none)
 # Where releases publish the server arguments in a process, as (module, function); read only when SGLang
@@ -57,10 +55,7 @@ def check_before_load(*args: Any, **kwargs: Any) -> Optional[tuple[tuple[Any, ..
         return None
     from peftdoctor.serving.prepare import prepare
 
-    try:
-        prepared = prepare(str(source), running_target(), max_lora_rank=server_max_lora_rank())
-    except PeftdoctorError as exc:
-        raise AdapterRefused(f"peftdoctor: cannot check LoRA adapter {source}: {exc}") from None
+    prepared = prepare(str(source), running_target(), max_lora_rank=server_max_lora_rank())  # never raises
     if prepared.path is None:
         logger.error("%s", prepared.line)
         raise AdapterRefused(prepared.line)
