@@ -153,6 +153,19 @@ def test_both_ways_in_reach_the_hooked_call_inside_the_loaders_try(release: str)
     assert "self.config.path" in ast.unparse(weights)  # a replaced path reaches the weights too
 
 
+def test_the_hook_replaces_the_path_wherever_sglang_passes_it(adapters: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEFTDOCTOR_SERVING_CACHE", str(tmp_path))
+    monkeypatch.setattr(plugin, "running_target", lambda: "sglang==0.5.23")
+    me = object()
+    assert plugin.check_before_load(me, config_dict={"r": 4}) is None  # from_dict: tensors, no files
+    assert plugin.check_before_load(me, str(adapters["clean"]), base_vocab_size=100) is None
+    (args, kwargs) = plugin.check_before_load(me, path=str(adapters["rslora"]), base_vocab_size=100)
+    assert args == (me,) and Path(kwargs["path"]).parent == tmp_path and kwargs["base_vocab_size"] == 100
+    (args, kwargs) = plugin.check_before_load(me, str(adapters["rslora"]), None, None, 100)
+    assert (args[0], args[2:], kwargs) == (me, (None, None, 100), {}) and Path(args[1]).parent == tmp_path
+
+
 def test_the_max_lora_rank_is_read_where_each_release_publishes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     def retired() -> None:
         raise RuntimeError("get_global_server_args() is retired")  # sglang>=0.5.20
