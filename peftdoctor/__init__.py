@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Optional
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one version: pyproject.toml reads it (setuptools dynamic, no import)
 
 from peftdoctor.errors import UnusableInput  # noqa: E402
 from peftdoctor.model.findings import Compatibility, Finding, Report, Severity  # noqa: E402

@@ -150,6 +150,6 @@ def test_a_whole_area_is_claimed_only_in_context_and_as_a_last_resort() -> None:
 def test_a_text_holding_every_catalogued_message_stays_fast() -> None:
     text = "".join(f"INFO step {i} loss 0.{i}\n" for i in range(45_000)) + " ".join(
         m.template for m in catalogue.entries())
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: load elsewhere does not count
     explain(text)
-    assert time.perf_counter() - start < 3.0  # 1.6 MB; 0.5 s measured, 0.4 s before the catalogue grew
+    assert time.process_time() - start < 3.0  # 1.6 MB; 0.5 s measured, 0.4 s before the catalogue grew

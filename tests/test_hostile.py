@@ -112,9 +112,9 @@ def test_lone_surrogate_prints_escaped(tmp_path: Path) -> None:
 def test_many_unknown_keys_are_refused_fast(tmp_path: Path, keys: int) -> None:
     """Was 8 s in check for 64,000 keys (256,000: minutes in fix): now a cap with one finding."""
     directory = adapter(tmp_path / "a", {**REAL_CONFIG, **{f"k{i}": i for i in range(keys)}})
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: load elsewhere does not count
     report = check(str(directory))
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     wanted = f"{keys + len(REAL_CONFIG):,} top-level keys"
     assert "PD101" in codes(report) and any(wanted in f.message for f in report.findings), report.findings
     assert seconds < 10, seconds  # about 0.1 s; loose against a loaded machine
@@ -124,9 +124,9 @@ def test_many_unknown_keys_are_refused_fast(tmp_path: Path, keys: int) -> None:
 
 def test_huge_target_modules_list_is_bounded(tmp_path: Path) -> None:
     targets = [f"m{i}" for i in range(200_000)]
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: load elsewhere does not count
     report = check(str(adapter(tmp_path / "a", {**REAL_CONFIG, "target_modules": targets})))
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
     assert any("200,000 entries" in f.message for f in report.findings), report.findings
 
 
@@ -150,16 +150,16 @@ def test_explain_is_linear_in_line_length() -> None:
     from bench.explain_speed import hostile_lines, ordinary_log
 
     for label, line in hostile_lines(64 * 1024):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time of this process: load elsewhere does not count
         explain(line)
-        assert time.perf_counter() - start < 2, label
+        assert time.process_time() - start < 2, label
     for label, line in hostile_lines(1_000_000)[:4]:
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time of this process: load elsewhere does not count
         explain(line)
-        assert time.perf_counter() - start < 10, label
-    start = time.perf_counter()
+        assert time.process_time() - start < 10, label
+    start = time.process_time()  # CPU time of this process: load elsewhere does not count
     explain(ordinary_log(10_000_000))
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
 
 
 def test_explain_patterns_find_what_they_found_before() -> None:
@@ -325,9 +325,9 @@ def test_long_target_list_against_many_modules_is_fast(tmp_path: Path) -> None:
                                                    for m in modules for ab in "AB"})
     targets = [f"x{i}" for i in range(50_000)] + ["up_proj"]
     (directory / CONFIG).write_text(json.dumps({**REAL_CONFIG, "target_modules": targets}))
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other jobs on a loaded machine do not count
     report = check(str(directory))
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 5  # 0.3 s now; the loop per target took 7 s
     pd207 = [f for f in report.findings if f.code == "PD207"]
     # Three by name, then one finding for the rest: not 50,000 findings that bury everything else.
     assert len(pd207) == 4 and "49997 more entries" in pd207[-1].message and "PD208" not in codes(report)

@@ -198,7 +198,7 @@ def _exact(base: Path, adapter: Path, module: str) -> tuple[Any, Any, Any]:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_merge_error_is_bounded_by_the_dtype(dtype: str, bases: dict[str, Path], tmp_path: Path) -> None:
-    """A --dtype bfloat16/float16 merge, as peft does it on CPU (README, merge): the base is rounded to the
+    """A --dtype bfloat16/float16 merge, as peft does it on CPU (docs/commands/merge.md): the base is rounded to the
     dtype, the delta computed in float32, their sum rounded once more. With u = eps/2 of each dtype:
     |merged - (W + delta)| <= u * (|W| + |W + delta|) * (1 + u) + (r + 2) * u_f32 * (|B||A| s + |W| + |delta|)
     elementwise, against float64 arithmetic on the float32 inputs; and it equals peft's bf16 merge."""

@@ -104,16 +104,16 @@ def test_matchers_are_linear() -> None:
     hostile = ["a" * 200_000, "{" * 200_000, ("Cannot merge " * 20_000), ("size mismatch for x: " * 10_000),
                ("LoRA rank " * 20_000) + "\n", "'" * 200_000, (" is unsupported LoRA weight" * 7_000)]
     for text in hostile:
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time of this process: load elsewhere does not count
         diagnose(text)
-        assert time.perf_counter() - start < 1.0, text[:40]
+        assert time.process_time() - start < 1.0, text[:40]
 
 
 def test_ten_megabyte_log_under_two_seconds() -> None:
     text = "INFO step 1 loss 0.5 lr 1e-4\n" * 350_000 + "ValueError: LoRA rank 64 is greater than max_lora_rank 16.\n"
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: load elsewhere does not count
     found = [d.causes[0].code for d in diagnose(text)]
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert found == ["PD408"]
 
 

@@ -131,9 +131,9 @@ def test_a_commit_that_changes_only_the_weights_runs_the_hooks(adapter_repo: Pat
     assert git(adapter_repo, "log", "--oneline").stdout.count("\n") == 1  # the bad weights were not committed
 
 
-def test_readme_snippet_uses_the_hooks_and_a_rev_that_can_exist() -> None:
-    readme = (ROOT / "README.md").read_text()
-    snippet = readme.split("### pre-commit", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+def test_docs_snippet_uses_the_hooks_and_a_rev_that_can_exist() -> None:
+    page = (ROOT / "docs" / "pre-commit.md").read_text()
+    snippet = page.split("```yaml", 1)[1].split("```", 1)[0]
     repo = yaml.safe_load(snippet)["repos"][0]
     hooks = {h["id"] for h in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
     assert {h["id"] for h in repo["hooks"]} <= hooks

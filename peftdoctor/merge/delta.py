@@ -16,7 +16,7 @@ Half precision, as a consequence: a bfloat16/float16 merge rounds the base to th
 delta in float32 and rounds once more when adding (embeddings: the delta is rounded before the add),
 so with u = eps/2 of the dtype a merged weight is within u * (|W| + |W + delta|) * (1 + u) of the exact
 sum (plus the delta's float32 rounding; an embedding adds u * |delta|), where a float32 merge cast at
-the end would be within u * |W + delta| (README, merge).
+the end would be within u * |W + delta| (docs/commands/merge.md).
 The same torch calls run here on the same inputs, so the results are the same bits (tests/
 test_merge_delta.py holds this against peft's layer code for every variant). Everything else (DoRA,
 lora_bias, other layer types, initialisations that touch the base) goes through merge/layer.py:

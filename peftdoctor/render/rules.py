@@ -1,4 +1,4 @@
-"""Render the registry of finding codes for `peftdoctor rules` (the README's table: registry.markdown_table)."""
+"""Render the registry of finding codes for `peftdoctor rules` (docs/findings.md's table: registry.markdown_table)."""
 from __future__ import annotations
 
 import json

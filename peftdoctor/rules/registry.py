@@ -1,4 +1,4 @@
-"""The registry of finding codes: one table feeds findings, `rules`, SARIF and the README.
+"""The registry of finding codes: one table feeds findings, `rules`, SARIF and docs/findings.md.
 
 PD0xx: what the input is; PD1xx: adapter_config.json; PD2xx: weights against config (PD22x: the adapter
 against its base's architecture and sizes);
@@ -158,6 +158,7 @@ def rule(code: str) -> Rule:
 
 
 def markdown_table() -> str:
-    """The README's table of finding codes; tests/test_readme.py keeps the README equal to it."""
+    """The table of finding codes: docs/findings.md, written by scripts/generate_docs.py and kept current by
+    tests/test_docs.py."""
     rows = [f"| {r.code} | {r.name} | {r.severity.value} | {r.summary} |" for r in RULES.values()]
     return "\n".join(["| code | name | severity | meaning |", "|---|---|---|---|", *rows]) + "\n"
