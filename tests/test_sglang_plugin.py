@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import peftdoctor
 from peftdoctor.integrations import sglang as plugin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,12 +49,11 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def entry_point_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site dir whose dist-info declares exactly the entry points pyproject.toml declares (an editable
     install made before they were added would lack them)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    points = project["entry-points"]["sglang.srt.plugins"]
+    points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["sglang.srt.plugins"]
     site = tmp_path_factory.mktemp("site")
-    info = site / f"peftdoctor-{project['version']}.dist-info"
+    info = site / f"peftdoctor-{peftdoctor.__version__}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: peftdoctor\nVersion: {project['version']}\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: peftdoctor\nVersion: {peftdoctor.__version__}\n")
     (info / "entry_points.txt").write_text("[sglang.srt.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
     return site
 
