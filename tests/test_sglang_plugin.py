@@ -27,6 +27,10 @@ if str(ROOT / "scripts") not in sys.path:
     sys.path.insert(0, str(ROOT / "scripts"))
 import sglang_wheel  # noqa: E402
 
+from tests.hub_server import serve_repos  # noqa: E402
+
+HUB_REPO = "peftdoctor-tests/rslora-lora"
+
 
 def _adapter(where: Path, **changes: Any) -> Path:
     shutil.copytree(CLEAN, where)
@@ -59,12 +63,18 @@ def entry_point_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run_sglang(release: str, site: Path, cache: Path, adapters: dict[str, Path]) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SGLANG_PLUGINS")}
+    """SGLang's loader in a fresh process, the adapters given by path and one by Hub repo id (served by
+    tests/hub_server.py on loopback, as SGLang's --lora-paths name=OWNER/NAME would fetch it)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "SGLANG_PLUGINS") and not k.upper().startswith("HF_")
+           and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(PYTHONPATH=os.pathsep.join([str(site), str(sglang_wheel.ensure(release)), str(ROOT)]),
-               PEFTDOCTOR_SERVING_CACHE=str(cache), SGLANG_PLUGINS="peftdoctor", HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "sglang_host.py"),
-                           json.dumps({k: str(v) for k, v in adapters.items()})],
-                          capture_output=True, text=True, env=env, timeout=300)
+               PEFTDOCTOR_SERVING_CACHE=str(cache), SGLANG_PLUGINS="peftdoctor", HF_HOME=str(cache / "hf-home"),
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost")
+    sources = {**{k: str(v) for k, v in adapters.items()}, "hub": HUB_REPO}
+    with serve_repos({HUB_REPO: adapters["rslora"]}) as endpoint:
+        done = subprocess.run([sys.executable, str(ROOT / "tests" / "sglang_host.py"), json.dumps(sources)],
+                              capture_output=True, text=True, env=dict(env, HF_ENDPOINT=endpoint), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -101,6 +111,13 @@ def test_an_adapter_with_a_rewrite_loads_from_the_fixed_copy(sglang_run, adapter
     # the second load of the same adapter is served from the same cache entry, not a new copy
     assert (second["path"], second["inode"]) == (first["path"], first["inode"])
     assert json.loads((adapters["rslora"] / "adapter_config.json").read_text())["use_rslora"] is True  # untouched
+
+
+def test_a_hub_repo_id_is_fetched_as_sglang_would_and_served_fixed(sglang_run) -> None:
+    _, cache, run = sglang_run
+    first, second = run["loads"]["hub"]
+    assert Path(first["path"]).parent == cache and first["lora_alpha"] == pytest.approx(8 * math.sqrt(4))
+    assert second["path"] == first["path"]
 
 
 def test_an_adapter_sglang_cannot_serve_is_refused_in_one_line(sglang_run) -> None:

@@ -17,6 +17,7 @@ self.config.path (sglang/srt/lora/lora.py). Nothing here imports sglang until SG
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib import metadata
 from typing import Any, Optional
@@ -55,7 +56,8 @@ def check_before_load(*args: Any, **kwargs: Any) -> Optional[tuple[tuple[Any, ..
         return None
     from peftdoctor.serving.prepare import prepare
 
-    prepared = prepare(str(source), running_target(), max_lora_rank=server_max_lora_rank())  # never raises
+    prepared = prepare(local_copy(str(source)), running_target(), name=str(source),
+                       max_lora_rank=server_max_lora_rank())  # never raises: a refusal is an answer
     if prepared.path is None:
         logger.error("%s", prepared.line)
         raise AdapterRefused(prepared.line)
@@ -64,6 +66,18 @@ def check_before_load(*args: Any, **kwargs: Any) -> Optional[tuple[tuple[Any, ..
         return None
     new = str(prepared.path)
     return ((args[0], new, *args[2:]), kwargs) if positional else (args, {**kwargs, "path": new})
+
+
+def local_copy(source: str) -> str:
+    """A directory for `source`. SGLang fetches a path that is no directory from the Hub itself
+    (LoRAConfig.get_lora_config: snapshot_download); fetching it here first, into the same Hugging Face
+    cache, lets peftdoctor read it instead of refusing what SGLang would have served. A failed download
+    raises inside SGLang's `try`, as SGLang's own would."""
+    if os.path.isdir(source):
+        return source
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(source)
 
 
 def running_target() -> str:
