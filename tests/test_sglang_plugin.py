@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -92,6 +93,14 @@ def test_load_plugins_finds_the_entry_point_and_patches_lora_config(sglang_run) 
     assert run["hooks"] == [["BEFORE", "peftdoctor.integrations.sglang.check_before_load", "peftdoctor"]]
     assert run["patched"] == [plugin.TARGET]
     assert run["wraps_original"]
+
+
+def test_the_extra_pins_the_first_release_with_the_plugin_framework() -> None:
+    framework = "sglang/srt/plugins/hook_registry.py"
+    assert (sglang_wheel.ensure(plugin.FIRST_RELEASE) / framework).is_file()
+    assert framework not in zipfile.ZipFile(sglang_wheel.wheel(sglang_wheel.BEFORE_FIRST)).namelist()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["sglang"] == [f"sglang>={plugin.FIRST_RELEASE}"] and plugin.FIRST_RELEASE == sglang_wheel.RELEASES[0]
 
 
 def test_a_clean_adapter_loads_from_its_own_directory(sglang_run, adapters: dict[str, Path]) -> None:

@@ -27,9 +27,9 @@ FIRST_RELEASE = "0.5.11"  # the first release whose wheel has sglang/srt/plugins
 # Where releases publish the server arguments in a process, as (module, function); read only when SGLang
 # has imported the module already, never imported from here. The first that answers wins.
 SERVER_ARGS = (
-    ("sglang.srt.runtime_context", "get_lora"),  # 0.5.18 on: the resolved LoRA settings
-    ("sglang.srt.runtime_context", "get_server_args"),  # 0.5.15 on
-    ("sglang.srt.server_args", "get_global_server_args"),  # 0.5.11 to 0.5.18 (0.5.20 retires it: RuntimeError)
+    ("sglang.srt.runtime_context", "get_lora"),  # the resolved LoRA settings: in 0.5.18, 0.5.20, 0.5.23
+    ("sglang.srt.runtime_context", "get_server_args"),  # 0.5.15 to 0.5.23
+    ("sglang.srt.server_args", "get_global_server_args"),  # 0.5.11 to 0.5.18; 0.5.20 retires it (RuntimeError)
 )
 
 logger = logging.getLogger(__name__)
