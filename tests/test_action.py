@@ -112,23 +112,24 @@ def read_outputs(path: Path) -> dict[str, str]:
     return outputs
 
 
-def step_env(workspace: Path, temp: Path) -> dict[str, str]:
+def step_env(workspace: Path, temp: Path, action_path: Path = ROOT) -> dict[str, str]:
     """A runner's environment: this one's (pip's settings and cache), less what would point Python at this
     checkout instead of the installed action, plus the variables the runner sets for a composite step."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    return {**env, "CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_ACTION_PATH": str(ROOT),
+    return {**env, "CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_ACTION_PATH": str(action_path),
             "GITHUB_WORKSPACE": str(workspace), "RUNNER_TEMP": str(temp), "HF_HUB_OFFLINE": "1"}
 
 
 def run_action(workspace: Path, inputs: dict[str, str], done: Optional[dict[str, dict[str, str]]] = None,
-               steps: Optional[list[dict[str, Any]]] = None) -> Job:
-    """Run `steps` (the action's) in `workspace` for `inputs`; `done` holds steps already run (id -> outputs)."""
+               steps: Optional[list[dict[str, Any]]] = None, action_path: Path = ROOT) -> Job:
+    """Run `steps` (the action's, from `action_path`) in `workspace` for `inputs`; `done` holds steps already run
+    (id -> outputs)."""
     defaults = {name: str(spec.get("default", "")) for name, spec in ACTION["inputs"].items()}
     temp = workspace.parent / f"{workspace.name}-runner"
     temp.mkdir(exist_ok=True)
     job = Job(outputs=dict(done or {}))
     context: dict[str, Any] = {"inputs": {**defaults, **inputs}, "steps": {},
-                               "github": {"action_path": str(ROOT), "workspace": str(workspace)}}
+                               "github": {"action_path": str(action_path), "workspace": str(workspace)}}
     for number, step in enumerate(steps if steps is not None else STEPS):
         key = step.get("id", f"step{number}")
         context["steps"] = {k: {"outputs": v} for k, v in job.outputs.items()}
@@ -155,7 +156,7 @@ def run_step(step: dict[str, Any], context: dict[str, Any], workspace: Path, tem
     script.write_text(substitute(step["run"], context))
     for name in (output, summary):
         name.write_text("")
-    env = {**step_env(workspace, temp), "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary)}
+    env = {**step_env(workspace, temp, Path(context["github"]["action_path"])), "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary)}
     env.update({k: substitute(str(v), context) for k, v in step.get("env", {}).items()})
     done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=workspace, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
@@ -171,8 +172,16 @@ def run_step(step: dict[str, Any], context: dict[str, Any], workspace: Path, tem
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
     """setup-python and the install step, run once: this checkout installed in a fresh venv by pip."""
     workspace = tmp_path_factory.mktemp("install")
+    # A fresh copy of what the package is built from, as a runner's checkout of the action is: pip's build of
+    # a source tree writes peftdoctor.egg-info into it, which in this checkout would shadow the installed
+    # metadata (its entry points) for every later test.
+    action = tmp_path_factory.mktemp("action")
+    for name in ("pyproject.toml", "README.md", "action.yml"):
+        shutil.copy2(ROOT / name, action / name)
+    for name in ("peftdoctor", "schemas", "scripts/action"):
+        shutil.copytree(ROOT / name, action / name, ignore=shutil.ignore_patterns("__pycache__"))
     first_two = STEPS[:2]
-    job = run_action(workspace, {}, steps=first_two)
+    job = run_action(workspace, {}, steps=first_two, action_path=action)
     assert not job.failed, job.log
     return {step["id"]: job.outputs[step["id"]] for step in first_two}
 
