@@ -16,8 +16,6 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" scripts/transformers_envs.py --ci >/dev/null
 # The source files of the few engine releases whose facts the tests extract again (a wheel each, cached).
 "$PY" scripts/generate_engines.py --ci-sources >/dev/null
-# vLLM's released wheels for the resolver plugin's tests, installed side by side (cached likewise).
-"$PY" scripts/vllm_envs.py >/dev/null
-# SGLang's released wheels for the SGLang plugin's tests (cached; seconds).
-"$PY" scripts/sglang_wheel.py >/dev/null
+# vLLM's and SGLang's released wheels for the plugins' tests, installed side by side (cached likewise).
+"$PY" scripts/engine_envs.py >/dev/null
 exec "$PY" -m pytest -q "$@"

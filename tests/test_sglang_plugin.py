@@ -1,5 +1,5 @@
 """The SGLang plugin (peftdoctor/integrations/sglang.py) under SGLang's own code, taken from the released
-wheels at test time (scripts/sglang_wheel.py; no GPU): SGLang's load_plugins() finds peftdoctor's entry point,
+wheels at test time (scripts/engine_envs.py; no GPU): SGLang's load_plugins() finds peftdoctor's entry point,
 HookRegistry.apply_hooks() patches LoRAConfig.__init__, and loading adapters through SGLang's LoRAConfig
 then serves the source, the exact fixed copy from the cache, or refuses with one line naming the finding."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLEAN = ROOT / "fixtures" / "tiny-llama-lora"  # r=4, lora_alpha=8, q_proj/v_proj, nothing SGLang minds
 if str(ROOT / "scripts") not in sys.path:
     sys.path.insert(0, str(ROOT / "scripts"))
-import sglang_wheel  # noqa: E402
+import engine_envs  # noqa: E402
 
 from tests.hub_server import serve_repos  # noqa: E402
 
@@ -69,7 +69,7 @@ def _run_sglang(release: str, site: Path, cache: Path, adapters: dict[str, Path]
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "SGLANG_PLUGINS") and not k.upper().startswith("HF_")
            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    env.update(PYTHONPATH=os.pathsep.join([str(site), str(sglang_wheel.ensure(release)), str(ROOT)]),
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(engine_envs.ensure("sglang", release)), str(ROOT)]),
                PEFTDOCTOR_SERVING_CACHE=str(cache), SGLANG_PLUGINS="peftdoctor", HF_HOME=str(cache / "hf-home"),
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost")
     sources = {**{k: str(v) for k, v in adapters.items()}, "hub": HUB_REPO}
@@ -80,7 +80,7 @@ def _run_sglang(release: str, site: Path, cache: Path, adapters: dict[str, Path]
     return json.loads(done.stdout)
 
 
-@pytest.fixture(scope="module", params=sglang_wheel.RELEASES)
+@pytest.fixture(scope="module", params=engine_envs.RELEASES["sglang"])
 def sglang_run(request: pytest.FixtureRequest, entry_point_site: Path, adapters: dict[str, Path],
                tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, Any]]:
     cache = tmp_path_factory.mktemp("serving-cache")
@@ -89,7 +89,7 @@ def sglang_run(request: pytest.FixtureRequest, entry_point_site: Path, adapters:
 
 def test_load_plugins_finds_the_entry_point_and_patches_lora_config(sglang_run) -> None:
     release, _, run = sglang_run
-    assert run["sglang_file"].startswith(str(sglang_wheel.ensure(release)))  # SGLang's own loader ran
+    assert run["sglang_file"].startswith(str(engine_envs.ensure("sglang", release)))  # SGLang's own loader ran
     assert run["hooks"] == [["BEFORE", "peftdoctor.integrations.sglang.check_before_load", "peftdoctor"]]
     assert run["patched"] == [plugin.TARGET]
     assert run["wraps_original"]
@@ -97,10 +97,12 @@ def test_load_plugins_finds_the_entry_point_and_patches_lora_config(sglang_run) 
 
 def test_the_extra_pins_the_first_release_with_the_plugin_framework() -> None:
     framework = "sglang/srt/plugins/hook_registry.py"
-    assert (sglang_wheel.ensure(plugin.FIRST_RELEASE) / framework).is_file()
-    assert framework not in zipfile.ZipFile(sglang_wheel.wheel(sglang_wheel.BEFORE_FIRST)).namelist()
+    assert (engine_envs.ensure("sglang", plugin.FIRST_RELEASE) / framework).is_file()
+    before_first = engine_envs.wheel("sglang", engine_envs.READ_ONLY["sglang"][0])
+    assert framework not in zipfile.ZipFile(before_first).namelist()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert extras["sglang"] == [f"sglang>={plugin.FIRST_RELEASE}"] and plugin.FIRST_RELEASE == sglang_wheel.RELEASES[0]
+    assert extras["sglang"] == [f"sglang>={plugin.FIRST_RELEASE}"]
+    assert plugin.FIRST_RELEASE == engine_envs.RELEASES["sglang"][0]
 
 
 def test_a_clean_adapter_loads_from_its_own_directory(sglang_run, adapters: dict[str, Path]) -> None:
@@ -164,10 +166,10 @@ def _refuses_softly(method: ast.FunctionDef) -> bool:
     return False
 
 
-@pytest.mark.parametrize("release", sglang_wheel.RELEASES)
+@pytest.mark.parametrize("release", engine_envs.RELEASES["sglang"])
 def test_both_ways_in_reach_the_hooked_call_inside_the_loaders_try(release: str) -> None:
     """What the plugin's docstring says of SGLang, read from the release's own source."""
-    lora = sglang_wheel.ensure(release) / "sglang" / "srt" / "lora"
+    lora = engine_envs.ensure("sglang", release) / "sglang" / "srt" / "lora"
     manager = _methods(lora / "lora_manager.py", "LoRAManager")
     guarded = {name for name, method in manager.items() if _refuses_softly(method)}
     assert guarded, f"sglang {release}: no LoRAConfig(lora_ref.lora_path) inside the loader's try"

@@ -1,5 +1,5 @@
 """The vLLM resolver plugin (peftdoctor/integrations/vllm.py) under vLLM's own code, taken from the released
-wheels (scripts/vllm_envs.py, cached in ~/.cache/peftdoctor): the entry point of the installed peftdoctor is
+wheels (scripts/engine_envs.py, cached in ~/.cache/peftdoctor): the entry point of the installed peftdoctor is
 found and called by vLLM's `load_general_plugins`, vLLM's `LoRAResolverRegistry` hands the resolver back,
 and its `resolve_lora` answers with vLLM's own `LoRARequest`. No GPU: see tests/vllm_driver.py for what of
 vLLM runs (all of it from the wheel; before 0.9 vllm/__init__.py is skipped, it imports the whole engine).
@@ -31,7 +31,7 @@ from peftdoctor.integrations.vllm import lora_int_id, settings_from
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import peft_envs  # noqa: E402
-import vllm_envs  # noqa: E402
+import engine_envs  # noqa: E402
 
 BASE = "peftdoctor-tests/tiny-llama"  # base_model_name_or_path of every adapter: no PD113 warning
 NEWEST, FIRST, BEFORE = "0.34.0", "0.8.5", "0.8.4"
@@ -60,7 +60,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def drive(release: str, zoo: dict[str, Path], names: list[str], *, cache: Path, argv: tuple[str, ...] = (),
           judged: Optional[str] = None, fault: Optional[str] = None, **environ: str) -> dict[str, Any]:
     """tests/vllm_driver.py's answer under vllm `release`, the plugin configured by `environ`."""
-    env = peft_envs.environ_for([vllm_envs.ensure_env(release)])
+    env = peft_envs.environ_for([engine_envs.ensure("vllm", release)])
     env.update({"PEFTDOCTOR_VLLM_ADAPTER_DIRS": str(zoo["dirs"]), "PEFTDOCTOR_SERVING_CACHE": str(cache),
                 "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", **environ})
     job = {"init": "real" if release == NEWEST else "skip", "argv": list(argv), "base": BASE, "names": names,
@@ -214,7 +214,7 @@ def test_lora_int_id_is_stable_across_processes() -> None:
 def serve(zoo: dict[str, Path], names: list[str], plugins: str, cache: Path) -> dict[str, Any]:
     """tests/vllm_serving_driver.py's answer: vLLM 0.34.0's OpenAIServingModels.resolve_lora per name, with only
     the plugins named in VLLM_PLUGINS (vLLM's filesystem resolver reads the same adapter directory)."""
-    env = peft_envs.environ_for([vllm_envs.ensure_env(NEWEST), vllm_envs.ensure_serving_deps()])
+    env = peft_envs.environ_for([engine_envs.ensure("vllm", NEWEST), engine_envs.ensure_serving_deps()])
     env.update(VLLM_PLUGINS=plugins, VLLM_LORA_RESOLVER_CACHE_DIR=str(zoo["dirs"]),
                VLLM_ALLOW_RUNTIME_LORA_UPDATING="1", PEFTDOCTOR_VLLM_ADAPTER_DIRS=str(zoo["dirs"]),
                PEFTDOCTOR_SERVING_CACHE=str(cache))

@@ -1,4 +1,4 @@
-"""Run inside a vLLM release's side-by-side env (scripts/vllm_envs.py): load plugins with vLLM's own
+"""Run inside a vLLM release's side-by-side env (scripts/engine_envs.py): load plugins with vLLM's own
 `load_general_plugins`, take our resolver from vLLM's own registry, resolve names, print JSON.
 
 argv[1]: a JSON job: {"init": "real" | "skip", "argv": [...], "base": NAME, "names": [...],
