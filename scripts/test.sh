@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m pip install -q -e ".[test]"
 # Old peft releases, side by side, with the transformers of their era (cached across runs).
 "$PY" -m pip install -q $("$PY" scripts/peft_envs.py --base-requirements)
-"$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.9.0 0.13.2 0.15.0 0.18.1 >/dev/null
+"$PY" scripts/peft_envs.py 0.3.0 0.6.2 0.9.0 0.10.0 0.13.2 0.15.0 0.15.2 0.18.1 >/dev/null
 # The transformers axis: transformers releases and peft releases alone, side by side (cached likewise).
 "$PY" scripts/transformers_envs.py --ci >/dev/null
 # The source files of the few engine releases whose facts the tests extract again (a wheel each, cached).

@@ -61,6 +61,10 @@ class Table:
     name: str  # how the engine calls itself, for messages
     checked: tuple[Version, ...]  # the releases whose source the entries were read from
     entries: tuple[Entry, ...]
+    # The peft each checked release installs and parses adapter_config.json with, as its requirements pin it
+    # (TGI: server/requirements_cuda.txt, else the server/pyproject.toml range); empty where the engine
+    # reads the config itself (vLLM's PEFTHelper, SGLang's LoRAConfig).
+    peft_pins: tuple[tuple[Version, str], ...] = ()
 
     @property
     def newest(self) -> Version:
@@ -94,7 +98,8 @@ def parse_target(text: str) -> Target:
 def load_table(engine: str) -> Table:
     data = json.loads(resources.files(__package__).joinpath(f"{engine}.json").read_text("utf-8"))
     return Table(engine, data["name"], tuple(Version(v) for v in data["checked_releases"]),
-                 tuple(_entry(raw) for raw in data["entries"]))
+                 tuple(_entry(raw) for raw in data["entries"]),
+                 tuple((Version(v), pin) for v, pin in (data.get("peft_pins") or {}).items()))
 
 
 def _entry(raw: dict[str, Any]) -> Entry:
@@ -127,6 +132,53 @@ def judged_release(target: Target) -> tuple[Table, Version, Optional[Finding]]:
         f"the closest older checked release",
         f"upgrade peftdoctor for tables checked against {table.name} {target.version}, or pass "
         f"--target {target.engine}=={stand_in}")
+
+
+@dataclass(frozen=True)
+class PeftPin:
+    """The peft an engine release installs: its requirement as written, and the known peft release that
+    stands for it (the requirement itself, or the oldest known release a range admits: the release the
+    range was written for)."""
+
+    engine: str  # "TGI 3.3.7"
+    requirement: str  # "0.15.2", "^0.10", ">=0.14.0"
+    release: str  # a known peft release, "0.15.2"
+
+    def note(self, asked: bool, judged: str) -> Optional[Finding]:
+        """The PD457 note: judged for the pinned peft, or (`asked`: --peft) for the release `judged`."""
+        if not asked:
+            return rule("PD457").finding(
+                f"{self.engine} parses adapter_config.json with the peft it installs ({self.requirement}); "
+                f"judged for peft {self.release}",
+                "pass --peft VERSION where your image installs another peft")
+        if judged != self.release:
+            return rule("PD457").finding(
+                f"{self.engine} installs peft {self.requirement}; judged for peft {judged}, as --peft asks",
+                f"leave out --peft to judge for the peft {self.engine} installs")
+        return None
+
+
+def _requirement(text: str) -> Optional[SpecifierSet]:
+    """A pin as requirement files and Poetry write it: "0.15.2", "^0.13.2" (Poetry's caret), ">=0.14.0"."""
+    caret = re.fullmatch(r"\^(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    try:
+        if caret:
+            major, minor = int(caret[1]), int(caret[2])
+            upper = f"0.{minor + 1}" if major == 0 else f"{major + 1}"
+            return SpecifierSet(f">={text.strip()[1:]},<{upper}")
+        return SpecifierSet(text if re.match(r"\s*[<>=!~]", text) else f"=={text.strip()}")
+    except InvalidSpecifier:
+        return None
+
+
+def peft_pin(target: Target, known: tuple[Version, ...]) -> Optional[PeftPin]:
+    """The peft the release judged for `target` installs, resolved among the `known` peft releases; None
+    where the table pins none, or no known release satisfies the pin."""
+    table, version, _ = judged_release(target)
+    requirement = dict(table.peft_pins).get(version)
+    wanted = _requirement(requirement) if requirement else None
+    admitted = [v for v in known if wanted is not None and wanted.contains(v)]
+    return PeftPin(f"{table.name} {version}", requirement, str(min(admitted))) if admitted else None
 
 
 def applicable(target: Target) -> tuple[Table, Version, list[Entry]]:

@@ -1,7 +1,7 @@
 """`check`: read an adapter, judge it for one peft release, predict every release's load result."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from peftdoctor.errors import UnusableInput, UsageError
 from peftdoctor.io.adapter import open_adapter
@@ -28,6 +28,9 @@ from peftdoctor.rules.traps import (
 )
 from peftdoctor.rules.unknown_keys import unknown_key_findings
 from peftdoctor.rules.weights import pointer_finding, weight_findings
+
+if TYPE_CHECKING:  # the engine tables load only when a --target asks for them
+    from peftdoctor.engines import Target
 
 CONFIG_CHECKS: tuple[Check, ...] = (
     encoding_findings, peft_type_findings, value_findings, pattern_findings, unknown_key_findings, version_findings,
@@ -70,6 +73,19 @@ def choose_target(peft: Optional[str]) -> tuple[Release, list[Finding]]:
             f"no schema for peft {wanted}; judged against peft {stand_in}, the closest older release",
             "upgrade peftdoctor for a schema of that release"))
     return releases.load(stand_in), notes
+
+
+def choose_for_engine(peft: Optional[str], engine: Optional["Target"]) -> tuple[Release, list[Finding]]:
+    """choose_target, where an engine release that parses the config with the peft it pins (TGI) decides the
+    release unless --peft does; the PD457 note says which."""
+    if engine is None:
+        return choose_target(peft)
+    from peftdoctor.engines import peft_pin
+
+    pin = peft_pin(engine, releases.known_versions())
+    release, notes = choose_target(peft or (pin.release if pin else None))
+    note = pin.note(peft is not None, release.name) if pin else None
+    return release, notes + ([note] if note else [])
 
 
 def find_base(config: dict, given: Optional[str], online: bool = False) -> tuple[Optional[Base], Optional[str]]:
@@ -124,7 +140,7 @@ def check(target: Union[str, Adapter], peft: Optional[str] = None, serve: Option
         engine = parse_target(serve)
     settings = server_settings(serve, max_lora_rank)
     adapter = target if isinstance(target, Adapter) else open_adapter(target, online=True)
-    release, findings = choose_target(peft)
+    release, findings = choose_for_engine(peft, engine)
     shown = dict(path=adapter.display, peft_installed=releases.installed_peft(), peft_target=release.name)
     if adapter.kind != "peft-adapter":
         return Report(**shown, findings=tuple(kind_findings(adapter)), kind=adapter.kind)

@@ -22,7 +22,7 @@ from peftdoctor.io.adapter import open_adapter
 from peftdoctor.io.atomic import Snapshot, WriteRefused, Written, clean_leftovers, replace_text
 from peftdoctor.model.adapter import CONFIG_NAME, SAFETENSORS_NAME, Adapter
 from peftdoctor.model.findings import Finding, Severity
-from peftdoctor.ops.check import choose_target
+from peftdoctor.ops.check import choose_for_engine
 from peftdoctor.peft import compat, patterns, releases, targeting
 from peftdoctor.peft import semantics as keys
 from peftdoctor.peft.releases import Release
@@ -317,7 +317,7 @@ def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = 
         why = adapter.config_error or f"is not a PEFT adapter ({adapter.kind})"
         shown = adapter.display
         raise UnusableInput(f"{shown}: {CONFIG_NAME} {why}" if adapter.config_error else f"{shown} {why}")
-    release, notes = choose_target(peft)
+    release, notes = choose_for_engine(peft, engine)
     config = adapter.config
     snapshot = Snapshot(adapter.config_digest or "", adapter.config_text or "")
     written = compat.written_by(config)

@@ -102,6 +102,7 @@ _TABLE = [
     ("PD416", "target-architecture-modules", E, "The deployment target has no LoRA layer for some adapted modules of this architecture (refuses or ignores them)."),
     ("PD455", "target-engine-approximated", I, "The engine release is not a checked one; the closest older checked release stood in."),
     ("PD456", "target-feature-refused", E, "The deployment target refuses a PEFT feature it does not implement (layer_replication, aLoRA, QALoRA, ...)."),
+    ("PD457", "target-engine-peft", I, "The engine release parses the config with the peft it pins; judged for that release."),
     ("PD501", "combine-rank-differs", E, "Adapters of different rank cannot be combined linearly."),
     ("PD502", "combine-modules-to-save", E, "Two adapters save the same module: they cannot be combined."),
     ("PD503", "combine-target-types", E, "target_modules given as a list in one adapter and a regex in another."),
