@@ -196,6 +196,10 @@ def test_max_lora_rank_is_the_servers_limit(zoo: dict[str, Path], tmp_path: Path
     # vLLM 0.6.5's LoRAConfig accepts only its listed ranks: no server runs with 30.
     impossible = prepare(zoo["rank32"], VLLM, cache_dir=tmp_path, max_lora_rank=30)
     assert impossible.refused and "--max-lora-rank 30: vLLM 0.6.5 does not start with it" in impossible.line
+    # SGLang has no default limit (it sizes its pool from the adapters given at start-up): only a given one counts.
+    sglang = prepare(zoo["rank32"], "sglang==0.5.23", cache_dir=tmp_path, max_lora_rank=16)
+    assert sglang.refused and "PD408" in sglang.line and "rank 32 exceeds the server's --max-lora-rank 16" in sglang.line
+    assert not prepare(zoo["rank32"], "sglang==0.5.23", cache_dir=tmp_path).refused
 
 
 def test_unusable_sources_are_one_line_refusals(tmp_path: Path) -> None:

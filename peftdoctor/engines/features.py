@@ -118,6 +118,17 @@ def rank_above_default(config: dict[str, Any], header: Optional[Header], params:
     return f"rank {rank} exceeds {which}: start the server with {params['server_flag']} {min(fitting)}"
 
 
+def rank_above_server_limit(config: dict[str, Any], header: Optional[Header],
+                            params: Mapping[str, Any]) -> Optional[str]:
+    """params: server_flag, and max_lora_rank (the server's limit, a setting). An engine with no default limit
+    (SGLang sizes its pool from the adapters given at start-up) can be judged only against a limit given."""
+    rank, given = adapter_rank(config, header), params.get("max_lora_rank")
+    if rank is None or given is None or rank <= given:
+        return None
+    return f"rank {rank} exceeds the server's {params['server_flag']} {given}: start the server with " \
+           f"{params['server_flag']} {rank} or more"
+
+
 def rank_above_max(config: dict[str, Any], header: Optional[Header], params: Mapping[str, Any]) -> Optional[str]:
     """params: allowed (values the engine's rank limit accepts), server_flag."""
     rank = adapter_rank(config, header)
@@ -249,6 +260,7 @@ DETECTORS: dict[str, Detector] = {
     "bias": bias,
     "rank_above_default": rank_above_default,
     "rank_above_max": rank_above_max,
+    "rank_above_server_limit": rank_above_server_limit,
     "rank_pattern": rank_pattern,
     "embedding_lora": embedding_lora,
     "lm_head_lora": lm_head_lora,
@@ -266,7 +278,7 @@ DETECTORS: dict[str, Detector] = {
 FEATURE_CODES: dict[str, str] = {
     "any_adapter": "PD401", "not_lora": "PD402", "dora": "PD403", "rslora": "PD404",
     "modules_to_save": "PD405", "modules_to_save_non_head": "PD405", "lora_bias": "PD406", "bias": "PD407",
-    "rank_above_default": "PD408", "rank_above_max": "PD408",
+    "rank_above_default": "PD408", "rank_above_max": "PD408", "rank_above_server_limit": "PD408",
     "rank_pattern": "PD409", "embedding_lora": "PD410", "lm_head_lora": "PD411",
     "trainable_tokens": "PD412", "base_mutating_init": "PD413", "vlm_new_key_layout": "PD414",
     "keys_outside_decoder_layers": "PD414", "some_keys_outside_decoder_layers": "PD415",
@@ -277,7 +289,8 @@ FEATURE_CODES: dict[str, str] = {
 FEATURE_KEYS: dict[str, Optional[str]] = {
     "not_lora": "peft_type", "rslora": "use_rslora", "dora": "use_dora", "modules_to_save": "modules_to_save",
     "modules_to_save_non_head": "modules_to_save", "lora_bias": "lora_bias", "bias": "bias", "rank_above_default": "r",
-    "rank_above_max": "r", "rank_pattern": "rank_pattern", "embedding_lora": "target_modules", "lm_head_lora": "target_modules",
+    "rank_above_max": "r", "rank_above_server_limit": "r", "rank_pattern": "rank_pattern",
+    "embedding_lora": "target_modules", "lm_head_lora": "target_modules",
     "trainable_tokens": "trainable_token_indices", "base_mutating_init": "init_lora_weights",
     "target_modules_unsupported": "target_modules", "architecture_modules_unsupported": "target_modules",
 }
