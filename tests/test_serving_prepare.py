@@ -278,3 +278,27 @@ def test_find_adapter_downloads_only_the_adapter_files_from_the_hub(tmp_path: Pa
     assert sorted(os.listdir(snapshot)) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
     assert answer["found"]["team/missing"] is None
     assert answer["line"] == f"peftdoctor: team/lora: serving {snapshot} as is (nothing to fix for vllm==0.6.5)"
+
+
+def test_an_adapter_of_another_base_is_refused_for_the_served_model(zoo: dict[str, Path], tmp_path: Path) -> None:
+    """The model the engine serves (vLLM hands its name to the resolver) is what the adapter is checked
+    against when its config.json is at hand: a Llama adapter asked for on a GPT-2 server is refused, as real
+    peft refuses it (vLLM 0.6.5 has no LoRA for GPT-2 at all, so its own PD416 is the line's finding); the
+    right base, or one not at hand, changes nothing."""
+    from adapters import make_gpt2_base
+    from peft import PeftModel
+
+    gpt2 = make_gpt2_base(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="not found in the base model"):
+        PeftModel.from_pretrained(load_base(gpt2), str(zoo["plain"]))
+    wrong = prepare(zoo["plain"], VLLM, cache_dir=tmp_path / "cache", base=str(gpt2))
+    gpt2_named = "GPT2LMHeadModel (from the base config.json)"
+    assert wrong.refused and "PD416" in wrong.line and gpt2_named in wrong.line, wrong.line
+    assert {"PD220", "PD416"} <= {f.code for f in wrong.findings}, wrong.findings
+    right = prepare(zoo["plain"], VLLM, cache_dir=tmp_path / "cache", base=str(zoo["base"]))
+    assert right.path == zoo["plain"] and not right.refused, right.line
+    unknown = prepare(zoo["plain"], VLLM, cache_dir=tmp_path / "cache", base="some-org/not-cached-here")
+    assert unknown.path == zoo["plain"], unknown.line
+    # a rewrite does not hide it: the rsLoRA adapter (folded for vLLM 0.6.5) is refused on GPT-2 too
+    folded = prepare(zoo["rslora"], VLLM, cache_dir=tmp_path / "cache", base=str(gpt2))
+    assert folded.refused and gpt2_named in folded.line and not (tmp_path / "cache").exists(), folded.line

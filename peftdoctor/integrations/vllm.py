@@ -89,10 +89,12 @@ def lora_int_id(name: str, path: str) -> int:
     return int.from_bytes(digest[:7], "big") + 1
 
 
-def resolve_path(settings: Settings, lora_name: str) -> Optional[Path]:
+def resolve_path(settings: Settings, lora_name: str, base_model_name: Optional[str] = None) -> Optional[Path]:
     """The directory vLLM should load for `lora_name`, or None: not ours (quiet, another resolver may
-    know it) or refused (one warning line naming the finding). Blocking: it reads, and may copy or
-    download; the resolver runs it in a thread."""
+    know it) or refused (one warning line naming the finding). `base_model_name`: the model vLLM serves; where
+    its config.json is at hand (a directory, or a repo id in the local cache) the adapter is checked against
+    it (an adapter of another base: PD220-PD222). Blocking: it reads, and may copy or download; the resolver
+    runs it in a thread."""
     from peftdoctor.serving.prepare import find_adapter, prepare
 
     try:
@@ -104,7 +106,7 @@ def resolve_path(settings: Settings, lora_name: str) -> Optional[Path]:
         log.debug("peftdoctor: no adapter named %r in %s", lora_name, DIRS_ENV)
         return None
     prepared = prepare(source, settings.target, name=lora_name, cache_dir=settings.cache_dir,
-                       max_lora_rank=settings.max_lora_rank)
+                       max_lora_rank=settings.max_lora_rank, base=base_model_name)
     (log.warning if prepared.refused else log.info)(prepared.line)
     return prepared.path
 
@@ -124,7 +126,7 @@ def resolver_type() -> type:
 
         async def resolve_lora(self, base_model_name: str, lora_name: str) -> Optional[Any]:
             try:
-                path = await asyncio.to_thread(resolve_path, self.settings, lora_name)
+                path = await asyncio.to_thread(resolve_path, self.settings, lora_name, base_model_name)
             except Exception as exc:  # noqa: BLE001 - a bug of ours must not fail the request: refuse, one line
                 log.error(line(f"peftdoctor: {lora_name} refused: {type(exc).__name__}: {one_line(exc)}"))
                 return None

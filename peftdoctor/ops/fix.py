@@ -303,10 +303,11 @@ _FEATURE_KEYS = {"rank_pattern": ("rank_pattern", "alpha_pattern")}
 
 
 def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = False,
-         serve: Optional[str] = None, max_lora_rank: Optional[int] = None) -> Plan:
+         serve: Optional[str] = None, max_lora_rank: Optional[int] = None, base: Optional[str] = None) -> Plan:
     """The rewrite that makes the adapter at `target` (a path, a cached repo id, or an Adapter already
     read) load under `peft` (default: the installed one) and, with `serve` ("vllm", "sglang==0.4.0",
-    ...), compute the same under that engine (started with `max_lora_rank`, when given)."""
+    ...), compute the same under that engine (started with `max_lora_rank`, when given); `base` (a directory
+    or repo id): the base it is checked against after the rewrite (default: base_model_name_or_path)."""
     engine = None
     if serve is not None:
         from peftdoctor import engines as targets  # only when asked: its tables are not free to load
@@ -338,11 +339,11 @@ def plan(target: Union[str, Adapter], peft: Optional[str] = None, force: bool = 
             rewrite(work)
     return Plan(adapter.display, str(adapter.path_of(CONFIG_NAME)), release.name, str(written) if written else None,
                 config, work.config, tuple(work.changes), tuple(work.refusals), tuple(notes), snapshot,
-                _still_broken(adapter, work, release.name, serve, max_lora_rank))
+                _still_broken(adapter, work, release.name, serve, max_lora_rank, base))
 
 
 def _still_broken(adapter: Adapter, work: _Work, release: str, serve: Optional[str],
-                  max_lora_rank: Optional[int] = None) -> tuple[Finding, ...]:
+                  max_lora_rank: Optional[int] = None, base: Optional[str] = None) -> tuple[Finding, ...]:
     """Check the adapter as it will be after the rewrite, for the same release and engine: the errors left
     are what no exact config rewrite repairs (rank mismatch, empty or NaN weights, another architecture).
     Keys already refused are not repeated: the refusal says why."""
@@ -353,7 +354,7 @@ def _still_broken(adapter: Adapter, work: _Work, release: str, serve: Optional[s
         # the file is written anew, as UTF-8 without a byte-order mark: what peft reads (rules/schema.py, PD119)
         rewritten = dataclasses.replace(rewritten, config_encoding="utf-8", config_peft_error=None)
     refused = {r.key for r in work.refusals}
-    report = check(rewritten, peft=release, serve=serve, max_lora_rank=max_lora_rank)
+    report = check(rewritten, peft=release, serve=serve, max_lora_rank=max_lora_rank, base=base)
     return tuple(f for f in report.findings if f.severity is Severity.ERROR and f.key not in refused)
 
 

@@ -18,6 +18,7 @@ from typing import Optional, Union
 from peftdoctor.engines import load_table, parse_target
 from peftdoctor.errors import PeftdoctorError, UnusableInput, WriteFailed, one_line
 from peftdoctor.io.adapter import open_adapter
+from peftdoctor.io.base import find_base_config
 from peftdoctor.model.adapter import Adapter
 from peftdoctor.model.findings import Finding, Report, Severity
 from peftdoctor.ops.check import check
@@ -64,17 +65,26 @@ def _blocking(findings: tuple[Finding, ...]) -> Optional[Finding]:
     return min(errors, key=lambda f: not f.code.startswith("PD4"), default=None)
 
 
+def served_base(base: Optional[str]) -> Optional[str]:
+    """`base` (the model the engine serves: a directory or a repo id) when its config.json is at hand without a
+    download, so the adapter is checked against it; else None, and check judges by base_model_name_or_path."""
+    return base if base and find_base_config(base) is not None else None
+
+
 def prepare(source: Union[str, Path], target: str, *, name: Optional[str] = None, cache_dir: Optional[Path] = None,
-            max_lora_rank: Optional[int] = None, peft: Optional[str] = None) -> Prepared:
+            max_lora_rank: Optional[int] = None, peft: Optional[str] = None, base: Optional[str] = None) -> Prepared:
     """Check the adapter at `source` (a directory or a cached Hub repo id) for the engine release `target`
-    ("vllm==0.11.0") started with `max_lora_rank`, and say what to load (see the module's docstring).
+    ("vllm==0.11.0") started with `max_lora_rank`, serving the model `base` (its target modules, layer sizes
+    and vocabulary against the adapter's: an adapter trained on another base loads there only to compute
+    something else, or fails at load), and say what to load (see the module's docstring).
     Never raises for a bad adapter or setting: the refusal is the answer, with its one line."""
     shown = name if name is not None else str(source)
     try:
         engine = engine_release(target)
         adapter = open_adapter(str(source))
-        the_plan = plan(adapter, peft=peft, serve=engine, max_lora_rank=max_lora_rank)
-        report = check(adapter, peft=peft, serve=engine, max_lora_rank=max_lora_rank)
+        on = served_base(base)
+        the_plan = plan(adapter, peft=peft, serve=engine, max_lora_rank=max_lora_rank, base=on)
+        report = check(adapter, peft=peft, serve=engine, max_lora_rank=max_lora_rank, base=on)
     except (PeftdoctorError, OSError) as exc:
         return Prepared(shown, str(source), None, False, (), say.refused(shown, None, one_line(exc)))
     if the_plan.refused or the_plan.remaining:
