@@ -15,13 +15,8 @@ import json
 import os
 import sys
 import time
-import types
-from importlib import util
 
-spec = util.find_spec("sglang")
-package = types.ModuleType("sglang")
-package.__path__ = list(spec.submodule_search_locations)
-sys.modules["sglang"] = package
+import sglang_package  # noqa: F401 - first: sglang/__init__.py must not run
 
 from sglang.srt.lora.lora_config import LoRAConfig  # noqa: E402
 from sglang.srt.plugins import load_plugins  # noqa: E402

@@ -5,7 +5,7 @@ imports SGLang's distributed and layer code (torch kernels), so the module is no
 source is taken from the release's mem_pool.py as written (ast) and run on a pool that holds only what it
 reads (max_lora_rank, lora_added_tokens_size, target_modules), with SGLang's real LoRAConfig reading each
 adapter directory. The top-level `sglang` package is an empty package over the release's sglang/ directory
-(tests/sglang_host.py says why). get_normalized_target_modules (sglang/srt/lora/utils.py, which imports
+(tests/sglang_package.py says why). get_normalized_target_modules (sglang/srt/lora/utils.py, which imports
 the model executor) is the identity here: every adapter targets modules the pool holds.
 
 argv: a JSON object {"limits": [...], "adapters": {"rank": directory, ...}}; prints {"rank,limit": bool}.
@@ -17,17 +17,13 @@ import json
 import sys
 import types
 from collections.abc import Iterable
-from importlib import util
 from typing import Union
 
-spec = util.find_spec("sglang")
-package = types.ModuleType("sglang")
-package.__path__ = list(spec.submodule_search_locations)
-sys.modules["sglang"] = package
+import sglang_package  # first: sglang/__init__.py must not run
 
 from sglang.srt.lora.lora_config import LoRAConfig  # noqa: E402
 
-source = open(f"{package.__path__[0]}/srt/lora/mem_pool.py", encoding="utf-8").read()
+source = open(f"{sglang_package.package.__path__[0]}/srt/lora/mem_pool.py", encoding="utf-8").read()
 pool_class = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "LoRAMemoryPool")
 method = next(n for n in pool_class.body if isinstance(n, ast.FunctionDef) and n.name == "can_support")
 namespace = {"LoRAConfig": LoRAConfig, "Union": Union, "Iterable": Iterable,
